@@ -1,0 +1,114 @@
+"""Executes a plan's changes on one host; it makes no decisions of its own.
+
+``run_changes`` runs everything but the revision record, which ``record``
+writes once the readiness gate has passed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+
+from . import commands
+from .commands import Command
+from .plan import (
+    Change,
+    DaemonReload,
+    Disable,
+    Enable,
+    RecordRevision,
+    RemoveFile,
+    Restart,
+    Stop,
+    TargetPlan,
+    WriteFile,
+)
+from .render import ROLES, Layout, Role
+from .transport import Transport
+
+REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What running the changes left behind: the restart count after a restart, if any."""
+
+    restarted: bool
+    restarts_after: int
+
+
+def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
+    """The one command that carries out ``change`` (pure)."""
+    scope = layout.scope
+    match change:
+        case WriteFile(path=path, content=content, mode=mode):
+            return commands.write_file(path, mode=mode, sudo=sudo, content=content.encode())
+        case RemoveFile(path=path):
+            return commands.remove_file(path, sudo=sudo)
+        case DaemonReload():
+            return commands.daemon_reload(scope, sudo=sudo)
+        case Enable(unit=unit):
+            return commands.unit_action(scope, "enable", unit, sudo=sudo)
+        case Disable(unit=unit):
+            return commands.unit_action(scope, "disable", unit, sudo=sudo)
+        case Stop(unit=unit):
+            return commands.unit_action(scope, "stop", unit, sudo=sudo)
+        case Restart(unit=unit):
+            return commands.restart(scope, unit, sudo=sudo)
+        case RecordRevision():
+            return commands.record_revision(layout.state_dir, sudo=sudo, tar=revision_tar(change))
+    raise AssertionError(f"unknown change {change!r}")
+
+
+def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applied:
+    restarts_after, restarted = 0, False
+    for change in plan.changes:
+        if isinstance(change, RecordRevision):
+            continue
+        result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo))
+        if isinstance(change, Restart):
+            restarted = True
+            restarts_after = _restarts(result.stdout)
+    return Applied(restarted, restarts_after)
+
+
+def record(transport: Transport, plan: TargetPlan, *, sudo: bool) -> int | None:
+    """Write the plan's revision record, if it has one; returns the new revision number."""
+    for change in plan.changes:
+        if isinstance(change, RecordRevision):
+            out = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo)).stdout
+            return int(out.strip().splitlines()[-1])
+    return None
+
+
+def _restarts(show_output: str) -> int:
+    for line in show_output.splitlines():
+        if line.startswith("NRestarts="):
+            value = line.split("=", 1)[1]
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def revision_tar(change: RecordRevision) -> bytes:
+    """The revision's files and manifest as a tar stream (modes kept: the env file stays 0600)."""
+    manifest = {
+        **change.meta,
+        "source": change.source,
+        "files": {f.role: f.sha256 for f in change.files},
+    }
+    members = [(REVISION_FILES[f.role], f.content.encode(), f.mode) for f in change.files]
+    members.append(("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o600))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, mode in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def revision_contents(files: dict[str, str]) -> dict[Role, str]:
+    """Map a revision's file names back to roles (``unit``, ``env``)."""
+    return {role: files[REVISION_FILES[role]] for role in ROLES if REVISION_FILES[role] in files}

@@ -1,0 +1,529 @@
+"""The ``orch`` command: verbs, output and exit codes; no logic of its own.
+
+Exit codes: 0 success (``plan``: no changes), 2 ``plan`` has changes, 1 error.
+Only OrchError is caught: it prints as one red line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__, commands, deploy, facts, health, render
+from .errors import ConfigError, OrchError
+from .facts import UnitState
+from .health import Probe
+from .load import Loaded, Target, load
+from .plan import TargetPlan, plan_target
+from .secrets import resolve
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orch", description="Declarative vLLM deployments over SSH and systemd.")
+    p.add_argument("--version", action="version", version=f"orch {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs: dict[str, str] = {
+        "validate": "check a playbook and its inventory (no network)",
+        "plan": "show what apply would change (exit 0: nothing, 2: changes)",
+        "apply": "converge hosts to the playbook, gate on readiness, record a revision",
+        "rollback": "return to an earlier revision through the same path as apply",
+        "status": "unit state, revision and readiness of every deployment",
+        "revisions": "the revisions recorded on each host",
+        "destroy": "stop, disable and remove deployments (revisions are kept)",
+        "logs": "the journal of each deployment's unit",
+    }
+    for verb, help_text in verbs.items():
+        sp = sub.add_parser(verb, help=help_text, description=help_text)
+        sp.add_argument("playbook", type=Path)
+        sp.add_argument("-i", "--inventory", type=Path, help="use this inventory instead of the playbook's")
+        if verb != "validate":
+            sp.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
+            sp.add_argument("--deployment", "-d", metavar="NAME", help="only this deployment")
+        _verb_options(verb, sp)
+    return p
+
+
+def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
+    if verb in ("plan", "status", "revisions", "validate"):
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    if verb == "plan":
+        sp.add_argument("--offline", action="store_true", help="render only; no SSH")
+    if verb in ("apply", "rollback", "destroy"):
+        sp.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    if verb in ("apply", "rollback"):
+        sp.add_argument("--no-rollback", action="store_true", help="keep a failed state for debugging")
+    if verb == "rollback":
+        sp.add_argument("--to", type=int, metavar="REV", help="revision number (default: the previous one)")
+    if verb == "logs":
+        sp.add_argument("-n", "--lines", type=int, default=50)
+        sp.add_argument("-f", "--follow", action="store_true")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(VERBS[args.verb](args))
+    except OrchError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        return 130
+
+
+# ---------------------------------------------------------------- shared steps
+
+
+def _load(args: argparse.Namespace) -> Loaded:
+    return load(args.playbook, inventory_override=args.inventory)
+
+
+def _targets(loaded: Loaded, args: argparse.Namespace) -> list[Target]:
+    limit = set(args.limit) if getattr(args, "limit", None) else None
+    targets = loaded.targets(limit=limit, deployment=getattr(args, "deployment", None))
+    if limit:
+        unknown = limit - set(loaded.inventory.hosts)
+        if unknown:
+            raise ConfigError(
+                f"--limit names unknown host {sorted(unknown)[0]!r}", file=str(loaded.inventory_path)
+            )
+    if not targets:
+        raise ConfigError("no deployment matches --limit/--deployment", file=str(loaded.path))
+    return targets
+
+
+def _secrets(loaded: Loaded) -> dict[str, dict[str, str]]:
+    return {d.name: resolve(d, base=loaded.path.parent) for d in loaded.playbook.deployments}
+
+
+def _confirm(args: argparse.Namespace, question: str) -> bool:
+    if args.yes or not sys.stdin.isatty():
+        return True
+    answer = err.input(f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+# ---------------------------------------------------------------- validate / plan
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    secrets_of = {
+        d.name: {k: "x" for k in [*d.secrets, *(["VLLM_API_KEY"] if d.api_key else [])]}
+        for d in loaded.playbook.deployments
+    }
+    render_target = deploy.renderer(loaded, secrets_of)
+    for t in loaded.targets():
+        render_target(t)
+    n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in loaded.targets()})
+    if args.json:
+        out.print_json(data={"valid": True, "deployments": n_dep, "hosts": n_hosts})
+    else:
+        out.print(f"[green]ok[/green]: {args.playbook}: {n_dep} deployment(s) on {n_hosts} host(s)")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    targets = _targets(loaded, args)
+    secrets_of = _secrets(loaded)
+    if args.offline:
+        return _plan_offline(targets, deploy.renderer(loaded, secrets_of), as_json=args.json)
+    with deploy.Session(loaded, targets) as session:
+        session.gather()
+        plans = session.plans(deploy.rendered(loaded, secrets_of), meta={})
+        errors = session.host_errors()
+    _show_plans(plans, errors, as_json=args.json)
+    if errors:
+        return EXIT_ERROR
+    return EXIT_CHANGES if any(p.changed for p in plans) else EXIT_OK
+
+
+def _plan_offline(
+    targets: list[Target], render_target: Callable[[Target], render.Desired], *, as_json: bool
+) -> int:
+    plans = [
+        plan_target(
+            host=t.host_name,
+            deployment=t.deployment.name,
+            desired=render_target(t),
+            facts=facts.DeploymentFacts(),
+        )
+        for t in targets
+    ]
+    _show_plans(plans, [], as_json=as_json, offline=True)
+    return EXIT_CHANGES
+
+
+def _show_plans(
+    plans: list[TargetPlan], errors: list[deploy.Result], *, as_json: bool, offline: bool = False
+) -> None:
+    if as_json:
+        out.print_json(
+            data={"plans": [_plan_json(p) for p in plans], "errors": [_result_json(e) for e in errors]}
+        )
+        return
+    for p in plans:
+        _show_plan(p)
+    for e in errors:
+        out.print(f"[red]✗ {escape(e.host)}[/red] {escape(e.deployment)}: {escape(e.message)}")
+    changed = sum(p.changed for p in plans)
+    restarts = sum(p.restarts for p in plans)
+    note = " (offline: compared with nothing)" if offline else ""
+    out.print(f"\n[bold]Plan:[/bold] {changed} of {len(plans)} to change, {restarts} restart(s){note}.")
+
+
+def _show_plan(p: TargetPlan) -> None:
+    scope = p.desired.layout.scope
+    state = p.facts.unit.describe()
+    rev = p.facts.current_revision
+    header = f"{p.host} · {p.deployment} ({p.desired.unit_name}, {scope}; now {state}, revision {rev or '-'})"
+    out.rule(f"[bold]{escape(header)}[/bold]", align="left")
+    for d in p.diffs:
+        if d.secret_only:
+            out.print(f"  {escape(d.path)}: [yellow]secret values change (masked)[/yellow]")
+        for line in d.text.splitlines():
+            out.print(_diff_line(line))
+    if not p.changed:
+        out.print("  [green]no changes[/green]")
+    for c in p.changes:
+        out.print(f"  [yellow]~[/yellow] {escape(c.summary())}")
+
+
+def _diff_line(line: str) -> str:
+    style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
+    if line.startswith(("+++", "---")):
+        style = "bold"
+    return f"[{style}]{escape(line)}[/{style}]" if style else escape(line)
+
+
+def _plan_json(p: TargetPlan) -> dict[str, Any]:
+    return {
+        "host": p.host,
+        "deployment": p.deployment,
+        "changed": p.changed,
+        "unit_state": p.facts.unit.describe(),
+        "revision": p.facts.current_revision,
+        "changes": [{"type": type(c).__name__, "summary": c.summary()} for c in p.changes],
+        "diffs": [{"path": d.path, "diff": d.text, "secret_only": d.secret_only} for d in p.diffs],
+    }
+
+
+def _result_json(r: deploy.Result) -> dict[str, Any]:
+    return {
+        "host": r.host,
+        "deployment": r.deployment,
+        "status": r.status,
+        "message": r.message,
+        "revision": r.revision,
+        "ready_after_s": r.elapsed_s,
+    }
+
+
+# ---------------------------------------------------------------- apply / rollback / destroy
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    desired_of = deploy.rendered(loaded, _secrets(loaded))
+    return _converge(args, loaded, desired_of, verb="apply")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    return _converge(args, loaded, deploy.from_revisions(args.to), verb="rollback")
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+
+    def absent(run: deploy.HostRun, t: Target) -> render.Desired:
+        return render.absent(t.deployment, t.host)
+
+    args.no_rollback = True
+    return _converge(args, loaded, absent, verb="destroy")
+
+
+def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.DesiredOf, *, verb: str) -> int:
+    targets = _targets(loaded, args)
+    reporter = RichReporter()
+    with deploy.Session(loaded, targets, reporter=reporter) as session:
+        session.gather()
+        plans = session.plans(desired_of, meta=deploy.manifest_meta(loaded, verb=verb))
+        errors = session.host_errors()
+        _show_plans(plans, errors, as_json=False)
+        if not any(p.changed for p in plans):
+            out.print("[green]Nothing to do.[/green]")
+            return EXIT_ERROR if errors else EXIT_OK
+        if not _confirm(args, f"{verb.capitalize()} these changes?"):
+            err.print("cancelled: nothing was changed")
+            return EXIT_ERROR
+        with reporter.live():
+            results = session.execute(plans, restore=not args.no_rollback)
+    return _summary([*results, *errors])
+
+
+def _summary(results: list[deploy.Result]) -> int:
+    table = Table(title="Result", show_lines=False)
+    for col in ("host", "deployment", "status", "revision", "ready after", "message"):
+        table.add_column(col)
+    colors = {"applied": "green", "unchanged": "green", "rolled-back": "yellow"}
+    for r in results:
+        color = colors.get(r.status, "red")
+        ready = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else ""
+        table.add_row(
+            r.host,
+            r.deployment,
+            f"[{color}]{r.status}[/{color}]",
+            str(r.revision or "-"),
+            ready,
+            escape(r.message),
+        )
+    out.print(table)
+    for r in results:
+        if r.journal and not r.ok:
+            out.rule(f"journal of {r.deployment} on {r.host} (last lines)", align="left")
+            out.print(escape(r.journal.rstrip()))
+            _print_diagnosis(r.journal)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_ERROR
+
+
+def _print_diagnosis(journal: str) -> None:
+    try:
+        from .diagnose import diagnose
+    except ImportError:  # pragma: no cover - diagnosis is optional
+        return
+    for d in diagnose(journal):
+        out.print(f"[bold yellow]cause:[/bold yellow] {escape(d.cause)}\n[bold]fix:[/bold] {escape(d.fix)}")
+
+
+class RichReporter:
+    """Events as lines; the readiness gate as a live table (a line every 15 s when not a terminal)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], str] = {}
+        self._printed: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+
+    def live(self) -> Live:
+        self._live = Live(self._table(), console=err, refresh_per_second=4, transient=True)
+        if not err.is_terminal:
+            self._live = Live(console=Console(file=open("/dev/null", "w")))  # noqa: SIM115
+        return self._live
+
+    def event(self, host: str, deployment: str, text: str) -> None:
+        with self._lock:
+            self._rows.pop((host, deployment), None)
+        err.print(f"[cyan]{escape(host)}[/cyan] {escape(deployment)}: {escape(text)}")
+        self._refresh()
+
+    def gate(self, host: str, deployment: str, elapsed: float, state: UnitState, probe: Probe) -> None:
+        last = state.journal_tail.splitlines()[-1] if state.journal_tail else ""
+        line = (
+            f"waiting {elapsed:5.0f}s  unit {state.describe()}  {probe.stage}: {probe.detail}  │ {last[-90:]}"
+        )
+        key = (host, deployment)
+        with self._lock:
+            self._rows[key] = line
+        if not err.is_terminal and time.monotonic() - self._printed.get(key, 0) >= 15:
+            self._printed[key] = time.monotonic()
+            err.print(f"{host} {deployment}: {escape(line)}")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None and err.is_terminal:
+            self._live.update(self._table())
+
+    def _table(self) -> Table:
+        table = Table.grid(padding=(0, 1))
+        with self._lock:
+            for (host, dep), line in self._rows.items():
+                table.add_row(f"[cyan]{escape(host)}[/cyan]", escape(dep), escape(line))
+        return table
+
+
+# ---------------------------------------------------------------- status / revisions / logs
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    targets = _targets(loaded, args)
+    with deploy.Session(loaded, targets) as session:
+        session.gather()
+        rows = [_status_row(run, t) for run in session.live() for t in run.targets]
+        errors = session.host_errors()
+    rows += [{"host": e.host, "deployment": e.deployment, "error": e.message} for e in errors]
+    if args.json:
+        out.print_json(data={"deployments": rows})
+    else:
+        _status_table(rows)
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
+    f = run.facts.get(t.deployment.name, facts.DeploymentFacts())
+    ready: Probe | None = None
+    if f.unit.running:
+        env = f.files.get("env", "")
+        ep = health.Endpoint(
+            f"http://{deploy._api_address(run.host)}:{t.deployment.port}",
+            t.deployment.served_name,
+            render.parse_env(env).get("VLLM_API_KEY"),
+        )
+        with httpx.Client(timeout=5) as client:
+            ready = health.probe(client, ep)
+    return {
+        "host": run.name,
+        "deployment": t.deployment.name,
+        "unit": t.deployment.unit_name,
+        "scope": run.host.scope,
+        "state": f.unit.describe(),
+        "enabled": f.unit.enabled,
+        "since": f.unit.active_since,
+        "restarts": f.unit.n_restarts,
+        "revision": f.current_revision,
+        "ready": bool(ready and ready.ready),
+        "detail": "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
+    }
+
+
+def _status_table(rows: list[dict[str, Any]]) -> None:
+    table = Table()
+    for col in ("host", "deployment", "state", "revision", "ready", "restarts", "since / detail"):
+        table.add_column(col)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["host"], r["deployment"], "[red]error[/red]", "", "", "", escape(r["error"]))
+            continue
+        ready = "[green]yes[/green]" if r["ready"] else "[red]no[/red]"
+        table.add_row(
+            r["host"],
+            r["deployment"],
+            r["state"],
+            str(r["revision"] or "-"),
+            ready,
+            str(r["restarts"]),
+            escape(r["detail"] or r["since"]),
+        )
+    out.print(table)
+
+
+def cmd_revisions(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    targets = _targets(loaded, args)
+    rows: list[dict[str, Any]] = []
+    with deploy.Session(loaded, targets) as session:
+
+        def one(run: deploy.HostRun) -> None:
+            for t in run.targets:
+                layout = render.Layout(run.host.scope, t.deployment.name)
+                text = run.run(commands.list_revisions(layout.state_dir, sudo=run.host.sudo))
+                revs, current = facts.parse_revisions(text)
+                rows.extend(_revision_row(run.name, t.deployment.name, r, current) for r in revs)
+
+        _each_host(session, one)
+        errors = session.host_errors()
+    rows.sort(key=lambda r: (r["host"], r["deployment"], r["revision"]))
+    if args.json:
+        out.print_json(data={"revisions": rows, "errors": [_result_json(e) for e in errors]})
+    else:
+        table = Table()
+        for col in ("host", "deployment", "revision", "current", "created", "by", "source"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["host"],
+                r["deployment"],
+                str(r["revision"]),
+                "*" if r["current"] else "",
+                r["created"],
+                r["by"],
+                r["source"],
+            )
+        out.print(table)
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _revision_row(host: str, dep: str, rev: facts.RevisionInfo, current: int | None) -> dict[str, Any]:
+    m = rev.manifest
+    return {
+        "host": host,
+        "deployment": dep,
+        "revision": rev.number,
+        "current": rev.number == current,
+        "created": m.get("created", ""),
+        "by": m.get("by", ""),
+        "source": m.get("source", ""),
+        "playbook_digest": m.get("playbook_digest", ""),
+    }
+
+
+def _each_host(session: deploy.Session, fn: Callable[[deploy.HostRun], None]) -> None:
+    def guarded(run: deploy.HostRun) -> None:
+        try:
+            fn(run)
+        except OrchError as exc:
+            run.error = exc
+
+    deploy.parallel(session.live(), guarded)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    targets = _targets(loaded, args)
+    with deploy.Session(loaded, targets) as session:
+        lock = threading.Lock()
+
+        def one(run: deploy.HostRun) -> None:
+            for t in run.targets:
+                scope = run.host.scope
+                cmd = commands.Command(
+                    commands.journalctl(scope, t.deployment.unit_name, lines=args.lines), sudo=run.host.sudo
+                )
+                text = run.transport.run(cmd, check=False).stdout
+                with lock:
+                    for line in text.splitlines():
+                        out.print(
+                            f"[cyan]{escape(run.name)}[/cyan] {escape(t.deployment.name)} | {escape(line)}"
+                        )
+
+        _each_host(session, one)
+        errors = session.host_errors()
+    for e in errors:
+        err.print(f"[red]✗ {escape(e.host)}[/red]: {escape(e.message)}")
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "rollback": cmd_rollback,
+    "destroy": cmd_destroy,
+    "status": cmd_status,
+    "revisions": cmd_revisions,
+    "logs": cmd_logs,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Facts: what a host holds now. Each fact is a command plus a pure parser.
+
+All deployments of one host are read in one command, so gathering facts costs
+one round trip per host.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import commands
+from .commands import MARK, Command
+from .render import ROLES, Layout, Role
+
+
+@dataclass(frozen=True)
+class UnitState:
+    load_state: str = "not-found"
+    active_state: str = "inactive"
+    sub_state: str = "dead"
+    unit_file_state: str = ""
+    n_restarts: int = 0
+    main_pid: int = 0
+    active_since: str = ""
+    result: str = ""
+    journal_tail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.active_state in ("active", "activating", "reloading") and self.sub_state != "auto-restart"
+
+    @property
+    def crashed(self) -> bool:
+        return self.active_state == "failed" or self.sub_state == "auto-restart"
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state == "enabled"
+
+    def describe(self) -> str:
+        return f"{self.active_state}/{self.sub_state}"
+
+
+@dataclass(frozen=True)
+class DeploymentFacts:
+    files: dict[Role, str] = field(default_factory=dict)
+    unit: UnitState = field(default_factory=UnitState)
+    current_revision: int | None = None
+    manifest: dict[str, Any] | None = None
+
+
+def gather(layouts: list[tuple[Layout, str]], *, sudo: bool) -> Command:
+    """One script reading, for each (layout, unit name), files, unit state and revision."""
+    sections = [_section(layout, unit) for layout, unit in layouts]
+    return Command("; ".join(sections), sudo=sudo, label="gather facts")
+
+
+def _section(layout: Layout, unit: str) -> str:
+    state = commands.qpath(layout.state_dir)
+    return "; ".join(
+        [
+            f'echo "{MARK}dep {layout.name}"',
+            commands.read_files({"unit": layout.unit_path, "env": layout.env_path}),
+            f'echo "{MARK}show"',
+            f"{commands.systemctl(layout.scope, 'show', unit, '-p', commands.SHOW_PROPS)} 2>/dev/null",
+            f'echo "{MARK}current"',
+            f"cat {state}/current 2>/dev/null",
+            f'echo "{MARK}manifest"',
+            f'c=$(cat {state}/current 2>/dev/null) && base64 -w0 {state}/revisions/"$c"/manifest.json '
+            "2>/dev/null; echo",
+        ]
+    )
+
+
+def parse(output: str) -> dict[str, DeploymentFacts]:
+    """Parse ``gather``'s output into facts per deployment name."""
+    out: dict[str, DeploymentFacts] = {}
+    for name, body in _blocks(output, "dep"):
+        out[name] = _parse_deployment(body)
+    return out
+
+
+def _blocks(text: str, kind: str) -> list[tuple[str, str]]:
+    """Split on ``@@orch<kind> <name>`` lines into (name, body)."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith(f"{MARK}{kind} "):
+            blocks.append((line.split(" ", 1)[1], []))
+        elif blocks:
+            blocks[-1][1].append(line)
+    return [(name, "\n".join(body)) for name, body in blocks]
+
+
+def _sections(body: str) -> dict[str, list[str]]:
+    """Split a block on ``@@orch<word>`` lines (and ``@@orchfile <role>``)."""
+    out: dict[str, list[str]] = {"": []}
+    key = ""
+    for line in body.splitlines():
+        if line.startswith(MARK):
+            key = line[len(MARK) :].strip()
+            out[key] = []
+        else:
+            out[key].append(line)
+    return out
+
+
+def _parse_deployment(body: str) -> DeploymentFacts:
+    sec = _sections(body)
+    files: dict[Role, str] = {}
+    for role in ROLES:
+        if f"file {role}" in sec:
+            files[role] = decode("".join(sec[f"file {role}"]))
+    current = "".join(sec.get("current", [])).strip()
+    manifest_raw = "".join(sec.get("manifest", [])).strip()
+    return DeploymentFacts(
+        files=files,
+        unit=parse_show("\n".join(sec.get("show", []))),
+        current_revision=int(current) if current.isdigit() else None,
+        manifest=_json(decode(manifest_raw)) if manifest_raw else None,
+    )
+
+
+def decode(b64: str) -> str:
+    try:
+        return base64.b64decode(b64.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+def _json(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_show(text: str, journal: str = "") -> UnitState:
+    """Parse ``systemctl show -p …`` output (KEY=value lines)."""
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def num(key: str) -> int:
+        value = props.get(key, "0")
+        return int(value) if value.isdigit() else 0
+
+    return UnitState(
+        load_state=props.get("LoadState", "not-found"),
+        active_state=props.get("ActiveState", "inactive"),
+        sub_state=props.get("SubState", "dead"),
+        unit_file_state=props.get("UnitFileState", ""),
+        n_restarts=num("NRestarts"),
+        main_pid=num("MainPID"),
+        active_since=props.get("ActiveEnterTimestamp", ""),
+        result=props.get("Result", ""),
+        journal_tail=journal,
+    )
+
+
+def parse_unit_state(output: str) -> UnitState:
+    """Parse ``commands.unit_state``'s output: properties, then journal lines."""
+    show, _, journal = output.partition(f"{MARK}journal\n")
+    return parse_show(show, journal.strip())
+
+
+def parse_revision(output: str) -> dict[str, str]:
+    """Parse ``commands.read_revision``'s output into file name → content."""
+    sec = _sections(output)
+    return {key.split(" ", 1)[1]: decode("".join(v)) for key, v in sec.items() if key.startswith("file ")}
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    number: int
+    manifest: dict[str, Any]
+
+
+def parse_revisions(output: str) -> tuple[list[RevisionInfo], int | None]:
+    """Parse ``commands.list_revisions``: the revisions and the current one."""
+    body, _, current = output.partition(f"{MARK}current")
+    revs = [
+        RevisionInfo(int(num), _json(decode(text)) or {})
+        for num, text in _blocks(body, "rev")
+        if num.isdigit()
+    ]
+    cur = current.strip()
+    return revs, int(cur) if cur.isdigit() else None

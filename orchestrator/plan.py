@@ -1,0 +1,220 @@
+"""Pure planning: desired files + facts → typed changes and masked diffs.
+
+A plan holds only the changes still needed; an empty plan means "no change".
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .facts import DeploymentFacts
+from .render import ROLES, Desired, DesiredFile, Role
+
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIAL)", re.I)
+MASK = "***"
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    role: Role
+    path: str
+    content: str
+    mode: int
+
+    def summary(self) -> str:
+        return f"write {self.path} (mode {self.mode:04o})"
+
+
+@dataclass(frozen=True)
+class RemoveFile:
+    role: Role
+    path: str
+
+    def summary(self) -> str:
+        return f"remove {self.path}"
+
+
+@dataclass(frozen=True)
+class DaemonReload:
+    def summary(self) -> str:
+        return "daemon-reload"
+
+
+@dataclass(frozen=True)
+class Enable:
+    unit: str
+
+    def summary(self) -> str:
+        return f"enable {self.unit}"
+
+
+@dataclass(frozen=True)
+class Disable:
+    unit: str
+
+    def summary(self) -> str:
+        return f"disable {self.unit}"
+
+
+@dataclass(frozen=True)
+class Restart:
+    unit: str
+    reason: str
+
+    def summary(self) -> str:
+        return f"restart {self.unit} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Stop:
+    unit: str
+
+    def summary(self) -> str:
+        return f"stop {self.unit}"
+
+
+@dataclass(frozen=True)
+class RecordRevision:
+    """Record the desired files as a new revision, once the readiness gate has passed."""
+
+    files: tuple[DesiredFile, ...]
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def summary(self) -> str:
+        return f"record a new revision ({self.source})"
+
+
+Change = WriteFile | RemoveFile | DaemonReload | Enable | Disable | Restart | Stop | RecordRevision
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    role: Role
+    path: str
+    text: str
+    secret_only: bool = False
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """The changes for one deployment on one host."""
+
+    host: str
+    deployment: str
+    desired: Desired
+    facts: DeploymentFacts
+    changes: tuple[Change, ...]
+    diffs: tuple[FileDiff, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def restarts(self) -> bool:
+        return any(isinstance(c, Restart) for c in self.changes)
+
+
+def plan_target(
+    *,
+    host: str,
+    deployment: str,
+    desired: Desired,
+    facts: DeploymentFacts,
+    meta: dict[str, Any] | None = None,
+) -> TargetPlan:
+    changes = _present(desired, facts, meta or {}) if desired.present else _absent(desired, facts)
+    diffs = tuple(_diffs(host, desired, facts))
+    return TargetPlan(host, deployment, desired, facts, tuple(changes), diffs)
+
+
+def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> list[Change]:
+    files = desired.files or ()
+    writes = [
+        WriteFile(f.role, f.path, f.content, f.mode) for f in files if facts.files.get(f.role) != f.content
+    ]
+    changes: list[Change] = list(writes)
+    unit_written = any(w.role == "unit" for w in writes)
+    if unit_written:
+        changes.append(DaemonReload())
+    if not facts.unit.enabled:
+        changes.append(Enable(desired.unit_name))
+    reason = _restart_reason(writes, facts)
+    if reason:
+        changes.append(Restart(desired.unit_name, reason))
+    if _revision_differs(files, facts):
+        changes.append(RecordRevision(files, desired.origin, meta))
+    return changes
+
+
+def _restart_reason(writes: list[WriteFile], facts: DeploymentFacts) -> str:
+    if writes:
+        return "changed: " + ", ".join(w.role for w in writes)
+    if facts.unit.crashed:
+        return f"unit is {facts.unit.describe()}"
+    if not facts.unit.running:
+        return f"unit is {facts.unit.describe()}"
+    return ""
+
+
+def _revision_differs(files: tuple[DesiredFile, ...], facts: DeploymentFacts) -> bool:
+    recorded = (facts.manifest or {}).get("files", {})
+    return any(recorded.get(f.role) != f.sha256 for f in files)
+
+
+def _absent(desired: Desired, facts: DeploymentFacts) -> list[Change]:
+    changes: list[Change] = []
+    if facts.unit.active_state not in ("inactive", "failed") or facts.unit.sub_state == "auto-restart":
+        changes.append(Stop(desired.unit_name))
+    if facts.unit.enabled:
+        changes.append(Disable(desired.unit_name))
+    for role in ROLES:
+        if role in facts.files:
+            changes.append(RemoveFile(role, desired.layout.path(role)))
+    if "unit" in facts.files:
+        changes.append(DaemonReload())
+    return changes
+
+
+def _diffs(host: str, desired: Desired, facts: DeploymentFacts) -> list[FileDiff]:
+    out: list[FileDiff] = []
+    for role in ROLES:
+        want = desired.file(role)
+        old = facts.files.get(role)
+        new = want.content if want else None
+        if old == new:
+            continue
+        path = want.path if want else desired.layout.path(role)
+        out.append(_diff(host, role, path, old, new, desired.secret_keys))
+    return out
+
+
+def _diff(
+    host: str, role: Role, path: str, old: str | None, new: str | None, keys: frozenset[str]
+) -> FileDiff:
+    a = mask(old or "", keys) if role == "env" else old or ""
+    b = mask(new or "", keys) if role == "env" else new or ""
+    lines = difflib.unified_diff(
+        a.splitlines(keepends=True),
+        b.splitlines(keepends=True),
+        fromfile=f"{host}:{path}" if old is not None else "/dev/null",
+        tofile=f"{host}:{path} (desired)" if new is not None else "/dev/null",
+    )
+    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    return FileDiff(role, path, text, secret_only=not text)
+
+
+def mask(env_text: str, secret_keys: frozenset[str]) -> str:
+    """Replace the values of secret variables in env-file text with ***."""
+    out = []
+    for line in env_text.splitlines(keepends=True):
+        key, sep, _ = line.partition("=")
+        if sep and (key.strip() in secret_keys or SECRET_NAME.search(key)):
+            out.append(f"{key}={MASK}\n")
+        else:
+            out.append(line)
+    return "".join(out)

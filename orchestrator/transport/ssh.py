@@ -1,0 +1,117 @@
+"""SSH through Fabric: one lazily opened, reused connection per host.
+
+Host keys are checked against a known_hosts file: an unknown key is refused
+unless the inventory says ``host_key_policy: accept-new``, in which case it is
+added to the file and reported. Paramiko and Invoke errors become HostErrors here.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from pathlib import Path
+
+import invoke
+import paramiko
+from fabric import Config, Connection
+
+from ..commands import Command
+from ..errors import CommandError, HostKeyError, UnreachableError
+from ..model import Host
+from .base import Result, checked, shell_of
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's ``StrictHostKeyChecking=accept-new``: learn unknown keys, never replace known ones."""
+
+    def __init__(self, path: Path, on_new: list[str]) -> None:
+        self.path = path
+        self.on_new = on_new
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with _KNOWN_HOSTS_LOCK:
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.on_new.append(f"{hostname} {key.get_name()} SHA256:{key.fingerprint.split(':', 1)[-1]}")
+
+
+class SSHTransport:
+    def __init__(
+        self,
+        name: str,
+        host: Host,
+        *,
+        key_file: Path | None,
+        known_hosts: Path,
+        accept_new: bool,
+        connect_timeout: float,
+    ) -> None:
+        self.name = name
+        self.accepted_keys: list[str] = []
+        self._conn = Connection(
+            host.address,
+            user=host.user,
+            port=host.port,
+            config=Config(ssh_config=paramiko.SSHConfig()),
+            connect_timeout=max(1, int(connect_timeout)),
+            connect_kwargs=_connect_kwargs(key_file, connect_timeout),
+        )
+        client: paramiko.SSHClient = self._conn.client
+        if known_hosts.is_file():
+            client.load_host_keys(str(known_hosts))
+        policy = AcceptNewPolicy(known_hosts, self.accepted_keys) if accept_new else paramiko.RejectPolicy()
+        client.set_missing_host_key_policy(policy)
+
+    def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
+        stdin = io.BytesIO(command.stdin) if command.stdin is not None else False
+        try:
+            res = self._conn.run(
+                shell_of(command), hide=True, warn=True, in_stream=stdin, timeout=timeout, pty=False
+            )
+        except invoke.exceptions.CommandTimedOut as exc:
+            raise CommandError(
+                self.name, command=command.describe(), exit_code=-1, stderr=f"timed out after {timeout}s"
+            ) from exc
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                self.name, f"host key MISMATCH for {exc.hostname}: refusing to connect"
+            ) from exc
+        except paramiko.SSHException as exc:
+            raise self._ssh_error(exc) from exc
+        except (OSError, EOFError) as exc:
+            raise UnreachableError(self.name, f"cannot connect: {_reason(exc)}") from exc
+        return checked(self.name, command, Result(res.stdout, res.stderr, res.exited), check=check)
+
+    def _ssh_error(self, exc: paramiko.SSHException) -> Exception:
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            return HostKeyError(
+                self.name,
+                "unknown host key (not in known_hosts); add it, or set host_key_policy: accept-new",
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
+            return UnreachableError(self.name, f"authentication failed: {text}")
+        return UnreachableError(self.name, f"SSH error: {text or type(exc).__name__}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _connect_kwargs(key_file: Path | None, timeout: float) -> dict[str, object]:
+    kwargs: dict[str, object] = {"banner_timeout": timeout, "auth_timeout": timeout}
+    if key_file is not None:
+        kwargs.update(key_filename=str(key_file), allow_agent=False, look_for_keys=False)
+    return kwargs
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return "connection refused"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
