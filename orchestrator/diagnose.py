@@ -110,7 +110,7 @@ PATTERNS: tuple[Pattern, ...] = (
     ),
     _p(
         "engine_start_failed",
-        r"EngineCore failed to start",
+        r"EngineCore failed to start|Engine core initialization failed",
         "The engine core failed during start-up.",
         "The first error above this line is the cause; fix it and restart.",
     ),

@@ -120,7 +120,7 @@ def validate(source: Source, model: type[BaseModel]) -> Any:
 
 
 def _translate(source: Source, exc: ValidationError) -> ConfigError:
-    errors = exc.errors()
+    errors = _meaningful(exc.errors())
     first = errors[0]
     loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and "[" in part))
     message = _message(first)
@@ -128,12 +128,25 @@ def _translate(source: Source, exc: ValidationError) -> ConfigError:
     return source.error(loc, f"{_dotted(loc)}: {message}{more}" if loc else message + more)
 
 
+def _meaningful(errors: list[Any]) -> list[Any]:
+    """Drop the 'too short' that a tuple reports when one of its items was rejected."""
+    locs = [tuple(e["loc"]) for e in errors]
+    return [
+        e
+        for e in errors
+        if not (
+            e["type"] == "too_short"
+            and any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in locs)
+        )
+    ] or errors
+
+
 def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown field"
     if error["type"] == "missing":
         return "required field missing"
-    msg = str(error["msg"])
+    msg = str(error["msg"]).replace("Tuple should", "List should")
     return msg.removeprefix("Value error, ")
 
 
@@ -185,8 +198,8 @@ def load(path: Path, *, inventory_override: Path | None = None) -> Loaded:
         raise source.error(("inventory",), f"inventory: no such file {inventory_path}")
     inventory = load_inventory(inventory_path)
     loaded = Loaded(path, playbook, inventory_path, inventory, _digest(source, inventory_path))
-    for problem in _cross_check(loaded):
-        raise source.error(*problem)
+    for loc, message in _cross_check(loaded):
+        raise source.error(loc, f"{_dotted(loc)}: {message}")
     return loaded
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..commands import Command
 from ..errors import UnreachableError
 from ..model import Host, Inventory
-from ..commands import Command
 from .base import Result, Transport
 from .local import LocalTransport
 from .ssh import SSHTransport

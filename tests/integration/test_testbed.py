@@ -139,7 +139,24 @@ def test_hosts_have_separate_cgroups(testbed: Testbed) -> None:
     ok(testbed, second, "systemctl stop orch-tb-sleep")
 
 
+def test_reboot_inside_a_host_comes_back(testbed: Testbed) -> None:
+    """nspawn exits 133 on `systemctl reboot`; the launcher loop boots the host again."""
+    host = testbed.up(2)[1]
+    ok(testbed, host, "touch /run/before-reboot")  # /run is a tmpfs: gone after a reboot
+    testbed.ssh(host, "systemctl reboot", timeout=15)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        probe = testbed.ssh(host, "test -e /run/before-reboot || systemctl is-system-running --wait")
+        if probe.stdout.strip() == "running":
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"{host.name} did not come back from reboot: {probe.stderr}")
+    assert testbed.state(host.index) == "running"
+
+
 def _start_vllm(testbed: Testbed, host: TestHost) -> None:
+    testbed.require_vllm_slot()
     command = (
         f"systemd-run --unit {VLLM_UNIT} --property KillMode=mixed "
         "--setenv VLLM_CPU_KVCACHE_SPACE=1 "

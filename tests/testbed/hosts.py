@@ -46,6 +46,8 @@ BOOT_TIMEOUT = 180.0
 TERM_AGAIN_AFTER = 20.0
 KILL_AFTER = 30.0
 DEPLOY_UID = 1000
+# Each vLLM CPU server takes 1.5-2.5 GB (TP=1) to 4.8 GB (TP=2): at most three at once here.
+MAX_VLLM_SERVERS = 3
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,27 @@ class Testbed:
         if link and "state DOWN" in link:
             states.append("partitioned")
         return "+".join(states)
+
+    def vllm_servers(self) -> list[int]:
+        """PIDs of the vLLM API servers running on this machine (hosts' processes included)."""
+        pids = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+                if "vllm.entrypoints.openai.api_server" in argv or (
+                    len(argv) > 1 and argv[0].endswith("vllm") and argv[1] == "serve"
+                ):
+                    pids.append(int(cmdline.parent.name))
+        return pids
+
+    def require_vllm_slot(self) -> None:
+        """Raise unless another vLLM server may start (memory: MAX_VLLM_SERVERS at once)."""
+        running = self.vllm_servers()
+        if len(running) >= MAX_VLLM_SERVERS:
+            raise TestbedError(
+                f"{len(running)} vLLM servers already run (PIDs {running}); at most "
+                f"{MAX_VLLM_SERVERS} fit in this machine's memory: stop one first"
+            )
 
     def status(self) -> list[tuple[TestHost, str]]:
         """(host, state) for every host on disk."""

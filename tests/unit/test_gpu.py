@@ -45,8 +45,7 @@ def test_commands_ask_for_the_columns_the_parsers_read() -> None:
         "utilization.gpu,pci.bus_id --format=csv,noheader,nounits"
     )
     assert QUERY_PROCESSES == (
-        "nvidia-smi --query-compute-apps=pid,process_name,used_memory,gpu_uuid "
-        "--format=csv,noheader,nounits"
+        "nvidia-smi --query-compute-apps=pid,process_name,used_memory,gpu_uuid --format=csv,noheader,nounits"
     )
 
 
@@ -74,9 +73,7 @@ def test_parse_serving_processes() -> None:
 
 
 def test_process_name_with_commas() -> None:
-    assert parse_processes(f"7, python -c a,b, 10, {U0}\n") == (
-        GpuProcess(7, "python -c a,b", 10, U0),
-    )
+    assert parse_processes(f"7, python -c a,b, 10, {U0}\n") == (GpuProcess(7, "python -c a,b", 10, U0),)
 
 
 def test_eight_gpus() -> None:
@@ -117,9 +114,7 @@ def test_malformed_process_line() -> None:
 
 def test_named_gpus_exist() -> None:
     gpus = parse_gpus(read(IDLE / "derived-h200x8_query.csv"))
-    assert check_gpus_exist(gpus, [4, 5, 6, 7]) == Check(
-        "gpus-exist", True, "ok", "GPU 4, 5, 6, 7 present"
-    )
+    assert check_gpus_exist(gpus, [4, 5, 6, 7]) == Check("gpus-exist", True, "ok", "GPU 4, 5, 6, 7 present")
 
 
 def test_missing_gpu_index() -> None:

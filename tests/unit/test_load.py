@@ -1,0 +1,261 @@
+"""Bad playbooks and inventories: each gets one exact line naming file and line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.load import load
+
+INVENTORY = """\
+hosts:
+  h1:
+    address: 10.0.0.1
+    groups: [gpu]
+  h2:
+    address: 10.0.0.2
+    groups: [gpu]
+"""
+
+GOOD = """\
+inventory: inv.yml
+deployments:
+  - name: a
+    hosts: [h1]
+    model: /models/m
+    gpus: [0, 1]
+    tensor_parallel_size: 2
+"""
+
+
+def write(tmp: Path, playbook: str, inventory: str = INVENTORY) -> Path:
+    (tmp / "inv.yml").write_text(textwrap.dedent(inventory))
+    path = tmp / "pb.yml"
+    path.write_text(textwrap.dedent(playbook))
+    return path
+
+
+def error_of(tmp: Path, playbook: str, inventory: str = INVENTORY) -> str:
+    path = write(tmp, playbook, inventory)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message.replace(str(tmp) + "/", "")
+
+
+def test_good_playbook_loads(tmp_path: Path) -> None:
+    loaded = load(write(tmp_path, GOOD))
+    [target] = loaded.targets()
+    assert (target.host_name, target.deployment.served_name) == ("h1", "m")
+
+
+def test_group_expands_to_its_hosts(tmp_path: Path) -> None:
+    loaded = load(write(tmp_path, GOOD.replace("hosts: [h1]", "hosts: [gpu]")))
+    assert [t.host_name for t in loaded.targets()] == ["h1", "h2"]
+
+
+BAD_PLAYBOOKS = [
+    (
+        "tp_pp_mismatch",
+        GOOD.replace("gpus: [0, 1]", "gpus: [0, 1, 2]"),
+        "pb.yml:3: deployments[0]: tensor_parallel_size × pipeline_parallel_size = 2 but 3 GPU(s) are listed in gpus",
+    ),
+    (
+        "mem_util_high",
+        GOOD + "    gpu_memory_utilization: 1.5\n",
+        "pb.yml:8: deployments[0].gpu_memory_utilization: gpu_memory_utilization must be in (0, 1], got 1.5",
+    ),
+    (
+        "mem_util_zero",
+        GOOD + "    gpu_memory_utilization: 0\n",
+        "pb.yml:8: deployments[0].gpu_memory_utilization: gpu_memory_utilization must be in (0, 1], got 0.0",
+    ),
+    (
+        "unknown_host",
+        GOOD.replace("hosts: [h1]", "hosts: [h1, nope]"),
+        "pb.yml:4: deployments[0].hosts[1]: unknown host or group 'nope' (inventory inv.yml)",
+    ),
+    (
+        "relative_model",
+        GOOD.replace("/models/m", "./models/m"),
+        "pb.yml:5: deployments[0].model: model './models/m' must be an absolute path on the host or a hub id like org/name",
+    ),
+    (
+        "unknown_field",
+        GOOD + "    tensor_paralel_size: 2\n",
+        "pb.yml:8: deployments[0].tensor_paralel_size: unknown field",
+    ),
+    (
+        "missing_model",
+        GOOD.replace("    model: /models/m\n", ""),
+        "pb.yml:3: deployments[0].model: required field missing",
+    ),
+    (
+        "bad_port",
+        GOOD + "    port: 70000\n",
+        "pb.yml:8: deployments[0].port: Input should be less than or equal to 65535",
+    ),
+    (
+        "gpu_twice_in_list",
+        GOOD.replace("gpus: [0, 1]", "gpus: [1, 1]"),
+        "pb.yml:3: deployments[0]: gpus lists a GPU twice: [1, 1]",
+    ),
+    (
+        "owned_flag",
+        GOOD + "    args: {--port: 9000}\n",
+        "pb.yml:8: deployments[0].args: --port is set by the field port, not in args",
+    ),
+    (
+        "owned_env",
+        GOOD + "    env: {CUDA_VISIBLE_DEVICES: '3'}\n",
+        "pb.yml:8: deployments[0].env: CUDA_VISIBLE_DEVICES is set by the field gpus, not in env",
+    ),
+    (
+        "bad_env_name",
+        GOOD + "    env: {1BAD: x}\n",
+        "pb.yml:8: deployments[0].env: '1BAD' is not a valid environment variable name",
+    ),
+    (
+        "bad_flag",
+        GOOD + "    args: {enforce-eager: true}\n",
+        "pb.yml:8: deployments[0].args: argument 'enforce-eager' is not a vllm serve flag like --enforce-eager",
+    ),
+    (
+        "cpu_with_gpus",
+        GOOD + "    accelerator: cpu\n",
+        "pb.yml:3: deployments[0]: a cpu deployment takes no gpus",
+    ),
+    (
+        "bad_name",
+        GOOD.replace("name: a", "name: My Model"),
+        "pb.yml:3: deployments[0].name: String should match pattern '^[a-z0-9][a-z0-9_-]{0,62}$'",
+    ),
+    (
+        "secret_twice",
+        GOOD + "    env: {HF_TOKEN: x}\n    secrets: {HF_TOKEN: {env: T}}\n",
+        "pb.yml:3: deployments[0]: HF_TOKEN is set both in env and in secrets",
+    ),
+    (
+        "secret_two_sources",
+        GOOD + "    secrets: {HF_TOKEN: {env: T, file: /t}}\n",
+        "pb.yml:8: deployments[0].secrets.HF_TOKEN: a secret needs exactly one of env: or file:",
+    ),
+    (
+        "relative_venv",
+        GOOD + "    launcher: {venv: opt/vllm}\n",
+        "pb.yml:8: deployments[0].launcher.venv: venv must be an absolute path on the host, got 'opt/vllm'",
+    ),
+    (
+        "no_deployments",
+        "inventory: inv.yml\ndeployments: []\n",
+        "pb.yml:2: deployments: List should have at least 1 item after validation, not 0",
+    ),
+    (
+        "yaml_syntax",
+        "inventory: inv.yml\ndeployments: [\n  - name: a\n",
+        "pb.yml:3: invalid YAML: expected the node content, but found '-'",
+    ),
+    ("duplicate_key", GOOD + "    port: 1\n    port: 2\n", "pb.yml:9: duplicate key 'port'"),
+    (
+        "missing_inventory",
+        GOOD.replace("inv.yml", "missing.yml"),
+        "pb.yml:1: inventory: no such file missing.yml",
+    ),
+    (
+        "template_missing",
+        GOOD + "    templates: {unit: my.service.j2}\n",
+        "pb.yml:8: deployments[0].templates.unit: template not found: my.service.j2",
+    ),
+    ("empty", "", "pb.yml:1: the file is empty"),
+]
+
+
+@pytest.mark.parametrize(
+    ("playbook", "expected"), [c[1:] for c in BAD_PLAYBOOKS], ids=[c[0] for c in BAD_PLAYBOOKS]
+)
+def test_bad_playbook(tmp_path: Path, playbook: str, expected: str) -> None:
+    assert error_of(tmp_path, playbook) == expected.replace("{tmp}", str(tmp_path))
+
+
+TWO = (
+    GOOD
+    + """\
+  - name: b
+    hosts: [gpu]
+    model: /models/n
+    gpus: [1]
+    port: 8001
+"""
+)
+
+
+def test_gpu_used_twice_on_one_host(tmp_path: Path) -> None:
+    assert error_of(tmp_path, TWO) == "pb.yml:11: deployments[1].gpus: GPU 1 on host h1 is also used by 'a'"
+
+
+def test_port_used_twice_on_one_host(tmp_path: Path) -> None:
+    playbook = TWO.replace("gpus: [1]", "gpus: [2]").replace("port: 8001", "port: 8000")
+    assert (
+        error_of(tmp_path, playbook)
+        == "pb.yml:12: deployments[1].port: port 8000 on host h1 is also used by 'a'"
+    )
+
+
+def test_deployment_name_twice(tmp_path: Path) -> None:
+    playbook = TWO.replace("name: b", "name: a").replace("gpus: [1]", "gpus: [2]")
+    assert error_of(tmp_path, playbook) == "pb.yml:8: deployments[1].name: deployment name 'a' is used twice"
+
+
+BAD_INVENTORIES = [
+    ("no_address", "hosts:\n  h1:\n    port: 22\n", "inv.yml:2: hosts.h1.address: required field missing"),
+    (
+        "user_without_root",
+        "hosts:\n  h1:\n    address: x\n    user: bob\n",
+        "inv.yml:2: hosts.h1: user 'bob' cannot manage system units: set become: true (sudo) or scope: user",
+    ),
+    (
+        "bad_scope",
+        "hosts:\n  h1:\n    address: x\n    scope: global\n",
+        "inv.yml:4: hosts.h1.scope: Input should be 'system' or 'user'",
+    ),
+    (
+        "bad_default",
+        "defaults:\n  usr: x\nhosts:\n  h1:\n    address: x\n",
+        "inv.yml:2: defaults.usr: unknown field",
+    ),
+    (
+        "bad_policy",
+        "host_key_policy: yolo\nhosts:\n  h1:\n    address: x\n",
+        "inv.yml:1: host_key_policy: Input should be 'strict' or 'accept-new'",
+    ),
+    (
+        "no_hosts",
+        "hosts: {}\n",
+        "inv.yml:1: hosts: Dictionary should have at least 1 item after validation, not 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("inventory", "expected"), [c[1:] for c in BAD_INVENTORIES], ids=[c[0] for c in BAD_INVENTORIES]
+)
+def test_bad_inventory(tmp_path: Path, inventory: str, expected: str) -> None:
+    playbook = GOOD.replace("gpus: [0, 1]\n    tensor_parallel_size: 2", "gpus: [0]")
+    assert error_of(tmp_path, playbook, inventory) == expected
+
+
+def test_defaults_apply_to_hosts(tmp_path: Path) -> None:
+    inventory = "defaults:\n  user: deploy\n  scope: user\nhosts:\n  h1:\n    address: x\n"
+    loaded = load(write(tmp_path, GOOD.replace("hosts: [h1]", "hosts: [h1]"), inventory))
+    host = loaded.inventory.hosts["h1"]
+    assert (host.user, host.scope, host.sudo) == ("deploy", "user", False)
+
+
+def test_shipped_playbooks_validate() -> None:
+    root = Path(__file__).resolve().parents[2] / "playbooks"
+    for name in ("day3.yml", "day4.yml"):
+        assert load(root / name).playbook.deployments

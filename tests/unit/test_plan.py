@@ -1,0 +1,121 @@
+"""Plans are data: desired state + facts → the changes still needed."""
+
+from __future__ import annotations
+
+from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_show, parse_unit_state
+from orchestrator.plan import (
+    DaemonReload,
+    Disable,
+    Enable,
+    RecordRevision,
+    RemoveFile,
+    Restart,
+    Stop,
+    WriteFile,
+    mask,
+    plan_target,
+)
+from orchestrator.render import Desired, DesiredFile, Layout
+
+LAYOUT = Layout("system", "tiny")
+UNIT = DesiredFile("unit", LAYOUT.unit_path, "[Service]\nExecStart=/bin/vllm\n", 0o644)
+ENV = DesiredFile("env", LAYOUT.env_path, 'A="1"\nHF_TOKEN="new-secret"\n', 0o600)
+DESIRED = Desired(LAYOUT, "orch-tiny.service", (ENV, UNIT), frozenset({"HF_TOKEN"}))
+RUNNING = UnitState(
+    load_state="loaded", active_state="active", sub_state="running", unit_file_state="enabled"
+)
+MANIFEST = {"files": {"unit": UNIT.sha256, "env": ENV.sha256}}
+
+
+def plan(facts: DeploymentFacts, desired: Desired = DESIRED) -> list[type]:
+    return [type(c) for c in plan_target(host="h", deployment="tiny", desired=desired, facts=facts).changes]
+
+
+def test_fresh_host_gets_everything() -> None:
+    assert plan(DeploymentFacts()) == [WriteFile, WriteFile, DaemonReload, Enable, Restart, RecordRevision]
+
+
+def test_converged_host_needs_nothing() -> None:
+    facts = DeploymentFacts(files={"unit": UNIT.content, "env": ENV.content}, unit=RUNNING, manifest=MANIFEST)
+    assert plan(facts) == []
+
+
+def test_env_change_restarts_without_daemon_reload() -> None:
+    old = {"files": {"unit": UNIT.sha256, "env": "old"}}
+    facts = DeploymentFacts(files={"unit": UNIT.content, "env": 'A="0"\n'}, unit=RUNNING, manifest=old)
+    assert plan(facts) == [WriteFile, Restart, RecordRevision]
+
+
+def test_hand_edit_is_reverted_without_new_revision() -> None:
+    facts = DeploymentFacts(files={"unit": UNIT.content, "env": 'A="0"\n'}, unit=RUNNING, manifest=MANIFEST)
+    assert plan(facts) == [WriteFile, Restart]
+
+
+def test_crashed_unit_is_restarted_without_writes() -> None:
+    crashed = UnitState(active_state="activating", sub_state="auto-restart", unit_file_state="enabled")
+    facts = DeploymentFacts(files={"unit": UNIT.content, "env": ENV.content}, unit=crashed, manifest=MANIFEST)
+    changes = plan_target(host="h", deployment="tiny", desired=DESIRED, facts=facts).changes
+    assert changes == (Restart("orch-tiny.service", "unit is activating/auto-restart"),)
+
+
+def test_absent_stops_disables_removes() -> None:
+    facts = DeploymentFacts(files={"unit": UNIT.content, "env": ENV.content}, unit=RUNNING)
+    absent = Desired(LAYOUT, "orch-tiny.service", None)
+    assert plan(facts, absent) == [Stop, Disable, RemoveFile, RemoveFile, DaemonReload]
+    assert plan(DeploymentFacts(), absent) == []
+
+
+def test_diff_masks_secrets_both_sides() -> None:
+    facts = DeploymentFacts(
+        files={"unit": UNIT.content, "env": 'A="1"\nHF_TOKEN="old-secret"\n'}, unit=RUNNING
+    )
+    p = plan_target(host="h", deployment="tiny", desired=DESIRED, facts=facts)
+    [diff] = p.diffs
+    assert "secret" not in diff.text.replace("secret_only", "")
+    assert diff.secret_only  # only a masked value differs
+    assert p.restarts
+
+
+def test_mask_by_name_pattern() -> None:
+    assert mask('MY_API_KEY="x"\nPLAIN="y"\n', frozenset()) == 'MY_API_KEY=***\nPLAIN="y"\n'
+
+
+SHOW = """LoadState=loaded
+ActiveState=active
+SubState=running
+UnitFileState=enabled
+NRestarts=2
+MainPID=4242
+ActiveEnterTimestamp=Tue 2026-11-24 09:00:00 UTC
+Result=success
+"""
+
+
+def test_parse_show() -> None:
+    state = parse_show(SHOW)
+    assert (state.running, state.enabled, state.n_restarts, state.main_pid) == (True, True, 2, 4242)
+
+
+def test_parse_unit_state_with_journal() -> None:
+    state = parse_unit_state(SHOW + "@@orchjournal\nINFO: Started server process\n")
+    assert state.journal_tail == "INFO: Started server process"
+
+
+def test_parse_facts_blocks() -> None:
+    import base64
+
+    b64 = base64.b64encode(UNIT.content.encode()).decode()
+    text = (
+        "@@orchdep tiny\n@@orchfile unit\n"
+        + b64
+        + "\n@@orchshow\n"
+        + SHOW
+        + "@@orchcurrent\n3\n@@orchmanifest\n"
+        + base64.b64encode(b'{"files": {}}').decode()
+        + "\n@@orchdep other\n@@orchshow\n@@orchcurrent\n@@orchmanifest\n\n"
+    )
+    facts = parse(text)
+    assert facts["tiny"].files == {"unit": UNIT.content}
+    assert facts["tiny"].current_revision == 3
+    assert facts["tiny"].manifest == {"files": {}}
+    assert facts["other"] == DeploymentFacts()

@@ -1,0 +1,122 @@
+"""Rendering is pure: golden files for the shipped playbooks, and quoting that systemd reads back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator import deploy
+from orchestrator.load import load
+from orchestrator.model import Deployment, Host
+from orchestrator.render import Layout, argv, env_quote, parse_env, render, systemd_quote
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+SECRETS = {"qwen14b": {"HF_TOKEN": "hf_test_token"}, "qwen7b": {}}
+
+
+@pytest.mark.parametrize("name", ["day3", "day4"])
+@pytest.mark.parametrize("role", ["unit", "env"])
+def test_golden(name: str, role: str) -> None:
+    loaded = load(ROOT / "playbooks" / f"{name}.yml")
+    [target] = loaded.targets()
+    desired = deploy.renderer(loaded, SECRETS)(target)
+    file = desired.file(role)  # type: ignore[arg-type]
+    assert file is not None
+    golden = GOLDEN / f"{name}.{'service' if role == 'unit' else 'env'}"
+    if os.environ.get("ORCH_UPDATE_GOLDEN"):
+        golden.write_text(file.content)
+    assert file.content == golden.read_text()
+
+
+def dep(**kw: object) -> Deployment:
+    base: dict[str, object] = {"name": "d", "hosts": ["h"], "model": "/m/x", "gpus": [0]}
+    return Deployment.model_validate(base | kw)
+
+
+def test_argv_cpu_api_server() -> None:
+    d = dep(
+        accelerator="cpu", gpus=[], launcher={"kind": "api_server", "venv": "/opt/vllm"}, max_model_len=512
+    )
+    assert argv(d) == [
+        "/opt/vllm/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/m/x",
+        "--served-model-name",
+        "x",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--tensor-parallel-size",
+        "1",
+        "--max-model-len",
+        "512",
+    ]
+
+
+def test_args_booleans_and_values() -> None:
+    d = dep(
+        args={"--enforce-eager": True, "--disable-log-stats": False, "--seed": 3, "--kv-cache-dtype": None}
+    )
+    words = argv(d)
+    assert words[-3:] == ["--enforce-eager", "--seed", "3"]
+
+
+@pytest.mark.parametrize(
+    ("word", "quoted"),
+    [
+        ("plain", "plain"),
+        ("/a/b-c_d.e", "/a/b-c_d.e"),
+        ("two words", '"two words"'),
+        ("50%", "50%%"),
+        ("$HOME", '"$$HOME"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ('{"a": 1}', '"{\\"a\\": 1}"'),
+    ],
+)
+def test_systemd_quote(word: str, quoted: str) -> None:
+    assert systemd_quote(word) == quoted
+
+
+def test_env_quote_round_trips() -> None:
+    value = 'a "b" $c `d` \\e'
+    assert parse_env(f"K={env_quote(value)}\n") == {"K": value}
+
+
+def test_user_scope_layout() -> None:
+    layout = Layout("user", "tiny")
+    assert layout.unit_path == "~/.config/systemd/user/orch-tiny.service"
+    assert layout.env_file_directive == "%h/.config/orch/tiny.env"
+
+
+def test_user_scope_unit_targets_default() -> None:
+    host = Host(address="x", user="deploy", scope="user")
+    loaded_templates = deploy.TEMPLATE_DIR
+    from orchestrator.render import TemplateSource, TemplateSources
+
+    sources = TemplateSources(
+        unit=TemplateSource("u", (loaded_templates / "vllm.service.j2").read_text()),
+        env=TemplateSource("e", (loaded_templates / "vllm.env.j2").read_text()),
+    )
+    desired = render(dep(accelerator="cpu", gpus=[]), host, secrets={}, templates=sources)
+    unit = desired.file("unit")
+    assert unit is not None
+    assert "WantedBy=default.target" in unit.content
+    assert "EnvironmentFile=%h/.config/orch/d.env" in unit.content
+    assert "After=network-online.target" not in unit.content
+
+
+def test_secret_never_in_unit() -> None:
+    loaded = load(ROOT / "playbooks" / "day4.yml")
+    [target] = loaded.targets()
+    desired = deploy.renderer(loaded, SECRETS)(target)
+    unit, env = desired.file("unit"), desired.file("env")
+    assert unit is not None and env is not None
+    assert "hf_test_token" not in unit.content
+    assert 'HF_TOKEN="hf_test_token"' in env.content
+    assert env.mode == 0o600
