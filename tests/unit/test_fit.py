@@ -88,7 +88,7 @@ def test_kv_bytes_per_token() -> None:
 
 
 def test_qwen_14b_tp2_on_h200_matches_vllm() -> None:
-    """vLLM 0.26, --tensor-parallel-size 2 --gpu-memory-utilization 0.9 --max-model-len 2048 --enforce-eager."""
+    """vLLM 0.26: TP 2, --gpu-memory-utilization 0.9 --max-model-len 2048 --enforce-eager."""
     estimate = estimate_fit(
         QWEN_14B,
         card_memory_bytes=H200,

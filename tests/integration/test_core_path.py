@@ -1,0 +1,265 @@
+"""The core path against real hosts: OpenSSH, systemd as PID 1, and the real vLLM CPU server.
+
+One deployment with tensor parallelism 2 as root (system unit), one as the
+unprivileged ``deploy`` user (``systemctl --user``). The tests run in order and
+build on each other, as a person would use orch: plan → apply → no-op →
+change → rollback → a broken revision rolled back → destroy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.testbed
+
+ORCH = [sys.executable, "-m", "orchestrator"]
+
+
+def orch(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*ORCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        check=False,
+    )
+    print(f"$ orch {' '.join(map(str, args))}  → {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+INVENTORY = """\
+known_hosts: {known_hosts}
+connect_timeout_s: 5
+defaults:
+  ssh_key: {key}
+hosts:
+  th1:
+    address: {ip1}
+  th2-deploy:
+    address: {ip2}
+    user: deploy
+    scope: user
+"""
+
+PLAYBOOK = """\
+inventory: inventory.yml
+deployments:
+  - name: tp2
+    hosts: [th1]
+    model: /srv/models/tiny
+    served_model_name: tiny
+    accelerator: cpu
+    tensor_parallel_size: 2
+    port: 8000
+    max_model_len: 512
+    dtype: bfloat16
+    launcher: {{kind: api_server, venv: /opt/vllm}}
+    env: {{VLLM_CPU_KVCACHE_SPACE: "1", VLLM_CPU_OMP_THREADS_BIND: "0|1"}}
+    readiness: {{timeout_s: 420, interval_s: 2}}
+  - name: solo
+    hosts: [th2-deploy]
+    model: /srv/models/tiny
+    served_model_name: tiny-solo
+    accelerator: cpu
+    port: 8001
+    max_model_len: {solo_len}
+    dtype: bfloat16
+    launcher: {{kind: api_server, venv: /opt/vllm}}
+    env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
+    args: {solo_args}
+    api_key: {{env: ORCH_TEST_API_KEY}}
+    readiness: {{timeout_s: 420, interval_s: 2}}
+"""
+
+SECRET = "sk-orch-test-7f3a9c"
+ENV = {"ORCH_TEST_API_KEY": SECRET}
+
+
+@pytest.fixture(scope="module")
+def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    hosts = testbed.up(3)
+    d = tmp_path_factory.mktemp("site")
+    (d / "inventory.yml").write_text(
+        INVENTORY.format(
+            known_hosts=testbed.known_hosts_path,
+            key=testbed.key_path,
+            ip1=hosts[0].address,
+            ip2=hosts[1].address,
+        )
+    )
+    return {"dir": d, "hosts": hosts, "testbed": testbed}
+
+
+def playbook(site: dict[str, Any], name: str, *, solo_len: int = 512, solo_args: str = "{}") -> Path:
+    path: Path = site["dir"] / f"{name}.yml"
+    path.write_text(PLAYBOOK.format(solo_len=solo_len, solo_args=solo_args))
+    return path
+
+
+def status(pb: Path) -> dict[str, dict[str, Any]]:
+    proc = orch("status", pb, "--json", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return {row["deployment"]: row for row in json.loads(proc.stdout)["deployments"]}
+
+
+def main_pid(site: dict[str, Any], deployment: str) -> str:
+    tb, (h1, h2, _) = site["testbed"], site["hosts"]
+    if deployment == "tp2":
+        out = tb.ssh(h1, "systemctl show -p MainPID --value orch-tp2.service")
+    else:
+        out = tb.ssh(h2, "systemctl --user show -p MainPID --value orch-solo.service", user="deploy")
+    return str(out.stdout.strip())
+
+
+def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
+    pb = playbook(site, "base")
+    plan = orch("plan", pb, env=ENV)
+    assert plan.returncode == 2
+    assert (
+        "+ExecStart=/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server --model /srv/models/tiny"
+        in plan.stdout
+    )
+    assert SECRET not in plan.stdout + plan.stderr
+    assert "VLLM_API_KEY=***" in plan.stdout
+
+    apply = orch("apply", pb, "-y", env=ENV)
+    assert apply.returncode == 0, apply.stdout
+    assert SECRET not in apply.stdout + apply.stderr
+    rows = status(pb)
+    assert rows["tp2"]["ready"] and rows["solo"]["ready"]
+    assert (rows["tp2"]["revision"], rows["solo"]["revision"]) == (1, 1)
+    assert rows["solo"]["scope"] == "user"
+
+    pids = (main_pid(site, "tp2"), main_pid(site, "solo"))
+    assert orch("plan", pb, env=ENV).returncode == 0
+    again = orch("apply", pb, "-y", env=ENV)
+    assert again.returncode == 0 and "Nothing to do" in again.stdout
+    assert (main_pid(site, "tp2"), main_pid(site, "solo")) == pids
+
+    tb, (h1, h2, _) = site["testbed"], site["hosts"]
+    assert tb.ssh(h1, "stat -c %a /etc/orch/tp2.env").stdout.strip() == "600"
+    assert tb.ssh(h2, "stat -c %a .config/orch/solo.env", user="deploy").stdout.strip() == "600"
+    workers = tb.ssh(h1, "ps -eo comm | grep -c '^VLLM::Worker_TP' || true").stdout.strip()
+    assert workers == "2"
+
+
+def test_changed_flag_restarts_only_that_deployment(site: dict[str, Any]) -> None:
+    pb = playbook(site, "changed", solo_args="{--max-num-seqs: 8}")
+    before_tp2 = main_pid(site, "tp2")
+    plan = orch("plan", pb, env=ENV)
+    assert plan.returncode == 2
+    assert "--max-num-seqs 8" in plan.stdout
+    assert "th1 · tp2" in plan.stdout and "no changes" in plan.stdout
+    apply = orch("apply", pb, "-y", env=ENV)
+    assert apply.returncode == 0, apply.stdout
+    assert main_pid(site, "tp2") == before_tp2
+    rows = status(pb)
+    assert rows["solo"]["ready"] and rows["solo"]["revision"] == 2 and rows["tp2"]["revision"] == 1
+
+
+def test_rollback_returns_to_previous_revision(site: dict[str, Any]) -> None:
+    pb = playbook(site, "changed", solo_args="{--max-num-seqs: 8}")
+    back = orch("rollback", pb, "-d", "solo", "-y", env=ENV)
+    assert back.returncode == 0, back.stdout
+    assert "-ExecStart=" in back.stdout and "--max-num-seqs 8" in back.stdout
+    rows = status(pb)
+    assert rows["solo"]["ready"] and rows["solo"]["revision"] == 3
+    revs = json.loads(orch("revisions", pb, "-d", "solo", "--json").stdout)["revisions"]
+    assert [(r["revision"], r["source"]) for r in revs] == [(1, "apply"), (2, "apply"), (3, "rollback to 1")]
+    # The live state is the base playbook's again.
+    assert orch("plan", playbook(site, "base"), env=ENV).returncode == 0
+
+
+def test_broken_revision_is_rolled_back_automatically(site: dict[str, Any]) -> None:
+    pb = playbook(site, "broken", solo_len=100000)  # beyond the model's 1024 positions: vLLM refuses
+    apply = orch("apply", pb, "-y", env=ENV)
+    assert apply.returncode == 1
+    assert "the unit died" in apply.stdout
+    assert "rolled back to revision 3" in apply.stdout
+    assert "journal of solo on th2-deploy" in apply.stdout
+    assert "max_model_len" in apply.stdout  # vLLM's own words, from the journal tail
+    assert SECRET not in apply.stdout + apply.stderr
+    rows = status(pb)
+    assert rows["solo"]["ready"] and rows["solo"]["revision"] == 3
+    assert orch("plan", playbook(site, "base"), env=ENV).returncode == 0
+
+
+FAR = """\
+  - name: far
+    hosts: [th3]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8002
+    launcher: {kind: api_server, venv: /opt/vllm}
+"""
+
+
+def test_unreachable_host_fails_alone(site: dict[str, Any]) -> None:
+    tb, hosts = site["testbed"], site["hosts"]
+    inv = (site["dir"] / "inventory.yml").read_text() + f"  th3:\n    address: {hosts[2].address}\n"
+    d = site["dir"] / "with-th3"
+    d.mkdir(exist_ok=True)
+    (d / "inventory.yml").write_text(inv)
+    pb = d / "pb.yml"
+    pb.write_text(PLAYBOOK.format(solo_len=512, solo_args="{}") + FAR)
+    tb.partition(3)
+    try:
+        plan = orch("plan", pb, env=ENV)
+        apply = orch("apply", pb, "-y", env=ENV)
+    finally:
+        tb.heal(3)
+    assert plan.returncode == 1
+    assert "th3" in plan.stdout and "timed out" in plan.stdout
+    assert "th1 · tp2" in plan.stdout  # the reachable hosts were planned
+    assert apply.returncode == 1
+    assert "unchanged" in apply.stdout and "error" in apply.stdout
+
+
+def test_host_keys_are_verified(site: dict[str, Any]) -> None:
+    tb, (h1, h2, _) = site["testbed"], site["hosts"]
+    d = site["dir"] / "keys"
+    d.mkdir(exist_ok=True)
+    pb = d / "pb.yml"
+    pb.write_text(PLAYBOOK.format(solo_len=512, solo_args="{}"))
+    base_inv = (site["dir"] / "inventory.yml").read_text()
+    known = Path(tb.known_hosts_path).read_text().splitlines()
+    key_of = {line.split()[0]: line.split(None, 1)[1] for line in known if line.strip()}
+
+    (d / "known").write_text("")
+    (d / "inventory.yml").write_text(base_inv.replace(str(tb.known_hosts_path), str(d / "known")))
+    unknown = orch("plan", pb, "--limit", "th1", env=ENV)
+    assert unknown.returncode == 1 and "unknown host key" in unknown.stdout
+
+    (d / "known").write_text(f"{h1.address} {key_of[h2.address]}\n")  # th2's key claimed for th1
+    mismatch = orch("plan", pb, "--limit", "th1", env=ENV)
+    assert mismatch.returncode == 1 and "MISMATCH" in mismatch.stdout
+
+    (d / "known").write_text("")
+    (d / "inventory.yml").write_text(
+        "host_key_policy: accept-new\n" + base_inv.replace(str(tb.known_hosts_path), str(d / "known"))
+    )
+    learnt = orch("plan", pb, "--limit", "th1", env=ENV)
+    assert learnt.returncode == 0
+    assert key_of[h1.address].split()[1] in (d / "known").read_text()
+
+
+def test_destroy_stops_and_removes_but_keeps_revisions(site: dict[str, Any]) -> None:
+    pb = playbook(site, "base")
+    gone = orch("destroy", pb, "-y", env=ENV)
+    assert gone.returncode == 0, gone.stdout
+    tb, (h1, h2, _) = site["testbed"], site["hosts"]
+    assert tb.ssh(h1, "test -e /etc/systemd/system/orch-tp2.service; echo $?").stdout.strip() == "1"
+    assert tb.ssh(h1, "pgrep -f vllm.entrypoints || true").stdout.strip() == ""
+    assert tb.ssh(h2, "pgrep -u deploy -f vllm.entrypoints || true").stdout.strip() == ""
+    assert tb.ssh(h1, "ls /var/lib/orch/tp2/revisions").stdout.split() == ["1"]
+    assert orch("destroy", pb, "-y", env=ENV).returncode == 0  # idempotent
