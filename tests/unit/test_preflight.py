@@ -1,0 +1,141 @@
+"""Preflight on real nvidia-smi captures: raw host output → probe → verdicts."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from orchestrator import preflight
+from orchestrator.model import Deployment, Host
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+CONFIG_14B = (FIX / "configs" / "Qwen2.5-14B-Instruct.json").read_text()
+HOST = Host(address="gpu1")
+
+
+def day4(**kw: object) -> Deployment:
+    base: dict[str, object] = {
+        "name": "qwen14b",
+        "hosts": ["gpu1"],
+        "model": "/models/q14",
+        "gpus": [0, 1],
+        "tensor_parallel_size": 2,
+        "max_model_len": 2048,
+        "launcher": {"venv": "/opt/vllm"},
+    }
+    return Deployment.model_validate(base | kw)
+
+
+def output(
+    *, query: str, apps: str, main_pid: int = 0, ps: str = "", listen: str = "", model: bool = True
+) -> str:
+    """What ``preflight.script`` prints on a host, assembled from captured command output."""
+    config = base64.b64encode(CONFIG_14B.encode()).decode() if model else ""
+    return "\n".join(
+        [
+            "@@orchgpus",
+            query.strip(),
+            "@@orchapps",
+            apps.strip(),
+            "@@orchps",
+            ps,
+            "@@orchlisten",
+            listen,
+            "@@orchdep qwen14b",
+            "@@orchmainpid",
+            str(main_pid),
+            "@@orchlauncher",
+            "ok",
+            "@@orchversion",
+            "0.26.0",
+            "@@orchmodel",
+            "dir" if model else "",
+            "@@orchconfig",
+            config,
+        ]
+    )
+
+
+def verdicts(dep: Deployment, text: str) -> dict[str, tuple[str, str]]:
+    return {c.name: (c.severity, c.message) for c in preflight.checks(dep, preflight.parse(text))}
+
+
+IDLE_Q = (FIX / "nvidia-smi-h200x2" / "nvsmi_query.csv").read_text()
+IDLE_A = (FIX / "nvidia-smi-h200x2" / "nvsmi_apps.csv").read_text()
+SERVING_Q = (FIX / "vllm-0.26-gpu-tp2" / "nvsmi_query_serving.csv").read_text()
+SERVING_A = (FIX / "vllm-0.26-gpu-tp2" / "nvsmi_apps_serving.csv").read_text()
+
+
+def test_idle_h200_pair_passes() -> None:
+    v = verdicts(day4(), output(query=IDLE_Q, apps=IDLE_A))
+    assert {k: s for k, (s, _) in v.items()} == {
+        "port": "ok",
+        "launcher": "ok",
+        "model": "ok",
+        "gpus-exist": "ok",
+        "free-memory-gpu0": "ok",
+        "free-memory-gpu1": "ok",
+        "foreign-processes": "ok",
+        "fit": "ok",
+    }
+    assert v["launcher"][1] == "/opt/vllm/bin/vllm: vLLM 0.26.0"
+
+
+def test_gpus_held_by_a_foreign_vllm_block_the_start() -> None:
+    v = verdicts(day4(), output(query=SERVING_Q, apps=SERVING_A))
+    assert v["free-memory-gpu0"][0] == "error"
+    assert v["foreign-processes"] == (
+        "warn",
+        "foreign processes: GPU 0: pid 3161 VLLM::Worker_TP0 133416 MiB (a leftover vLLM?); "
+        "GPU 1: pid 3162 VLLM::Worker_TP1 133416 MiB (a leftover vLLM?)",
+    )
+
+
+def test_own_workers_do_not_count_against_a_restart() -> None:
+    ps = "3000 1\n3161 3000\n3162 3000\n"  # the unit's main process and its two TP workers
+    listen = 'LISTEN 0 2048 0.0.0.0:8000 0.0.0.0:* users:(("python3",pid=3000,fd=20))'
+    v = verdicts(day4(), output(query=SERVING_Q, apps=SERVING_A, main_pid=3000, ps=ps, listen=listen))
+    assert v["free-memory-gpu0"][0] == "ok"
+    assert v["foreign-processes"][0] == "ok"
+    assert v["port"] == ("ok", "port 8000 is held by this deployment")
+
+
+def test_port_held_by_someone_else() -> None:
+    listen = 'LISTEN 0 5 0.0.0.0:8000 0.0.0.0:* users:(("nginx",pid=77,fd=6))'
+    v = verdicts(day4(), output(query=IDLE_Q, apps=IDLE_A, listen=listen))
+    assert v["port"] == ("error", "port 8000 is in use by pid 77; choose another port or stop it")
+
+
+def test_missing_gpu_index() -> None:
+    v = verdicts(day4(gpus=[6, 7]), output(query=IDLE_Q, apps=IDLE_A))
+    assert v["gpus-exist"] == ("error", "GPU 6, 7 not found (host has 0, 1)")
+
+
+def test_fit_refuses_what_cannot_fit() -> None:
+    v = verdicts(day4(max_model_len=1_000_000), output(query=IDLE_Q, apps=IDLE_A))
+    assert v["fit"][0] == "error"
+
+
+def test_tp_must_divide_heads() -> None:
+    dep = day4(gpus=[0, 1, 2], tensor_parallel_size=3)
+    query = IDLE_Q + IDLE_Q.splitlines()[0].replace("0, GPU-e08", "2, GPU-e09") + "\n"
+    v = verdicts(dep, output(query=query, apps=IDLE_A))
+    assert v["fit"][0] == "error" and "40" in v["fit"][1]
+
+
+def test_missing_model_and_nvidia_smi() -> None:
+    text = output(query="NVIDIA-SMI has failed\n@@orchsmi-failed 9", apps="", model=False)
+    v = verdicts(day4(), text)
+    assert v["model"] == ("error", "model path /models/q14 does not exist on the host")
+    assert v["gpus-exist"][0] == "error" and "NVIDIA-SMI has failed" in v["gpus-exist"][1]
+
+
+def test_cpu_deployment_skips_gpu_checks() -> None:
+    dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1)
+    text = output(query="", apps="").replace("@@orchgpus\n\n@@orchapps\n\n", "")
+    assert set(verdicts(dep, text)) == {"port", "launcher", "model"}
+
+
+def test_config_fixture_is_valid_json() -> None:
+    assert json.loads(CONFIG_14B)["num_attention_heads"] == 40
