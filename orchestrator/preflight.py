@@ -261,14 +261,18 @@ def gpu_checks(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> l
         return [exist]
     held = gpu.memory_by_gpu(probe.gpus, probe.processes, own_pids=own_pids)
     # Memory this deployment holds now is freed by its own restart.
-    gpus = tuple(
-        replace(g, memory_free_mib=(g.memory_free_mib or 0) + held.get(g.index, 0)) for g in probe.gpus
-    )
+    gpus = tuple(_released(g, held.get(g.index, 0)) for g in probe.gpus)
     return [
         exist,
         *gpu.check_free_memory(gpus, dep.gpus, gpu_memory_utilization=dep.gpu_memory_utilization),
         gpu.check_foreign_processes(probe.gpus, probe.processes, dep.gpus, own_pids=own_pids),
     ]
+
+
+def _released(g: Gpu, mib: int) -> Gpu:
+    if g.memory_free_mib is None or g.memory_used_mib is None:
+        return g
+    return replace(g, memory_free_mib=g.memory_free_mib + mib, memory_used_mib=g.memory_used_mib - mib)
 
 
 def check_fit(dep: Deployment, probe: HostProbe, own: DeploymentProbe, own_pids: frozenset[int]) -> Check:
