@@ -527,39 +527,55 @@ def _revision_row(host: str, dep: str, rev: facts.RevisionInfo, current: int | N
 
 
 def _each_host(session: deploy.Session, fn: Callable[[deploy.HostRun], None]) -> None:
-    def guarded(run: deploy.HostRun) -> None:
-        try:
-            fn(run)
-        except OrchError as exc:
-            run.error = exc
-
-    deploy.parallel(session.live(), guarded)
+    deploy.parallel(session.live(), lambda run: _guarded(fn, run)())
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
+    lock = threading.Lock()
     with deploy.Session(loaded, targets) as session:
-        lock = threading.Lock()
 
         def one(run: deploy.HostRun) -> None:
             for t in run.targets:
-                scope = run.host.scope
-                cmd = commands.Command(
-                    commands.journalctl(scope, t.deployment.unit_name, lines=args.lines), sudo=run.host.sudo
-                )
-                text = run.transport.run(cmd, check=False).stdout
-                with lock:
-                    for line in text.splitlines():
-                        out.print(
-                            f"[cyan]{escape(run.name)}[/cyan] {escape(t.deployment.name)} | {escape(line)}"
-                        )
+                prefix = f"[cyan]{escape(run.name)}[/cyan] {escape(t.deployment.name)} | "
 
-        _each_host(session, one)
+                def show(line: str, prefix: str = prefix) -> None:
+                    with lock:
+                        out.print(prefix + escape(line))
+
+                journal = commands.journalctl(
+                    run.host.scope, t.deployment.unit_name, lines=args.lines, follow=args.follow
+                )
+                run.transport.stream(commands.Command(journal, sudo=run.host.sudo), show)
+
+        if args.follow:
+            _follow(session, one)
+        else:
+            _each_host(session, one)
         errors = session.host_errors()
     for e in errors:
         err.print(f"[red]✗ {escape(e.host)}[/red]: {escape(e.message)}")
     return EXIT_ERROR if errors else EXIT_OK
+
+
+def _follow(session: deploy.Session, fn: Callable[[deploy.HostRun], None]) -> None:
+    """Stream from every host until interrupted (one thread per host; Ctrl-C ends them all)."""
+    threads = [threading.Thread(target=_guarded(fn, run), daemon=True) for run in session.live()]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.2)
+
+
+def _guarded(fn: Callable[[deploy.HostRun], None], run: deploy.HostRun) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            fn(run)
+        except OrchError as exc:
+            run.error = exc
+
+    return call
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

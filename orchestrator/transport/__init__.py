@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..commands import Command
@@ -41,6 +42,9 @@ class Unavailable:
         self.error = error
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
+        raise self.error
+
+    def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         raise self.error
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +24,10 @@ class Transport(Protocol):
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result: ...
 
+    def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
+        """Run until the command ends, passing each stdout line as it comes; returns the exit code."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -35,3 +40,21 @@ def checked(name: str, command: Command, result: Result, *, check: bool) -> Resu
     if check and result.exit_code != 0:
         raise CommandError(name, command=command.describe(), exit_code=result.exit_code, stderr=result.stderr)
     return result
+
+
+class LineWriter:
+    """A file-like sink that calls ``on_line`` for every complete line written to it."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self.on_line = on_line
+        self.buffer = ""
+
+    def write(self, data: str) -> int:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self.on_line(line)
+        return len(data)
+
+    def flush(self) -> None:
+        return None

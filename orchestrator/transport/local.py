@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 from ..commands import Command
 from ..errors import CommandError
@@ -30,6 +31,18 @@ class LocalTransport:
             proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"), proc.returncode
         )
         return checked(self.name, command, result, check=check)
+
+    def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
+        with subprocess.Popen(
+            ["/bin/bash", "-c", shell_of(command)],
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+            return proc.wait()
 
     def close(self) -> None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import invoke
@@ -19,7 +20,7 @@ from fabric import Config, Connection
 from ..commands import Command
 from ..errors import CommandError, HostKeyError, UnreachableError
 from ..model import Host
-from .base import Result, checked, shell_of
+from .base import LineWriter, Result, checked, shell_of
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
 
@@ -69,13 +70,19 @@ class SSHTransport:
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
         stdin = io.BytesIO(command.stdin) if command.stdin is not None else False
+        result = self._invoke(command, hide=True, in_stream=stdin, timeout=timeout)
+        return checked(self.name, command, result, check=check)
+
+    def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
+        writer = LineWriter(on_line)
+        return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
+
+    def _invoke(self, command: Command, **kwargs: object) -> Result:
         try:
-            res = self._conn.run(
-                shell_of(command), hide=True, warn=True, in_stream=stdin, timeout=timeout, pty=False
-            )
+            res = self._conn.run(shell_of(command), warn=True, pty=False, **kwargs)
         except invoke.exceptions.CommandTimedOut as exc:
             raise CommandError(
-                self.name, command=command.describe(), exit_code=-1, stderr=f"timed out after {timeout}s"
+                self.name, command=command.describe(), exit_code=-1, stderr=f"timed out after {exc.timeout}s"
             ) from exc
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
@@ -85,7 +92,7 @@ class SSHTransport:
             raise self._ssh_error(exc) from exc
         except (OSError, EOFError) as exc:
             raise UnreachableError(self.name, f"cannot connect: {_reason(exc)}") from exc
-        return checked(self.name, command, Result(res.stdout, res.stderr, res.exited), check=check)
+        return Result(res.stdout, res.stderr, res.exited)
 
     def _ssh_error(self, exc: paramiko.SSHException) -> Exception:
         text = str(exc)
