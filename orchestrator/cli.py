@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, commands, deploy, facts, health, render
+from . import __version__, commands, deploy, facts, health, preflight, render
 from .errors import ConfigError, OrchError
 from .facts import UnitState
 from .gpu import Check
@@ -75,6 +75,8 @@ def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--force", action="store_true", help="apply even when preflight finds errors")
     if verb == "rollback":
         sp.add_argument("--to", type=int, metavar="REV", help="revision number (default: the previous one)")
+    if verb == "status":
+        sp.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     if verb == "logs":
         sp.add_argument("-n", "--lines", type=int, default=50)
         sp.add_argument("-f", "--follow", action="store_true")
@@ -416,16 +418,29 @@ class RichReporter:
 def cmd_status(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
+    if not args.watch:
+        rows, errors = _status_rows(loaded, targets)
+        if args.json:
+            out.print_json(data={"deployments": rows})
+        else:
+            out.print(_status_table(rows))
+        return EXIT_ERROR if errors else EXIT_OK
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            live.update(_status_table(_status_rows(loaded, targets)[0]), refresh=True)
+            time.sleep(args.watch)
+
+
+def _status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[dict[str, Any]], list[deploy.Result]]:
     with deploy.Session(loaded, targets) as session:
-        session.gather()
-        rows = [_status_row(run, t) for run in session.live() for t in run.targets]
+        session.gather(with_preflight=True)
+        rows: list[dict[str, Any]] = []
+        deploy.parallel(session.live(), lambda run: rows.extend(_status_row(run, t) for t in run.targets))
         errors = session.host_errors()
+    order = {(t.host_name, t.deployment.name): i for i, t in enumerate(targets)}
+    rows.sort(key=lambda r: order[(r["host"], r["deployment"])])
     rows += [{"host": e.host, "deployment": e.deployment, "error": e.message} for e in errors]
-    if args.json:
-        out.print_json(data={"deployments": rows})
-    else:
-        _status_table(rows)
-    return EXIT_ERROR if errors else EXIT_OK
+    return rows, errors
 
 
 def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
@@ -434,7 +449,7 @@ def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
     if f.unit.running:
         env = f.files.get("env", "")
         ep = health.Endpoint(
-            f"http://{deploy._api_address(run.host)}:{t.deployment.port}",
+            f"http://{deploy.api_address(run.host)}:{t.deployment.port}",
             t.deployment.served_name,
             render.parse_env(env).get("VLLM_API_KEY"),
         )
@@ -452,18 +467,39 @@ def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
         "revision": f.current_revision,
         "ready": bool(ready and ready.ready),
         "detail": "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
+        **(preflight.gpu_status(t.deployment, run.probe) if run.probe else {}),
     }
 
 
-def _status_table(rows: list[dict[str, Any]]) -> None:
+def _status_table(rows: list[dict[str, Any]]) -> Table:
     table = Table()
-    for col in ("host", "deployment", "state", "revision", "ready", "restarts", "since / detail"):
+    for col in (
+        "host",
+        "deployment",
+        "state",
+        "rev",
+        "ready",
+        "restarts",
+        "GPUs (used/total MiB, util)",
+        "TP balance",
+        "since / detail",
+    ):
         table.add_column(col)
     for r in rows:
         if "error" in r:
-            table.add_row(r["host"], r["deployment"], "[red]error[/red]", "", "", "", escape(r["error"]))
+            table.add_row(
+                r["host"], r["deployment"], "[red]error[/red]", "", "", "", "", "", escape(r["error"])
+            )
             continue
         ready = "[green]yes[/green]" if r["ready"] else "[red]no[/red]"
+        gpus = "\n".join(
+            f"{g['index']}: {g['used_mib']}/{g['total_mib']} {g['utilization_pct']}%"
+            for g in r.get("gpus", [])
+        )
+        bal = r.get("tp_balance")
+        balance = (
+            "" if not bal else (f"{'[green]' if bal['balanced'] else '[red]'}{bal['spread_pct']:.1f}%[/]")
+        )
         table.add_row(
             r["host"],
             r["deployment"],
@@ -471,9 +507,11 @@ def _status_table(rows: list[dict[str, Any]]) -> None:
             str(r["revision"] or "-"),
             ready,
             str(r["restarts"]),
+            gpus,
+            balance,
             escape(r["detail"] or r["since"]),
         )
-    out.print(table)
+    return table
 
 
 def cmd_revisions(args: argparse.Namespace) -> int:

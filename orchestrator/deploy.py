@@ -213,7 +213,7 @@ class Session:
     def _gate(self, run: HostRun, dep: Deployment, desired: Desired, baseline: int) -> Outcome:
         env_file = desired.file("env")
         api_key = render.parse_env(env_file.content).get("VLLM_API_KEY") if env_file else None
-        ep = Endpoint(f"http://{_api_address(run.host)}:{dep.port}", dep.served_name, api_key)
+        ep = Endpoint(f"http://{api_address(run.host)}:{dep.port}", dep.served_name, api_key)
         state_cmd = commands.unit_state(desired.layout.scope, dep.unit_name, sudo=run.host.sudo)
 
         def unit_state() -> UnitState:
@@ -261,7 +261,7 @@ def _deployment(run: HostRun, name: str) -> Deployment:
     return next(t.deployment for t in run.targets if t.deployment.name == name)
 
 
-def _api_address(host: Host) -> str:
+def api_address(host: Host) -> str:
     return "127.0.0.1" if host.connection == "local" else host.address
 
 

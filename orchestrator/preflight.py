@@ -299,3 +299,31 @@ def check_fit(dep: Deployment, probe: HostProbe, own: DeploymentProbe, own_pids:
     if est.verdict == "tight":
         return Check("fit", True, "warn", f"tight: {summary}")
     return Check("fit", True, "ok", summary)
+
+
+def gpu_status(dep: Deployment, probe: HostProbe) -> dict[str, Any]:
+    """Per-GPU memory and utilisation of the deployment's GPUs, and its TP balance (for ``status``)."""
+    if dep.accelerator != "cuda" or not probe.gpus:
+        return {}
+    own = probe.descendants(probe.deployments.get(dep.name, DeploymentProbe()).main_pid)
+    gpus = [
+        {
+            "index": g.index,
+            "used_mib": g.memory_used_mib,
+            "total_mib": g.memory_total_mib,
+            "utilization_pct": g.utilization_pct,
+        }
+        for g in probe.gpus
+        if g.index in dep.gpus
+    ]
+    held = gpu.memory_by_gpu(probe.gpus, probe.processes, own_pids=own)
+    out: dict[str, Any] = {"gpus": gpus}
+    if len(dep.gpus) > 1 and held:
+        bal = gpu.tp_balance(held.get(i, 0) for i in dep.gpus)
+        out["tp_balance"] = {
+            "max_mib": bal.max_mib,
+            "min_mib": bal.min_mib,
+            "spread_pct": bal.spread_pct,
+            "balanced": bal.balanced,
+        }
+    return out

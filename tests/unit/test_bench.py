@@ -30,7 +30,9 @@ from orchestrator.bench import (
     summarize,
 )
 
-CFG = BenchConfig(base_url="http://h:8000", model="tiny", num_requests=3, concurrency=1, input_len=16, output_len=4)
+CFG = BenchConfig(
+    base_url="http://h:8000", model="tiny", num_requests=3, concurrency=1, input_len=16, output_len=4
+)
 T0 = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
 T1 = datetime(2026, 11, 24, 7, 0, 2, tzinfo=UTC)
 # The real `vllm bench serve` result captured on the GPU test bed (shared/fixtures/vllm-0.26-gpu-tp2).
@@ -66,7 +68,9 @@ def sse_response(events: list[tuple[float, dict[str, object] | str]]) -> httpx.R
     return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
 
-def steady(ttft: float, gap: float, tokens: int, *, usage: bool = True) -> list[tuple[float, dict[str, object] | str]]:
+def steady(
+    ttft: float, gap: float, tokens: int, *, usage: bool = True
+) -> list[tuple[float, dict[str, object] | str]]:
     """A completion stream: first token after ``ttft``, the others ``gap`` apart, then usage."""
     events: list[tuple[float, dict[str, object] | str]] = [(ttft, text_chunk(" a"))]
     events += [(gap, text_chunk(" b")) for _ in range(tokens - 1)]
@@ -152,7 +156,9 @@ def test_chat_role_preamble_is_not_the_first_token() -> None:
 
     async def handle(request: httpx.Request) -> httpx.Response:
         seen.append(json.loads(request.content))
-        role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        role = {
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        }
         return sse_response(
             [
                 (0, role),
@@ -243,7 +249,9 @@ def test_request_rate_spreads_arrivals() -> None:
     async def handle(request: httpx.Request) -> httpx.Response:
         return sse_response(steady(0, 0, 2))
 
-    result = run_bench(replace(CFG, num_requests=5, concurrency=5, request_rate=50), transport=transport(handle))
+    result = run_bench(
+        replace(CFG, num_requests=5, concurrency=5, request_rate=50), transport=transport(handle)
+    )
 
     assert result.completed == 5
     assert result.duration_s >= 0.1 - 0.002  # the last arrival falls at 5 / 50 s
@@ -282,7 +290,9 @@ def test_percentiles_interpolate_like_numpy() -> None:
 
 def test_summary_follows_vllm_definitions() -> None:
     outcomes = [
-        RequestOutcome(ok=True, ttft_s=0.1, itl_s=(0.02, 0.04), e2e_s=0.16, output_tokens=3, prompt_tokens=10),
+        RequestOutcome(
+            ok=True, ttft_s=0.1, itl_s=(0.02, 0.04), e2e_s=0.16, output_tokens=3, prompt_tokens=10
+        ),
         RequestOutcome(ok=True, ttft_s=0.3, itl_s=(), e2e_s=0.3, output_tokens=1, prompt_tokens=20),
         RequestOutcome(ok=False, error="HTTP 500: boom"),
         RequestOutcome(ok=False, error="HTTP 500: boom"),
@@ -293,7 +303,9 @@ def test_summary_follows_vllm_definitions() -> None:
     assert result.request_throughput == 1.0
     assert result.output_throughput == 2.0  # (3 + 1) tokens / 2 s
     assert result.total_token_throughput == 17.0  # (30 + 4) / 2
-    assert result.ttft == Stats(2, pytest.approx(200), pytest.approx(200), pytest.approx(280), pytest.approx(298))  # type: ignore[arg-type]
+    assert result.ttft == Stats(
+        2, pytest.approx(200), pytest.approx(200), pytest.approx(280), pytest.approx(298)
+    )  # type: ignore[arg-type]
     # TPOT only for requests with more than one token: (160 - 100) / (3 - 1) ms.
     assert result.tpot == Stats(1, pytest.approx(30), pytest.approx(30), pytest.approx(30), pytest.approx(30))  # type: ignore[arg-type]
     assert result.itl.count == 2 and result.itl.mean == pytest.approx(30)
@@ -301,7 +313,9 @@ def test_summary_follows_vllm_definitions() -> None:
 
 
 def test_json_round_trip_keeps_everything_but_the_api_key() -> None:
-    outcomes = [RequestOutcome(ok=True, ttft_s=0.1, itl_s=(0.02,), e2e_s=0.12, output_tokens=2, prompt_tokens=7)]
+    outcomes = [
+        RequestOutcome(ok=True, ttft_s=0.1, itl_s=(0.02,), e2e_s=0.12, output_tokens=2, prompt_tokens=7)
+    ]
     result = summarize(
         replace(CFG, api_key="secret", request_rate=2.5, endpoint="chat"),
         [*outcomes, RequestOutcome(ok=False, error="x")],
@@ -320,7 +334,9 @@ def test_json_round_trip_keeps_everything_but_the_api_key() -> None:
 
 def result_with(output_throughput: float, ttft_mean: float) -> BenchResult:
     base = summarize(CFG, [], duration_s=1.0, started=T0, finished=T1)
-    return replace(base, output_throughput=output_throughput, ttft=Stats(10, ttft_mean, ttft_mean, ttft_mean, ttft_mean))
+    return replace(
+        base, output_throughput=output_throughput, ttft=Stats(10, ttft_mean, ttft_mean, ttft_mean, ttft_mean)
+    )
 
 
 def test_compare_gives_percent_change_from_a_to_b() -> None:

@@ -139,3 +139,21 @@ def test_cpu_deployment_skips_gpu_checks() -> None:
 
 def test_config_fixture_is_valid_json() -> None:
     assert json.loads(CONFIG_14B)["num_attention_heads"] == 40
+
+
+def test_status_shows_gpus_and_tp_balance_from_real_capture() -> None:
+    ps = "3000 1\n3161 3000\n3162 3000\n"
+    probe = preflight.parse(output(query=SERVING_Q, apps=SERVING_A, main_pid=3000, ps=ps))
+    status = preflight.gpu_status(day4(), probe)
+    assert status["gpus"] == [
+        {"index": 0, "used_mib": 133425, "total_mib": 143771, "utilization_pct": 0},
+        {"index": 1, "used_mib": 133425, "total_mib": 143771, "utilization_pct": 0},
+    ]
+    assert status["tp_balance"] == {"max_mib": 133416, "min_mib": 133416, "spread_pct": 0.0, "balanced": True}
+
+
+def test_status_flags_tp_imbalance() -> None:
+    apps = (FIX / "vllm-0.26-gpu-tp2" / "derived-tp-imbalance_apps.csv").read_text()
+    ps = "3000 1\n3161 3000\n3162 3000\n"
+    probe = preflight.parse(output(query=SERVING_Q, apps=apps, main_pid=3000, ps=ps))
+    assert preflight.gpu_status(day4(), probe)["tp_balance"]["balanced"] is False
