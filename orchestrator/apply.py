@@ -37,6 +37,8 @@ class Applied:
 
     restarted: bool
     restarts_after: int
+    # Processes of the unit that outlived a stop, as "pid:name".
+    leftovers: tuple[str, ...] = ()
 
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
@@ -54,7 +56,7 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
         case Disable(unit=unit):
             return commands.unit_action(scope, "disable", unit, sudo=sudo)
         case Stop(unit=unit):
-            return commands.unit_action(scope, "stop", unit, sudo=sudo)
+            return commands.stop(scope, unit, sudo=sudo)
         case Restart(unit=unit):
             return commands.restart(scope, unit, sudo=sudo)
         case RecordRevision():
@@ -63,15 +65,23 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
 
 
 def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applied:
-    restarts_after, restarted = 0, False
+    restarts_after, restarted, leftovers = 0, False, []
     for change in plan.changes:
         if isinstance(change, RecordRevision):
             continue
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo))
+        leftovers += _leftovers(result.stdout)
         if isinstance(change, Restart):
             restarted = True
             restarts_after = _restarts(result.stdout)
-    return Applied(restarted, restarts_after)
+    return Applied(restarted, restarts_after, tuple(leftovers))
+
+
+def _leftovers(output: str) -> list[str]:
+    for line in output.splitlines():
+        if line.startswith(commands.LEFT_MARK):
+            return line[len(commands.LEFT_MARK) :].split()
+    return []
 
 
 def record(transport: Transport, plan: TargetPlan, *, sudo: bool) -> int | None:

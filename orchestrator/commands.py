@@ -85,11 +85,34 @@ def unit_state(scope: Scope, unit: str, *, sudo: bool, journal_lines: int = 1) -
     return Command(script, sudo=sudo, label=f"state of {unit}")
 
 
+LEFT_MARK = "orch-left:"
+# The unit's main process and all its descendants (EngineCore, TP workers), before it stops.
+_TREE = (
+    'p=$({show}); tree=$(ps -eo pid=,ppid= | awk -v r="$p" '
+    "'BEGIN{{a[r]=1}} {{pp[$1]=$2}} END{{if (r>0) do {{c=0; for (x in pp) if (!(x in a) && (pp[x] in a)) "
+    "{{a[x]=1; c=1}}}} while (c); if (r>0) for (x in a) print x}}')"
+)
+# Which of them outlived the stop: each would hold memory (GPU memory, on a GPU host) the next start needs.
+_LEFT = (
+    'left=""; for k in $tree; do c=$(cat /proc/$k/comm 2>/dev/null) && left="$left $k:$c"; done; '
+    f'echo "{LEFT_MARK}$left"'
+)
+
+
+def stop(scope: Scope, unit: str, *, sudo: bool) -> Command:
+    """Stop, then report any of the unit's processes still alive."""
+    tree = _TREE.format(show=systemctl(scope, "show", "-p", "MainPID", "--value", unit))
+    script = f"{tree}; {systemctl(scope, 'stop', unit)}; {_LEFT}"
+    return Command(script, sudo=sudo, label=f"stop {unit}")
+
+
 def restart(scope: Scope, unit: str, *, sudo: bool) -> Command:
-    """Restart (starting if stopped) and report NRestarts, the base for detecting a crash."""
+    """Stop (reporting survivors), start, and report NRestarts: the base for detecting a crash."""
+    tree = _TREE.format(show=systemctl(scope, "show", "-p", "MainPID", "--value", unit))
     script = (
-        f"{systemctl(scope, 'reset-failed', unit)} 2>/dev/null || true; "
-        f"{systemctl(scope, 'restart', unit)} && {systemctl(scope, 'show', unit, '-p', 'NRestarts')}"
+        f"{systemctl(scope, 'reset-failed', unit)} 2>/dev/null || true; {tree}; "
+        f"{systemctl(scope, 'stop', unit)}; {_LEFT}; "
+        f"{systemctl(scope, 'start', unit)} && {systemctl(scope, 'show', unit, '-p', 'NRestarts')}"
     )
     return Command(script, sudo=sudo, label=f"restart {unit}")
 

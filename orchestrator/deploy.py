@@ -199,6 +199,10 @@ class Session:
         for change in p.changes:
             self.reporter.event(run.name, dep.name, change.summary())
         applied = run_changes(run.transport, p, sudo=run.host.sudo)
+        if applied.leftovers:
+            self.reporter.event(
+                run.name, dep.name, f"WARNING: processes outlived the stop: {' '.join(applied.leftovers)}"
+            )
         elapsed = None
         if gate and p.desired.present and applied.restarted:
             outcome = self._gate(run, dep, p.desired, applied.restarts_after)

@@ -248,10 +248,11 @@ def _panel(index: int, panel: Panel, datasource: Mapping[str, str]) -> dict[str,
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
 _BRACES = re.compile(r"\{[^}]*\}|\[[^\]]*\]")
-_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_GROUPING_WORDS = ("by", "without", "on", "ignoring", "group_left", "group_right")
+_GROUPING = re.compile(rf"\b(?:{'|'.join(_GROUPING_WORDS)})\s*\([^)]*\)")
 _IDENT = re.compile(r"(?<![\w:$.])([A-Za-z_:][\w:]*)(?![\w:]|\s*\()")
-_KEYWORDS = frozenset({"and", "or", "unless", "offset", "bool", "by", "without", "inf", "nan"})
-_LABEL_VALUES = re.compile(r"label_values\(\s*([^,)]+)")
+_KEYWORDS = frozenset({"and", "or", "unless", "offset", "bool", "inf", "nan", *_GROUPING_WORDS})
+_LABEL_VALUES = re.compile(r"label_values\(\s*([^,{)]+(?:\{[^}]*\})?)")
 
 
 def metric_names(dashboard: Mapping[str, Any]) -> set[str]:
