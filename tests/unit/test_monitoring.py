@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -109,6 +115,85 @@ def test_gpu_exporter_is_scraped_once_per_host_by_its_own_job() -> None:
     ]
     assert [g["targets"] for g in gpu_groups] == [["10.0.0.5:9400"], ["10.0.0.6:9400"], ["[fd00::7]:9400"]]
     assert gpu_groups[0]["labels"] == {"__orch_kind": "gpu", "host": "gpu-a"}
+
+
+@pytest.fixture
+def exporter() -> Iterator[int]:
+    """A local HTTP server answering /metrics with the real capture; yields its port."""
+    body = CAPTURE.read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_real_prometheus_scrapes_with_the_labels(tmp_path: Path, exporter: int) -> None:
+    """The labels arrive on the series, the routing label does not, and each job keeps only its targets."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not found: apt-get install prometheus")
+    target = MonitorTarget("qwen14b", "gpu-a", "127.0.0.1", exporter, 3, "qwen2.5-14b")
+    config, targets = prometheus_config([target], scrape_interval_s=1, gpu_exporter_port=exporter)
+    (tmp_path / "targets.json").write_text(targets)
+    (tmp_path / "prometheus.yml").write_text(config)
+    port = free_port()
+    args = [
+        binary,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+    ]
+    with subprocess.Popen(
+        [*args, f"--web.listen-address=127.0.0.1:{port}"], stderr=subprocess.DEVNULL
+    ) as proc:
+        try:
+            active = _wait_for_targets(f"http://127.0.0.1:{port}", count=2)
+        finally:
+            proc.terminate()
+    labels = sorted((t["labels"] for t in active), key=lambda labels: labels["job"])
+    instance = f"127.0.0.1:{exporter}"
+    assert labels == [
+        {"host": "gpu-a", "instance": instance, "job": "gpu"},
+        {
+            "deployment": "qwen14b",
+            "host": "gpu-a",
+            "instance": instance,
+            "job": "vllm",
+            "revision": "3",
+            "served_name": "qwen2.5-14b",
+        },
+    ]
+
+
+def _wait_for_targets(url: str, *, count: int, timeout_s: float = 30) -> list[dict[str, dict[str, str]]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            active = httpx.get(f"{url}/api/v1/targets").json()["data"]["activeTargets"]
+        except httpx.HTTPError:
+            active = []
+        if len(active) == count and all(t["health"] == "up" for t in active):
+            return list(active)
+        time.sleep(0.2)
+    raise AssertionError(f"prometheus did not scrape {count} targets within {timeout_s} s")
 
 
 # --- Grafana ---------------------------------------------------------------------------------------------
