@@ -7,10 +7,10 @@ added to the file and reported. Paramiko and Invoke errors become HostErrors her
 
 from __future__ import annotations
 
-import io
+import contextlib
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import invoke
@@ -69,20 +69,42 @@ class SSHTransport:
         client.set_missing_host_key_policy(policy)
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
-        stdin = io.BytesIO(command.stdin) if command.stdin is not None else False
-        result = self._invoke(command, hide=True, in_stream=stdin, timeout=timeout)
+        if command.stdin is not None:
+            result = self._with_stdin(command, command.stdin, timeout)
+        else:
+            result = self._invoke(command, hide=True, in_stream=False, timeout=timeout)
         return checked(self.name, command, result, check=check)
+
+    def _with_stdin(self, command: Command, data: bytes, timeout: float | None) -> Result:
+        """Send ``data`` as the whole stdin, then EOF: Paramiko directly, byte-exact and without polling."""
+        with self._translated(command, timeout):
+            self._conn.open()
+            stdin, stdout, stderr = self._conn.client.exec_command(shell_of(command), timeout=timeout)
+            stdin.write(data)
+            stdin.channel.shutdown_write()
+            out, err = stdout.read(), stderr.read()
+            code = stdout.channel.recv_exit_status()
+        return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         writer = LineWriter(on_line)
         return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
 
-    def _invoke(self, command: Command, **kwargs: object) -> Result:
+    def _invoke(self, command: Command, *, timeout: float | None = None, **kwargs: object) -> Result:
+        with self._translated(command, timeout):
+            res = self._conn.run(shell_of(command), warn=True, pty=False, timeout=timeout, **kwargs)
+        return Result(res.stdout, res.stderr, res.exited)
+
+    @contextlib.contextmanager
+    def _translated(self, command: Command, timeout: float | None) -> Iterator[None]:
+        """Paramiko's and Invoke's errors, as the HostError they mean."""
         try:
-            res = self._conn.run(shell_of(command), warn=True, pty=False, **kwargs)
-        except invoke.exceptions.CommandTimedOut as exc:
+            yield
+        except (invoke.exceptions.CommandTimedOut, TimeoutError) as exc:
+            if not self._conn.is_connected:
+                raise UnreachableError(self.name, "cannot connect: timed out") from exc
             raise CommandError(
-                self.name, command=command.describe(), exit_code=-1, stderr=f"timed out after {exc.timeout}s"
+                self.name, command=command.describe(), exit_code=-1, stderr=f"timed out after {timeout}s"
             ) from exc
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
@@ -92,7 +114,6 @@ class SSHTransport:
             raise self._ssh_error(exc) from exc
         except (OSError, EOFError) as exc:
             raise UnreachableError(self.name, f"cannot connect: {_reason(exc)}") from exc
-        return Result(res.stdout, res.stderr, res.exited)
 
     def _ssh_error(self, exc: paramiko.SSHException) -> Exception:
         text = str(exc)
