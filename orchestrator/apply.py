@@ -28,6 +28,8 @@ from .plan import (
 from .render import ROLES, Layout, Role
 from .transport import Transport
 
+# No command may hang an apply: a stop waits at most TimeoutStopSec, well below this.
+COMMAND_TIMEOUT_S = 600.0
 REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
 
 
@@ -69,7 +71,9 @@ def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applie
     for change in plan.changes:
         if isinstance(change, RecordRevision):
             continue
-        result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo))
+        result = transport.run(
+            command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=COMMAND_TIMEOUT_S
+        )
         leftovers += _leftovers(result.stdout)
         if isinstance(change, Restart):
             restarted = True
@@ -88,7 +92,8 @@ def record(transport: Transport, plan: TargetPlan, *, sudo: bool) -> int | None:
     """Write the plan's revision record, if it has one; returns the new revision number."""
     for change in plan.changes:
         if isinstance(change, RecordRevision):
-            out = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo)).stdout
+            command = command_for(change, layout=plan.desired.layout, sudo=sudo)
+            out = transport.run(command, timeout=COMMAND_TIMEOUT_S).stdout
             return int(out.strip().splitlines()[-1])
     return None
 
