@@ -204,7 +204,9 @@ class Session:
                 run.name, dep.name, f"WARNING: processes outlived the stop: {' '.join(applied.leftovers)}"
             )
         elapsed = None
-        if gate and p.desired.present and applied.restarted:
+        if gate and not dep.readiness.enabled and applied.restarted:
+            self.reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
+        if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
             outcome = self._gate(run, dep, p.desired, applied.restarts_after)
             elapsed = outcome.elapsed_s
         revision = record(run.transport, p, sudo=run.host.sudo)

@@ -106,6 +106,8 @@ class Launcher(Strict):
 
 
 class Readiness(Strict):
+    # Off only where the controller cannot reach the API port; then a start counts as success.
+    enabled: bool = True
     timeout_s: float = Field(default=1800.0, gt=0)
     interval_s: float = Field(default=2.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)

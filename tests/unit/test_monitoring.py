@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -258,7 +258,7 @@ def test_every_vllm_metric_of_the_dashboard_is_exported_by_the_real_server() -> 
     assert used - vllm_names == {"DCGM_FI_DEV_FB_USED"}
 
 
-def _family_of(sample_name: str, families: dict[str, object]) -> object | None:
+def _family_of(sample_name: str, families: Mapping[str, object]) -> object | None:
     """The family a sample name belongs to: histogram series map to their histogram, counters drop _total."""
     for suffix in HISTOGRAM_SUFFIXES:
         base = sample_name.removesuffix(suffix)
