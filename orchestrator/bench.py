@@ -357,7 +357,9 @@ async def measure_request(client: httpx.AsyncClient, cfg: BenchConfig, prompt: s
             return await _stream(client, cfg, prompt, sent)
     except TimeoutError:
         return RequestOutcome(ok=False, error=f"timed out after {cfg.timeout_s:g} s")
-    except (httpx.HTTPError, ValueError) as exc:  # ValueError: a chunk that is not JSON
+    except (httpx.HTTPError, httpx.StreamError) as exc:
+        return RequestOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:  # a chunk not JSON, or malformed
         return RequestOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
 
 
