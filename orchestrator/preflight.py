@@ -49,7 +49,8 @@ class HostProbe:
     processes: tuple[GpuProcess, ...] = ()
     smi_error: str = ""
     parents: dict[int, int] = field(default_factory=dict)
-    listeners: dict[int, frozenset[int]] = field(default_factory=dict)
+    # None when the host has no ``ss`` to list listening ports.
+    listeners: dict[int, frozenset[int]] | None = field(default_factory=dict)
     deployments: dict[str, DeploymentProbe] = field(default_factory=dict)
 
     def descendants(self, pid: int) -> frozenset[int]:
@@ -86,7 +87,12 @@ def script(host: Host, deployments: list[Deployment]) -> str:
             f'echo "{MARK}apps"',
             f"{gpu.QUERY_PROCESSES} 2>/dev/null",
         ]
-    parts += [f'echo "{MARK}ps"', "ps -eo pid=,ppid=", f'echo "{MARK}listen"', "ss -ltnpH 2>/dev/null"]
+    parts += [
+        f'echo "{MARK}ps"',
+        "ps -eo pid=,ppid=",
+        f'echo "{MARK}listen"',
+        f'if command -v ss >/dev/null; then ss -ltnpH; else echo "{MARK}no-ss"; fi',
+    ]
     parts += [_deployment_script(host, d) for d in deployments]
     return "; ".join(parts)
 
@@ -131,7 +137,7 @@ def parse(output: str) -> HostProbe:
         processes=procs,
         smi_error=smi_error,
         parents=_parse_ps(sec.get("ps", [])),
-        listeners=_parse_listeners(sec.get("listen", [])),
+        listeners=None if "no-ss" in sec else _parse_listeners(sec.get("listen", [])),
         deployments={name: _parse_deployment(_sections("\n".join(body))) for name, body in blocks.items()},
     )
 
@@ -216,6 +222,8 @@ def checks(dep: Deployment, probe: HostProbe) -> list[Check]:
 
 
 def check_port(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> Check:
+    if probe.listeners is None:
+        return Check("port", True, "warn", f"port {dep.port} not checked: the host has no `ss` (iproute2)")
     if dep.port not in probe.listeners:
         return Check("port", True, "ok", f"port {dep.port} is free")
     holders = probe.listeners[dep.port]

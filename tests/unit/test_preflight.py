@@ -157,3 +157,26 @@ def test_status_flags_tp_imbalance() -> None:
     ps = "3000 1\n3161 3000\n3162 3000\n"
     probe = preflight.parse(output(query=SERVING_Q, apps=apps, main_pid=3000, ps=ps))
     assert preflight.gpu_status(day4(), probe)["tp_balance"]["balanced"] is False
+
+
+def test_h100_with_a_real_foreign_process() -> None:
+    """apps-busy.csv is verbatim from the lent H100 (a python3 holding 40 GiB); the query line is rebuilt
+    from the same run's nvidia-smi table (docs/gpu-preflight-h100/nvsmi-busy.txt)."""
+    h100 = FIX / "nvidia-smi-h100"
+    text = output(
+        query=(h100 / "query-busy-reconstructed.csv").read_text(), apps=(h100 / "apps-busy.csv").read_text()
+    )
+    v = verdicts(day4(gpus=[0], tensor_parallel_size=1), text)
+    assert v["free-memory-gpu0"] == (
+        "error",
+        "GPU 0: 39501 MiB free, gpu_memory_utilization 0.9 needs 72972 of 81080 MiB; vLLM will refuse to start",
+    )
+    assert v["foreign-processes"] == ("warn", "foreign processes: GPU 0: pid 464 python3 41570 MiB")
+
+
+def test_port_unchecked_without_ss() -> None:
+    text = output(query=IDLE_Q, apps=IDLE_A).replace("@@orchlisten\n", "@@orchlisten\n@@orchno-ss")
+    assert verdicts(day4(), text)["port"] == (
+        "warn",
+        "port 8000 not checked: the host has no `ss` (iproute2)",
+    )
