@@ -7,6 +7,7 @@ Only OrchError is caught: it prints as one red line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -18,9 +19,10 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
-from . import __version__, commands, deploy, facts, health, metrics, preflight, render
+from . import __version__, bench, commands, deploy, facts, health, metrics, monitoring, preflight, render
 from .errors import ConfigError, OrchError
 from .facts import UnitState
 from .gpu import Check
@@ -51,11 +53,13 @@ def parser() -> argparse.ArgumentParser:
         "destroy": "stop, disable and remove deployments (revisions are kept)",
         "preflight": "check GPUs, memory, port, launcher, model and fit before deploying",
         "metrics": "scrape /metrics: queue, KV-cache usage, TTFT / ITL / latency percentiles",
+        "bench": "load-test a deployment (TTFT, TPOT, ITL, throughput), tagged with its revision",
+        "monitoring": "render a Prometheus scrape config and a Grafana dashboard for the playbook",
         "logs": "the journal of each deployment's unit",
     }
     for verb, help_text in verbs.items():
         sp = sub.add_parser(verb, help=help_text, description=help_text)
-        sp.add_argument("playbook", type=Path)
+        sp.add_argument("playbook", type=Path, nargs="?" if verb == "bench" else None)
         sp.add_argument("-i", "--inventory", type=Path, help="use this inventory instead of the playbook's")
         if verb != "validate":
             sp.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
@@ -78,9 +82,35 @@ def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--to", type=int, metavar="REV", help="revision number (default: the previous one)")
     if verb == "status":
         sp.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    if verb == "bench":
+        _bench_options(sp)
+    if verb == "monitoring":
+        sp.add_argument(
+            "--out", type=Path, required=True, help="folder for prometheus.yml, targets.json, dashboard"
+        )
+        sp.add_argument("--gpu-exporter-port", type=int, help="also scrape each host's DCGM exporter here")
     if verb == "logs":
         sp.add_argument("-n", "--lines", type=int, default=50)
         sp.add_argument("-f", "--follow", action="store_true")
+
+
+def _bench_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("-n", "--num-requests", type=int, default=100)
+    sp.add_argument("-c", "--concurrency", type=int, default=8)
+    sp.add_argument(
+        "--request-rate", type=float, help="requests/s with Poisson arrivals (default: all at once)"
+    )
+    sp.add_argument(
+        "--input-len", type=int, default=128, help="prompt length in words (about as many tokens)"
+    )
+    sp.add_argument("--output-len", type=int, default=64)
+    sp.add_argument("--prompt", help="one fixed prompt instead of random words")
+    sp.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--save", type=Path, metavar="FILE.json", help="write the result here")
+    sp.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two saved results"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -674,6 +704,120 @@ def _hist(h: metrics.HistogramSummary | None) -> str:
     return f"n={h.count:,.0f}  " + "  ".join("-" if v is None else f"{v * 1000:.1f}" for v in vals)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.compare:
+        a, b = (_read_bench(p) for p in args.compare)
+        out.print(bench.format_compare(a, b, labels=(args.compare[0].stem, args.compare[1].stem)))
+        return EXIT_OK
+    if args.playbook is None:
+        raise ConfigError("bench needs a PLAYBOOK (or --compare A.json B.json)", file="orch bench")
+    if min(args.num_requests, args.concurrency, args.output_len) < 1:
+        raise ConfigError(
+            "--num-requests, --concurrency and --output-len must be at least 1", file="orch bench"
+        )
+    loaded = _load(args)
+    target, revision, api_key = _bench_target(loaded, args)
+    cfg = bench.BenchConfig(
+        base_url=f"http://{deploy.api_address(target.host)}:{target.deployment.port}",
+        model=target.deployment.served_name,
+        num_requests=args.num_requests,
+        concurrency=args.concurrency,
+        request_rate=args.request_rate,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        prompt=args.prompt,
+        seed=args.seed,
+        api_key=api_key,
+        endpoint=args.endpoint,
+    )
+    result = bench.with_tags(
+        _run_bench(cfg),
+        deployment=target.deployment.name,
+        host=target.host_name,
+        revision=str(revision or "-"),
+        orch_version=__version__,
+    )
+    title = f"{target.deployment.name} on {target.host_name}, revision {revision or '-'}"
+    out.print(bench.format_table(result, title=title))
+    if args.save:
+        args.save.write_text(result.to_json())
+        out.print(f"saved {args.save}")
+    return EXIT_OK if result.completed else EXIT_ERROR
+
+
+def _read_bench(path: Path) -> bench.BenchResult:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    try:
+        return bench.BenchResult.from_json(text) if '"orch-bench/' in text else bench.from_vllm_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a bench result: {exc}", file=str(path)) from exc
+
+
+def _bench_target(loaded: Loaded, args: argparse.Namespace) -> tuple[Target, int | None, str | None]:
+    """The one deployment on one host to load, its revision and API key (read from the host)."""
+    targets = _targets(loaded, args)
+    if len(targets) != 1:
+        names = ", ".join(f"{t.deployment.name}@{t.host_name}" for t in targets)
+        raise ConfigError(
+            f"bench one deployment on one host; pick with -d/--limit among: {names}", file=str(loaded.path)
+        )
+    with deploy.Session(loaded, targets) as session:
+        session.gather()
+        [run] = session.runs.values()
+        if run.error:
+            raise run.error
+    f = run.facts.get(targets[0].deployment.name, facts.DeploymentFacts())
+    return targets[0], f.current_revision, render.parse_env(f.files.get("env", "")).get("VLLM_API_KEY")
+
+
+def _run_bench(cfg: bench.BenchConfig) -> bench.BenchResult:
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(
+            f"{cfg.num_requests} requests, concurrency {cfg.concurrency}", total=cfg.num_requests
+        )
+        return bench.run_bench(cfg, on_progress=lambda done, total: progress.update(task, completed=done))
+
+
+def cmd_monitoring(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    targets = _targets(loaded, args)
+    revisions: dict[tuple[str, str], int | None] = {}
+    with deploy.Session(loaded, targets) as session:
+        session.gather()
+        for run in session.live():
+            for t in run.targets:
+                revisions[(run.name, t.deployment.name)] = run.facts.get(
+                    t.deployment.name, facts.DeploymentFacts()
+                ).current_revision
+        errors = session.host_errors()
+    monitored = [
+        monitoring.MonitorTarget(
+            deployment=t.deployment.name,
+            host=t.host_name,
+            address=t.host.address,
+            port=t.deployment.port,
+            revision=revisions.get((t.host_name, t.deployment.name)),
+            served_name=t.deployment.served_name,
+        )
+        for t in targets
+    ]
+    prom, targets_json = monitoring.prometheus_config(monitored, gpu_exporter_port=args.gpu_exporter_port)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "prometheus.yml").write_text(prom)
+    (args.out / "targets.json").write_text(targets_json)
+    dashboard = monitoring.grafana_dashboard(include_gpu=args.gpu_exporter_port is not None)
+    (args.out / "grafana-dashboard.json").write_text(json.dumps(dashboard, indent=2) + "\n")
+    out.print(
+        f"wrote {args.out}/prometheus.yml, targets.json ({len(monitored)} targets), grafana-dashboard.json"
+    )
+    for e in errors:
+        err.print(f"[yellow]warning:[/yellow] {escape(e.host)}: revision unknown: {escape(e.message)}")
+    return EXIT_OK
+
+
 def cmd_preflight(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
@@ -700,6 +844,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "preflight": cmd_preflight,
     "metrics": cmd_metrics,
+    "bench": cmd_bench,
+    "monitoring": cmd_monitoring,
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,

@@ -1,0 +1,96 @@
+"""The CLI's offline verbs, run as a user would (a subprocess): exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def orch(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_validate_ok() -> None:
+    proc = orch("validate", "playbooks/day4.yml")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == "ok: playbooks/day4.yml: 1 deployment(s) on 1 host(s)"
+
+
+def test_bad_playbook_is_one_line_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "inv.yml").write_text("hosts:\n  h: {address: x}\n")
+    (tmp_path / "pb.yml").write_text(
+        "inventory: inv.yml\ndeployments:\n  - name: a\n    hosts: [h]\n    model: /m\n    gpus: [0, 1]\n"
+    )
+    proc = orch("plan", tmp_path / "pb.yml")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/pb.yml:3: deployments[0]: tensor_parallel_size × pipeline_parallel_size = 1 but 2 GPU(s) are listed in gpus"
+    ]
+
+
+def test_offline_plan_masks_secrets_and_exits_2() -> None:
+    proc = orch("plan", "--offline", "playbooks/day4.yml", env={"HF_TOKEN": "hf_very_secret"})
+    assert proc.returncode == 2
+    assert "hf_very_secret" not in proc.stdout + proc.stderr
+    assert "+HF_TOKEN=***" in proc.stdout
+    assert "--tensor-parallel-size 2" in proc.stdout
+
+
+def test_missing_secret_is_a_clear_error() -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "plan", "--offline", "playbooks/day4.yml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        == "error: deployment qwen14b: secret HF_TOKEN: environment variable HF_TOKEN is not set"
+    )
+
+
+def test_offline_plan_json() -> None:
+    proc = orch("plan", "--offline", "--json", "playbooks/day3.yml")
+    data = json.loads(proc.stdout)
+    [plan] = data["plans"]
+    assert [c["type"] for c in plan["changes"]] == [
+        "WriteFile",
+        "WriteFile",
+        "DaemonReload",
+        "Enable",
+        "Restart",
+        "RecordRevision",
+    ]
+
+
+def test_bench_compare_reads_vllm_results() -> None:
+    f = ROOT / "tests/fixtures/vllm-0.26-gpu-tp2/bench-serve-result.json"
+    proc = orch("bench", "--compare", f, f)
+    assert proc.returncode == 0
+    assert "output_throughput" in proc.stdout and "+0.0%" in proc.stdout
+
+
+def test_unknown_limit_host() -> None:
+    proc = orch("plan", "--offline", "playbooks/day3.yml", "--limit", "nosuch")
+    assert proc.returncode == 1
+    assert "--limit names unknown host 'nosuch'" in proc.stderr
