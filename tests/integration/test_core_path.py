@@ -188,6 +188,7 @@ def test_broken_revision_is_rolled_back_automatically(site: dict[str, Any]) -> N
     assert "rolled back to revision 3" in apply.stdout
     assert "journal of solo on th2-deploy" in apply.stdout
     assert "max_model_len" in apply.stdout  # vLLM's own words, from the journal tail
+    assert "cause: --max-model-len is larger than the model allows (max_position_embeddings)." in apply.stdout
     assert SECRET not in apply.stdout + apply.stderr
     rows = status(pb)
     assert rows["solo"]["ready"] and rows["solo"]["revision"] == 3
