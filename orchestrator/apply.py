@@ -11,7 +11,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 
-from . import commands
+from . import commands, facts
 from .commands import Command
 from .plan import (
     Change,
@@ -26,6 +26,7 @@ from .plan import (
     WriteFile,
 )
 from .render import ROLES, Layout, Role
+from .runners import UnitState
 from .transport import Transport
 
 # No command may hang an apply: a stop waits at most TimeoutStopSec, well below this.
@@ -35,39 +36,39 @@ REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
 
 @dataclass(frozen=True)
 class Applied:
-    """What running the changes left behind: the restart count after a restart, if any."""
+    """What running the changes left behind: the unit's state right after a restart, if any."""
 
     restarted: bool
-    restarts_after: int
+    after: UnitState
     # Processes of the unit that outlived a stop, as "pid:name".
     leftovers: tuple[str, ...] = ()
 
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
     """The one command that carries out ``change`` (pure)."""
-    scope = layout.scope
+    runner = layout.runner
     match change:
         case WriteFile(path=path, content=content, mode=mode):
             return commands.write_file(path, mode=mode, sudo=sudo, content=content.encode())
         case RemoveFile(path=path):
             return commands.remove_file(path, sudo=sudo)
-        case DaemonReload():
-            return commands.daemon_reload(scope, sudo=sudo)
+        case DaemonReload(unit=unit):
+            return commands.reload(runner, unit, sudo=sudo)
         case Enable(unit=unit):
-            return commands.unit_action(scope, "enable", unit, sudo=sudo)
+            return commands.enable(runner, unit, sudo=sudo)
         case Disable(unit=unit):
-            return commands.unit_action(scope, "disable", unit, sudo=sudo)
+            return commands.disable(runner, unit, sudo=sudo)
         case Stop(unit=unit):
-            return commands.stop(scope, unit, sudo=sudo)
+            return commands.stop(runner, unit, sudo=sudo)
         case Restart(unit=unit):
-            return commands.restart(scope, unit, sudo=sudo)
+            return commands.restart(runner, unit, sudo=sudo)
         case RecordRevision():
             return commands.record_revision(layout.state_dir, sudo=sudo, tar=revision_tar(change))
     raise AssertionError(f"unknown change {change!r}")
 
 
 def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applied:
-    restarts_after, restarted, leftovers = 0, False, []
+    after, restarted, leftovers = UnitState(), False, []
     for change in plan.changes:
         if isinstance(change, RecordRevision):
             continue
@@ -77,8 +78,9 @@ def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applie
         leftovers += _leftovers(result.stdout)
         if isinstance(change, Restart):
             restarted = True
-            restarts_after = _restarts(result.stdout)
-    return Applied(restarted, restarts_after, tuple(leftovers))
+            state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
+            after = facts.parse_state(state, plan.desired.layout.runner)
+    return Applied(restarted, after, tuple(leftovers))
 
 
 def _leftovers(output: str) -> list[str]:
@@ -96,14 +98,6 @@ def record(transport: Transport, plan: TargetPlan, *, sudo: bool) -> int | None:
             out = transport.run(command, timeout=COMMAND_TIMEOUT_S).stdout
             return int(out.strip().splitlines()[-1])
     return None
-
-
-def _restarts(show_output: str) -> int:
-    for line in show_output.splitlines():
-        if line.startswith("NRestarts="):
-            value = line.split("=", 1)[1]
-            return int(value) if value.isdigit() else 0
-    return 0
 
 
 def revision_tar(change: RecordRevision) -> bytes:

@@ -553,7 +553,7 @@ def cmd_revisions(args: argparse.Namespace) -> int:
 
         def one(run: deploy.HostRun) -> None:
             for t in run.targets:
-                layout = render.Layout(run.host.scope, t.deployment.name)
+                layout = render.Layout.of(run.host, t.deployment.name)
                 text = run.run(commands.list_revisions(layout.state_dir, sudo=run.host.sudo))
                 revs, current = facts.parse_revisions(text)
                 rows.extend(_revision_row(run.name, t.deployment.name, r, current) for r in revs)
@@ -613,10 +613,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     with lock:
                         out.print(prefix + escape(line))
 
-                journal = commands.journalctl(
-                    run.host.scope, t.deployment.unit_name, lines=args.lines, follow=args.follow
+                runner = render.Layout.of(run.host, t.deployment.name).runner
+                journal = commands.logs(
+                    runner, t.deployment.unit_name, sudo=run.host.sudo, lines=args.lines, follow=args.follow
                 )
-                run.transport.stream(commands.Command(journal, sudo=run.host.sudo), show)
+                run.transport.stream(journal, show)
 
         if args.follow:
             _follow(session, one)

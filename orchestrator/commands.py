@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Literal
 
-Scope = Literal["system", "user"]
+from .runners import Runner
+
 MARK = "@@orch"
-USER_ENV = 'export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/run/user/$(id -u)}"; '
 
 
 @dataclass(frozen=True)
@@ -35,22 +34,6 @@ def qpath(path: str) -> str:
     return shlex.quote(path)
 
 
-def systemctl(scope: Scope, *args: str) -> str:
-    base = "systemctl --user" if scope == "user" else "systemctl"
-    prefix = USER_ENV if scope == "user" else ""
-    return prefix + " ".join([base, *(shlex.quote(a) for a in args)])
-
-
-def journalctl(scope: Scope, unit: str, *, lines: int, follow: bool = False) -> str:
-    base = "journalctl --user" if scope == "user" else "journalctl"
-    follow_flag = " -f" if follow else ""
-    return f"{_prefix(scope)}{base} -u {shlex.quote(unit)} -n {lines} --no-pager -o short-iso{follow_flag}"
-
-
-def _prefix(scope: Scope) -> str:
-    return USER_ENV if scope == "user" else ""
-
-
 def write_file(path: str, *, mode: int, sudo: bool, content: bytes) -> Command:
     """Write atomically: a temp file beside the target (same filesystem), then rename."""
     target = qpath(path)
@@ -65,22 +48,27 @@ def remove_file(path: str, *, sudo: bool) -> Command:
     return Command(f"rm -f {qpath(path)}", sudo=sudo, label=f"remove {path}")
 
 
-def daemon_reload(scope: Scope, *, sudo: bool) -> Command:
-    return Command(systemctl(scope, "daemon-reload"), sudo=sudo)
+def reload(runner: Runner, unit: str, *, sudo: bool) -> Command:
+    return Command(runner.reload(unit), sudo=sudo, label=f"reload the runner's view of {unit}")
 
 
-def unit_action(scope: Scope, action: str, unit: str, *, sudo: bool) -> Command:
-    return Command(systemctl(scope, action, unit), sudo=sudo)
+def enable(runner: Runner, unit: str, *, sudo: bool) -> Command:
+    return Command(runner.enable(unit), sudo=sudo, label=f"enable {unit}")
 
 
-SHOW_PROPS = "LoadState,ActiveState,SubState,UnitFileState,NRestarts,MainPID,ActiveEnterTimestamp,Result"
+def disable(runner: Runner, unit: str, *, sudo: bool) -> Command:
+    return Command(runner.disable(unit), sudo=sudo, label=f"disable {unit}")
 
 
-def unit_state(scope: Scope, unit: str, *, sudo: bool, journal_lines: int = 1) -> Command:
-    """The unit's properties, then its last journal lines (for the progress line)."""
+def logs(runner: Runner, unit: str, *, sudo: bool, lines: int, follow: bool = False) -> Command:
+    return Command(runner.logs(unit, lines=lines, follow=follow), sudo=sudo, label=f"logs of {unit}")
+
+
+def unit_state(runner: Runner, unit: str, *, sudo: bool, journal_lines: int = 1) -> Command:
+    """The unit's state, then its last log lines (for the progress line)."""
     script = (
-        f"{systemctl(scope, 'show', unit, '-p', SHOW_PROPS)}; echo {MARK}journal; "
-        f"{journalctl(scope, unit, lines=journal_lines)} 2>/dev/null | grep -v '^-- ' || true"
+        f"{runner.state(unit)}; echo {MARK}journal; "
+        f"{runner.logs(unit, lines=journal_lines, follow=False)} 2>/dev/null | grep -v '^-- ' || true"
     )
     return Command(script, sudo=sudo, label=f"state of {unit}")
 
@@ -88,7 +76,7 @@ def unit_state(scope: Scope, unit: str, *, sudo: bool, journal_lines: int = 1) -
 LEFT_MARK = "orch-left:"
 # The unit's main process and all its descendants (EngineCore, TP workers), before it stops.
 _TREE = (
-    'p=$({show}); tree=$(ps -eo pid=,ppid= | awk -v r="$p" '
+    'p=$({main_pid}); tree=$(ps -eo pid=,ppid= | awk -v r="$p" '
     "'BEGIN{{a[r]=1}} {{pp[$1]=$2}} END{{if (r>0) do {{c=0; for (x in pp) if (!(x in a) && (pp[x] in a)) "
     "{{a[x]=1; c=1}}}} while (c); if (r>0) for (x in a) print x}}')"
 )
@@ -99,20 +87,17 @@ _LEFT = (
 )
 
 
-def stop(scope: Scope, unit: str, *, sudo: bool) -> Command:
+def stop(runner: Runner, unit: str, *, sudo: bool) -> Command:
     """Stop, then report any of the unit's processes still alive."""
-    tree = _TREE.format(show=systemctl(scope, "show", "-p", "MainPID", "--value", unit))
-    script = f"{tree}; {systemctl(scope, 'stop', unit)}; {_LEFT}"
+    script = f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}"
     return Command(script, sudo=sudo, label=f"stop {unit}")
 
 
-def restart(scope: Scope, unit: str, *, sudo: bool) -> Command:
-    """Stop (reporting survivors), start, and report NRestarts: the base for detecting a crash."""
-    tree = _TREE.format(show=systemctl(scope, "show", "-p", "MainPID", "--value", unit))
+def restart(runner: Runner, unit: str, *, sudo: bool) -> Command:
+    """Stop (reporting survivors), start, then print the state: the base for detecting a crash."""
     script = (
-        f"{systemctl(scope, 'reset-failed', unit)} 2>/dev/null || true; {tree}; "
-        f"{systemctl(scope, 'stop', unit)}; {_LEFT}; "
-        f"{systemctl(scope, 'start', unit)} && {systemctl(scope, 'show', unit, '-p', 'NRestarts')}"
+        f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}; "
+        f"{runner.start(unit)} && {{ {runner.state(unit)}; }}"
     )
     return Command(script, sudo=sudo, label=f"restart {unit}")
 
@@ -136,12 +121,6 @@ def record_revision(state_dir: str, *, sudo: bool, tar: bytes) -> Command:
         'echo "$n" >"$d/current.tmp"; mv -f "$d/current.tmp" "$d/current"; echo "$n"'
     )
     return Command(script, stdin=tar, sudo=sudo, label=f"record revision in {state_dir}")
-
-
-def set_current(state_dir: str, revision: int, *, sudo: bool) -> Command:
-    d = qpath(state_dir)
-    script = f'set -e; d={d}; echo {int(revision)} >"$d/current.tmp"; mv -f "$d/current.tmp" "$d/current"'
-    return Command(script, sudo=sudo, label=f"set current revision {revision}")
 
 
 def read_revision(state_dir: str, revision: int, *, sudo: bool) -> Command:

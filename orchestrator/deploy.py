@@ -207,7 +207,7 @@ class Session:
         if gate and not dep.readiness.enabled and applied.restarted:
             self.reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
         if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
-            outcome = self._gate(run, dep, p.desired, applied.restarts_after)
+            outcome = self._gate(run, dep, p.desired, applied.after)
             elapsed = outcome.elapsed_s
         revision = record(run.transport, p, sudo=run.host.sudo)
         if revision is not None:
@@ -216,14 +216,15 @@ class Session:
             run.name, dep.name, "applied", revision=revision or p.facts.current_revision, elapsed_s=elapsed
         )
 
-    def _gate(self, run: HostRun, dep: Deployment, desired: Desired, baseline: int) -> Outcome:
+    def _gate(self, run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState) -> Outcome:
         env_file = desired.file("env")
         api_key = render.parse_env(env_file.content).get("VLLM_API_KEY") if env_file else None
         ep = Endpoint(f"http://{api_address(run.host)}:{dep.port}", dep.served_name, api_key)
-        state_cmd = commands.unit_state(desired.layout.scope, dep.unit_name, sudo=run.host.sudo)
+        runner = desired.layout.runner
+        state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
 
         def unit_state() -> UnitState:
-            return facts.parse_unit_state(run.run(state_cmd, timeout=30))
+            return facts.parse_unit_state(run.run(state_cmd, timeout=30), runner)
 
         outcome = wait_ready(
             ep,
@@ -231,7 +232,7 @@ class Session:
             interval_s=dep.readiness.interval_s,
             request_timeout_s=dep.readiness.request_timeout_s,
             unit_state=unit_state,
-            baseline_restarts=baseline,
+            baseline=baseline,
             on_progress=lambda e, s, pr: self.reporter.gate(run.name, dep.name, e, s, pr),
         )
         if not outcome.ready:
@@ -278,15 +279,14 @@ def gather_host(
     run: HostRun, *, with_preflight: bool = False
 ) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
     """One round trip: the deployments' facts, and optionally what preflight judges."""
-    layouts = [
-        (render.Layout(run.host.scope, t.deployment.name), t.deployment.unit_name) for t in run.targets
-    ]
+    layouts = [(render.Layout.of(run.host, t.deployment.name), t.deployment.unit_name) for t in run.targets]
     command = facts.gather(layouts, sudo=run.host.sudo)
     if with_preflight:
         extra = preflight.script(run.host, [t.deployment for t in run.targets])
         command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
     head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
-    return facts.parse(head), preflight.parse(tail) if with_preflight else None
+    runner = render.Layout.of(run.host, "").runner
+    return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None
 
 
 def plan_host(run: HostRun, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
@@ -303,9 +303,7 @@ def plan_host(run: HostRun, desired_of: DesiredOf, *, meta: dict[str, Any]) -> l
 
 
 def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 40) -> str:
-    cmd = commands.Command(
-        commands.journalctl(desired.layout.scope, dep.unit_name, lines=lines), sudo=run.host.sudo
-    )
+    cmd = commands.logs(desired.layout.runner, dep.unit_name, sudo=run.host.sudo, lines=lines)
     try:
         return run.transport.run(cmd, timeout=30, check=False).stdout
     except HostError:
@@ -313,7 +311,7 @@ def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 4
 
 
 def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) -> Desired:
-    layout = render.Layout(run.host.scope, target.deployment.name)
+    layout = render.Layout.of(run.host, target.deployment.name)
     files = facts.parse_revision(
         run.run(commands.read_revision(layout.state_dir, number, sudo=run.host.sudo))
     )
@@ -330,7 +328,9 @@ def templates_for(loaded: Loaded, dep: Deployment) -> TemplateSources:
         return TemplateSource(str(path), path.read_text())
 
     return TemplateSources(
-        unit=read(dep.templates.unit, "vllm.service.j2"), env=read(dep.templates.env, "vllm.env.j2")
+        unit=read(dep.templates.unit, "vllm.service.j2"),
+        env=read(dep.templates.env, "vllm.env.j2"),
+        supervisor=read(dep.templates.supervisor, "vllm.supervisor.j2"),
     )
 
 

@@ -9,40 +9,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import commands
 from .commands import MARK, Command
 from .render import ROLES, Layout, Role
+from .runners import Runner, UnitState
 
-
-@dataclass(frozen=True)
-class UnitState:
-    load_state: str = "not-found"
-    active_state: str = "inactive"
-    sub_state: str = "dead"
-    unit_file_state: str = ""
-    n_restarts: int = 0
-    main_pid: int = 0
-    active_since: str = ""
-    result: str = ""
-    journal_tail: str = ""
-
-    @property
-    def running(self) -> bool:
-        return self.active_state in ("active", "activating", "reloading") and self.sub_state != "auto-restart"
-
-    @property
-    def crashed(self) -> bool:
-        return self.active_state == "failed" or self.sub_state == "auto-restart"
-
-    @property
-    def enabled(self) -> bool:
-        return self.unit_file_state == "enabled"
-
-    def describe(self) -> str:
-        return f"{self.active_state}/{self.sub_state}"
+__all__ = ["DeploymentFacts", "UnitState", "gather", "parse"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +41,7 @@ def _section(layout: Layout, unit: str) -> str:
             f'echo "{MARK}dep {layout.name}"',
             commands.read_files({"unit": layout.unit_path, "env": layout.env_path}),
             f'echo "{MARK}show"',
-            f"{commands.systemctl(layout.scope, 'show', unit, '-p', commands.SHOW_PROPS)} 2>/dev/null",
+            layout.runner.state(unit),
             f'echo "{MARK}current"',
             f"cat {state}/current 2>/dev/null",
             f'echo "{MARK}manifest"',
@@ -76,12 +51,9 @@ def _section(layout: Layout, unit: str) -> str:
     )
 
 
-def parse(output: str) -> dict[str, DeploymentFacts]:
+def parse(output: str, runner: Runner) -> dict[str, DeploymentFacts]:
     """Parse ``gather``'s output into facts per deployment name."""
-    out: dict[str, DeploymentFacts] = {}
-    for name, body in _blocks(output, "dep"):
-        out[name] = _parse_deployment(body)
-    return out
+    return {name: _parse_deployment(body, runner) for name, body in _blocks(output, "dep")}
 
 
 def _blocks(text: str, kind: str) -> list[tuple[str, str]]:
@@ -108,7 +80,7 @@ def _sections(body: str) -> dict[str, list[str]]:
     return out
 
 
-def _parse_deployment(body: str) -> DeploymentFacts:
+def _parse_deployment(body: str, runner: Runner) -> DeploymentFacts:
     sec = _sections(body)
     files: dict[Role, str] = {}
     for role in ROLES:
@@ -118,7 +90,7 @@ def _parse_deployment(body: str) -> DeploymentFacts:
     manifest_raw = "".join(sec.get("manifest", [])).strip()
     return DeploymentFacts(
         files=files,
-        unit=parse_show("\n".join(sec.get("show", []))),
+        unit=parse_state("\n".join(sec.get("show", [])), runner),
         current_revision=int(current) if current.isdigit() else None,
         manifest=_json(decode(manifest_raw)) if manifest_raw else None,
     )
@@ -139,31 +111,16 @@ def _json(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def parse_show(text: str, journal: str = "") -> UnitState:
-    """Parse ``systemctl show -p …`` output (KEY=value lines)."""
+def parse_state(text: str, runner: Runner, journal: str = "") -> UnitState:
+    """Parse a runner's state output (KEY=value lines) into a UnitState."""
     props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-    def num(key: str) -> int:
-        value = props.get(key, "0")
-        return int(value) if value.isdigit() else 0
-
-    return UnitState(
-        load_state=props.get("LoadState", "not-found"),
-        active_state=props.get("ActiveState", "inactive"),
-        sub_state=props.get("SubState", "dead"),
-        unit_file_state=props.get("UnitFileState", ""),
-        n_restarts=num("NRestarts"),
-        main_pid=num("MainPID"),
-        active_since=props.get("ActiveEnterTimestamp", ""),
-        result=props.get("Result", ""),
-        journal_tail=journal,
-    )
+    return replace(runner.parse_state(props), journal_tail=journal)
 
 
-def parse_unit_state(output: str) -> UnitState:
-    """Parse ``commands.unit_state``'s output: properties, then journal lines."""
+def parse_unit_state(output: str, runner: Runner) -> UnitState:
+    """Parse ``commands.unit_state``'s output: the state, then log lines."""
     show, _, journal = output.partition(f"{MARK}journal\n")
-    return parse_show(show, journal.strip())
+    return parse_state(show, runner, journal.strip())
 
 
 def parse_revision(output: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from .facts import UnitState
+from .runners import UnitState
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,14 @@ def _http_reason(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _died(state: UnitState, baseline: UnitState) -> bool:
+    """Crashed, restarted since the gate began (restart count or main PID moved), or stopped."""
+    restarted = state.n_restarts > baseline.n_restarts or (
+        baseline.main_pid > 0 and state.main_pid > 0 and state.main_pid != baseline.main_pid
+    )
+    return state.crashed or restarted or state.active_state == "inactive"
+
+
 def wait_ready(
     ep: Endpoint,
     *,
@@ -118,7 +126,7 @@ def wait_ready(
     interval_s: float,
     request_timeout_s: float,
     unit_state: Callable[[], UnitState],
-    baseline_restarts: int,
+    baseline: UnitState,
     on_progress: Progress | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> Outcome:
@@ -128,7 +136,7 @@ def wait_ready(
 
     def attempt() -> Probe | None:
         state = unit_state()
-        if state.crashed or state.n_restarts > baseline_restarts or state.active_state == "inactive":
+        if _died(state, baseline):
             last.append(
                 (state, Probe(False, "unit", f"unit {state.describe()} (restarts {state.n_restarts})"))
             )

@@ -54,8 +54,16 @@ class Host(Strict):
     become: bool = False
     scope: Literal["system", "user"] = "system"
     connection: Literal["ssh", "local"] = "ssh"
+    runner: Literal["systemd", "supervisord"] = "systemd"
+    supervisor_conf_dir: str = "/etc/supervisor/conf.d"
     groups: tuple[str, ...] = ()
     vars: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _supervisord_is_system(self) -> Host:
+        if self.runner == "supervisord" and self.scope != "system":
+            raise ValueError("runner supervisord manages programs for the whole host: use scope: system")
+        return self
 
     @model_validator(mode="after")
     def _scope_needs_privilege(self) -> Host:
@@ -139,6 +147,7 @@ class SecretRef(Strict):
 class Templates(Strict):
     unit: str | None = None
     env: str | None = None
+    supervisor: str | None = None
 
 
 ArgValue = str | int | float | bool | None

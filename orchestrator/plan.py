@@ -39,6 +39,10 @@ class RemoveFile:
 
 @dataclass(frozen=True)
 class DaemonReload:
+    """Make the runner read the changed unit (systemd: daemon-reload; supervisord: reread + update)."""
+
+    unit: str
+
     def summary(self) -> str:
         return "daemon-reload"
 
@@ -140,7 +144,7 @@ def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> 
     changes: list[Change] = list(writes)
     unit_written = any(w.role == "unit" for w in writes)
     if unit_written:
-        changes.append(DaemonReload())
+        changes.append(DaemonReload(desired.unit_name))
     if not facts.unit.enabled:
         changes.append(Enable(desired.unit_name))
     reason = _restart_reason(writes, facts)
@@ -176,7 +180,7 @@ def _absent(desired: Desired, facts: DeploymentFacts) -> list[Change]:
         if role in facts.files:
             changes.append(RemoveFile(role, desired.layout.path(role)))
     if "unit" in facts.files:
-        changes.append(DaemonReload())
+        changes.append(DaemonReload(desired.unit_name))
     return changes
 
 

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import commands, gpu
+from . import gpu, render
 from .commands import MARK
 from .facts import decode
 from .fit import FitConfigError, estimate_fit
@@ -103,7 +103,7 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
     check_exe = (
         f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
     )
-    main_pid = commands.systemctl(host.scope, "show", "-p", "MainPID", "--value", dep.unit_name)
+    main_pid = render.Layout.of(host, dep.name).runner.main_pid(dep.unit_name)
     return "; ".join(
         [
             f'echo "{MARK}dep {dep.name}"',

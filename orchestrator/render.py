@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
@@ -15,6 +16,7 @@ import jinja2
 
 from .errors import ConfigError
 from .model import ArgValue, Deployment, Host
+from .runners import Runner, RunnerName, Supervisord, log_path, program, runner_for
 
 Role = Literal["unit", "env"]
 ROLES: tuple[Role, ...] = ("env", "unit")
@@ -25,16 +27,29 @@ _SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a deployment's files live on a host, by systemd scope.
+    """Where a deployment's files live on a host, and which runner manages it.
 
     Paths under the user's home start with ``~/``; commands expand them.
     """
 
     scope: Literal["system", "user"]
     name: str
+    runner_name: RunnerName = "systemd"
+    conf_dir: str | None = None
+
+    @classmethod
+    def of(cls, host: Host, name: str) -> Layout:
+        return cls(host.scope, name, host.runner, host.supervisor_conf_dir)
+
+    @property
+    def runner(self) -> Runner:
+        return runner_for(self.runner_name, self.scope, conf_dir=self.conf_dir)
 
     @property
     def unit_path(self) -> str:
+        runner = self.runner
+        if isinstance(runner, Supervisord):
+            return runner.conf_path(f"orch-{self.name}")
         base = "/etc/systemd/system" if self.scope == "system" else "~/.config/systemd/user"
         return f"{base}/orch-{self.name}.service"
 
@@ -97,6 +112,10 @@ class TemplateSource:
 class TemplateSources:
     unit: TemplateSource
     env: TemplateSource
+    supervisor: TemplateSource
+
+    def for_runner(self, runner: RunnerName) -> TemplateSource:
+        return self.supervisor if runner == "supervisord" else self.unit
 
 
 def systemd_quote(word: str) -> str:
@@ -174,7 +193,7 @@ def render(
     templates: TemplateSources,
 ) -> Desired:
     """Render the unit and env file of ``dep`` for ``host``."""
-    layout = Layout(scope=host.scope, name=dep.name)
+    layout = Layout.of(host, dep.name)
     context: dict[str, object] = {
         "deployment": dep,
         "host": host,
@@ -182,24 +201,26 @@ def render(
         "argv": argv(dep),
         "env": environment(dep, secrets),
         "env_file": layout.env_file_directive,
+        "program": program(dep.unit_name),
+        "log_file": log_path(dep.unit_name),
     }
     files = (
         DesiredFile("env", layout.env_path, _render(templates.env, context), ENV_MODE),
-        DesiredFile("unit", layout.unit_path, _render(templates.unit, context), UNIT_MODE),
+        DesiredFile("unit", layout.unit_path, _render(templates.for_runner(host.runner), context), UNIT_MODE),
     )
     return Desired(layout, dep.unit_name, files, frozenset(secrets))
 
 
 def absent(dep: Deployment, host: Host) -> Desired:
     """The desired state of a destroyed deployment."""
-    return Desired(Layout(scope=host.scope, name=dep.name), dep.unit_name, None)
+    return Desired(Layout.of(host, dep.name), dep.unit_name, None)
 
 
 def from_revision(
     dep: Deployment, host: Host, contents: dict[Role, str], *, secret_keys: frozenset[str], origin: str
 ) -> Desired:
     """The desired state that an earlier revision's files describe."""
-    layout = Layout(scope=host.scope, name=dep.name)
+    layout = Layout.of(host, dep.name)
     files = (
         DesiredFile("env", layout.env_path, contents["env"], ENV_MODE),
         DesiredFile("unit", layout.unit_path, contents["unit"], UNIT_MODE),
@@ -216,6 +237,8 @@ _ENV = jinja2.Environment(
 )
 _ENV.filters["sdquote"] = systemd_quote
 _ENV.filters["envquote"] = env_quote
+_ENV.filters["shquote"] = shlex.quote
+_ENV.filters["shjoin"] = shlex.join
 
 
 def _render(source: TemplateSource, context: dict[str, object]) -> str:

@@ -108,6 +108,13 @@ def _alive(pid: int | None) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _kill(pid: int | None, sig: signal.Signals) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -448,17 +455,19 @@ class Testbed:
             raise TestbedError(f"{name}: launcher did not start; console log:\n{tail_of(d / 'console.log')}")
 
     def _launcher_pid(self, i: int) -> int | None:
+        """The launcher's PID, only if that PID is still our launcher (PIDs get reused)."""
         try:
-            return int((self._dir(i) / "launcher.pid").read_text())
+            pid = int((self._dir(i) / "launcher.pid").read_text())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
+        return pid if any(f"--machine={PREFIX}{i} ".encode() in a for a in argv) else None
 
     def _nspawn_pid(self, i: int) -> int | None:
         launcher = self._launcher_pid(i)
-        if not _alive(launcher):
+        if launcher is None or not _alive(launcher):
             return None
-        assert launcher is not None
-        children = _pids_with_parent(launcher)
+        children = [p for p in _pids_with_parent(launcher) if _comm(p) == "systemd-nspawn"]
         return children[0] if children else None
 
     def _init_pid(self, i: int) -> int | None:
@@ -512,24 +521,27 @@ class Testbed:
 
     def _stop(self, i: int) -> None:
         """Clean poweroff: SIGTERM to nspawn; again after 20 s; SIGKILL everything after 30 s."""
-        launcher = self._launcher_pid(i)
-        if not _alive(launcher):
+        if not self._running(i):
             return
         with contextlib.suppress(TestbedError, OSError):
             self.thaw(i)  # a frozen host cannot power off
+
+        def stopped() -> bool:
+            return not self._running(i)
+
         _kill(self._nspawn_pid(i), signal.SIGTERM)
-        if _wait_until(lambda: not _alive(launcher), TERM_AGAIN_AFTER):
+        if _wait_until(stopped, TERM_AGAIN_AFTER):
             return
         log.warning("th%d: still up %.0f s after SIGTERM; sending it again", i, TERM_AGAIN_AFTER)
         _kill(self._nspawn_pid(i), signal.SIGTERM)
-        if _wait_until(lambda: not _alive(launcher), KILL_AFTER - TERM_AGAIN_AFTER):
+        if _wait_until(stopped, KILL_AFTER - TERM_AGAIN_AFTER):
             return
         log.warning("th%d: still up %.0f s after SIGTERM; killing it", i, KILL_AFTER)
-        _kill(launcher, signal.SIGKILL)
+        _kill(self._launcher_pid(i), signal.SIGKILL)
         for cg in self._cgroups(i):
             _kill_cgroup_tree(cg)
-        if not _wait_until(lambda: not _alive(launcher), 10):
-            raise TestbedError(f"th{i}: launcher {launcher} survived SIGKILL")
+        if not _wait_until(stopped, 10):
+            raise TestbedError(f"th{i}: launcher {self._launcher_pid(i)} survived SIGKILL")
 
     def _remove_host(self, i: int) -> None:
         self._stop(i)
@@ -539,6 +551,7 @@ class Testbed:
         run(["ip", "netns", "del", f"{PREFIX}{i}"], check=False)  # removes the veth pair too
         discard(Path("/run/systemd/nspawn/propagate") / f"{PREFIX}{i}")
         for cg in self._cgroups(i):
+            _kill_cgroup_tree(cg)  # stragglers of a host that was killed, not powered off
             _remove_cgroup_tree(cg)
         discard(d)
 
@@ -560,13 +573,21 @@ def _port_open(address: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _kill_cgroup_tree(group: Path) -> None:
-    if not group.is_dir():
-        return
+def _cgroup_pids(group: Path) -> list[int]:
+    pids = []
     for procs in group.rglob("cgroup.procs"):
         with contextlib.suppress(OSError):
-            for pid in procs.read_text().split():
-                _kill(int(pid), signal.SIGKILL)
+            pids += [int(pid) for pid in procs.read_text().split()]
+    return pids
+
+
+def _kill_cgroup_tree(group: Path) -> None:
+    """SIGKILL every process in a cgroup tree and wait (up to 5 s) until it is empty."""
+    if not group.is_dir():
+        return
+    for pid in _cgroup_pids(group):
+        _kill(pid, signal.SIGKILL)
+    _wait_until(lambda: not _cgroup_pids(group), 5)
 
 
 def _remove_cgroup_tree(group: Path) -> None:

@@ -6,11 +6,11 @@ import json
 
 import httpx
 
-from orchestrator.facts import UnitState
+from orchestrator.runners import UnitState
 from orchestrator.health import Endpoint, probe, wait_ready
 
 EP = Endpoint("http://h:8000", "tiny", api_key="k")
-RUNNING = UnitState(active_state="active", sub_state="running")
+RUNNING = UnitState(active_state="active", sub_state="running", main_pid=100)
 SSE = 'data: {"choices": [{"delta": {"content": "x"}}]}\n\ndata: [DONE]\n\n'
 
 
@@ -76,7 +76,7 @@ def test_gate_stops_early_when_the_unit_crashes() -> None:
         interval_s=0.01,
         request_timeout_s=1,
         unit_state=lambda: next(states),
-        baseline_restarts=0,
+        baseline=RUNNING,
         transport=server(health=503),
     )
     assert not outcome.ready
@@ -91,7 +91,7 @@ def test_gate_deadline() -> None:
         interval_s=0.05,
         request_timeout_s=1,
         unit_state=lambda: RUNNING,
-        baseline_restarts=0,
+        baseline=RUNNING,
         transport=server(health=503),
     )
     assert (outcome.ready, outcome.reason) == (False, "not ready after 0s: health: /health answered 503")
@@ -104,7 +104,22 @@ def test_gate_passes() -> None:
         interval_s=0.01,
         request_timeout_s=1,
         unit_state=lambda: RUNNING,
-        baseline_restarts=0,
+        baseline=RUNNING,
         transport=server(),
     )
     assert outcome.ready
+
+
+def test_gate_notices_a_new_main_pid() -> None:
+    """supervisord has no restart counter: a changed main PID means the server died and came back."""
+    states = iter([RUNNING, UnitState(active_state="active", sub_state="running", main_pid=222)])
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=0.01,
+        request_timeout_s=1,
+        unit_state=lambda: next(states),
+        baseline=RUNNING,
+        transport=server(health=503),
+    )
+    assert outcome.reason == "the unit died: unit active/running (restarts 0)"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_show, parse_unit_state
+from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_state, parse_unit_state
+from orchestrator.runners import Supervisord, Systemd
 from orchestrator.plan import (
     DaemonReload,
     Disable,
@@ -92,12 +93,12 @@ Result=success
 
 
 def test_parse_show() -> None:
-    state = parse_show(SHOW)
+    state = parse_state(SHOW, Systemd("system"))
     assert (state.running, state.enabled, state.n_restarts, state.main_pid) == (True, True, 2, 4242)
 
 
 def test_parse_unit_state_with_journal() -> None:
-    state = parse_unit_state(SHOW + "@@orchjournal\nINFO: Started server process\n")
+    state = parse_unit_state(SHOW + "@@orchjournal\nINFO: Started server process\n", Systemd("system"))
     assert state.journal_tail == "INFO: Started server process"
 
 
@@ -114,8 +115,29 @@ def test_parse_facts_blocks() -> None:
         + base64.b64encode(b'{"files": {}}').decode()
         + "\n@@orchdep other\n@@orchshow\n@@orchcurrent\n@@orchmanifest\n\n"
     )
-    facts = parse(text)
+    facts = parse(text, Systemd("system"))
     assert facts["tiny"].files == {"unit": UNIT.content}
     assert facts["tiny"].current_revision == 3
     assert facts["tiny"].manifest == {"files": {}}
     assert facts["other"] == DeploymentFacts()
+
+
+def test_supervisord_states() -> None:
+    sup = Supervisord()
+    running = parse_state(
+        "SupervisorStatus=orch-tiny   RUNNING   pid 4242, uptime 0:03:07\nUnitFileState=enabled", sup
+    )
+    assert (running.running, running.main_pid, running.enabled, running.active_since) == (
+        True,
+        4242,
+        True,
+        "0:03:07",
+    )
+    backoff = parse_state(
+        "SupervisorStatus=orch-tiny   BACKOFF   Exited too quickly (process log may have details)", sup
+    )
+    assert backoff.crashed and not backoff.enabled
+    fatal = parse_state("SupervisorStatus=orch-tiny   FATAL     Exited too quickly", sup)
+    assert fatal.crashed
+    missing = parse_state("SupervisorStatus=orch-tiny: ERROR (no such process)", sup)
+    assert missing == UnitState()

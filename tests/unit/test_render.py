@@ -10,7 +10,16 @@ import pytest
 from orchestrator import deploy
 from orchestrator.load import load
 from orchestrator.model import Deployment, Host
-from orchestrator.render import Layout, argv, env_quote, parse_env, render, systemd_quote
+from orchestrator.render import (
+    Layout,
+    TemplateSource,
+    TemplateSources,
+    argv,
+    env_quote,
+    parse_env,
+    render,
+    systemd_quote,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -94,16 +103,18 @@ def test_user_scope_layout() -> None:
     assert layout.env_file_directive == "%h/.config/orch/tiny.env"
 
 
+def sources() -> TemplateSources:
+    t = deploy.TEMPLATE_DIR
+    return TemplateSources(
+        unit=TemplateSource("u", (t / "vllm.service.j2").read_text()),
+        env=TemplateSource("e", (t / "vllm.env.j2").read_text()),
+        supervisor=TemplateSource("s", (t / "vllm.supervisor.j2").read_text()),
+    )
+
+
 def test_user_scope_unit_targets_default() -> None:
     host = Host(address="x", user="deploy", scope="user")
-    loaded_templates = deploy.TEMPLATE_DIR
-    from orchestrator.render import TemplateSource, TemplateSources
-
-    sources = TemplateSources(
-        unit=TemplateSource("u", (loaded_templates / "vllm.service.j2").read_text()),
-        env=TemplateSource("e", (loaded_templates / "vllm.env.j2").read_text()),
-    )
-    desired = render(dep(accelerator="cpu", gpus=[]), host, secrets={}, templates=sources)
+    desired = render(dep(accelerator="cpu", gpus=[]), host, secrets={}, templates=sources())
     unit = desired.file("unit")
     assert unit is not None
     assert "WantedBy=default.target" in unit.content
@@ -120,3 +131,22 @@ def test_secret_never_in_unit() -> None:
     assert "hf_test_token" not in unit.content
     assert 'HF_TOKEN="hf_test_token"' in env.content
     assert env.mode == 0o600
+
+
+def test_supervisord_program() -> None:
+    host = Host(address="x", runner="supervisord")
+    d = dep(accelerator="cpu", gpus=[], args={"--chat-template": "/t/100% {x}.jinja"})
+    desired = render(d, host, secrets={"HF_TOKEN": "s3cret"}, templates=sources())
+    unit = desired.file("unit")
+    assert unit is not None and unit.path == "/etc/supervisor/conf.d/orch-d.conf"
+    assert "[program:orch-d]" in unit.content
+    assert "stopasgroup=true" in unit.content and "killasgroup=true" in unit.content
+    assert "s3cret" not in unit.content
+    [command] = [line for line in unit.content.splitlines() if line.startswith("command=")]
+    # supervisord expands %(...)s, so % is doubled; sh reads the env file, then execs vLLM.
+    import shlex
+
+    words = shlex.split(command.removeprefix("command=").replace("%%", "%"))
+    assert words[:2] == ["/bin/sh", "-c"]
+    assert words[2].startswith("set -a; . /etc/orch/d.env; set +a; exec vllm serve /m/x ")
+    assert shlex.split(words[2].split("exec ", 1)[1])[-2:] == ["--chat-template", "/t/100% {x}.jinja"]

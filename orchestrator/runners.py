@@ -1,0 +1,202 @@
+"""The process managers a deployment can run under: systemd, or supervisord where there is no systemd.
+
+Each runner builds the shell snippets for the same verbs (state, reload, enable,
+start, stop, logs) and reads its own state output back into one ``UnitState``;
+everything above this module is the same for both. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+RunnerName = Literal["systemd", "supervisord"]
+Scope = Literal["system", "user"]
+USER_ENV = 'export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/run/user/$(id -u)}"; '
+SHOW_PROPS = "LoadState,ActiveState,SubState,UnitFileState,NRestarts,MainPID,ActiveEnterTimestamp,Result"
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """A deployment's process as its runner reports it, in systemd's words."""
+
+    load_state: str = "not-found"
+    active_state: str = "inactive"
+    sub_state: str = "dead"
+    unit_file_state: str = ""
+    n_restarts: int = 0
+    main_pid: int = 0
+    active_since: str = ""
+    result: str = ""
+    journal_tail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.active_state in ("active", "activating", "reloading") and self.sub_state != "auto-restart"
+
+    @property
+    def crashed(self) -> bool:
+        return self.active_state == "failed" or self.sub_state == "auto-restart"
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state == "enabled"
+
+    def describe(self) -> str:
+        return f"{self.active_state}/{self.sub_state}"
+
+
+class Runner(Protocol):
+    """Shell snippets for one process manager; ``unit`` is the unit or program name."""
+
+    def state(self, unit: str) -> str: ...
+
+    def parse_state(self, props: dict[str, str]) -> UnitState: ...
+
+    def main_pid(self, unit: str) -> str: ...
+
+    def reload(self, unit: str) -> str: ...
+
+    def enable(self, unit: str) -> str: ...
+
+    def disable(self, unit: str) -> str: ...
+
+    def start(self, unit: str) -> str: ...
+
+    def stop(self, unit: str) -> str: ...
+
+    def logs(self, unit: str, *, lines: int, follow: bool) -> str: ...
+
+
+@dataclass(frozen=True)
+class Systemd:
+    scope: Scope
+
+    def _ctl(self, *args: str) -> str:
+        user = self.scope == "user"
+        return (USER_ENV if user else "") + " ".join(
+            ["systemctl --user" if user else "systemctl", *(shlex.quote(a) for a in args)]
+        )
+
+    def state(self, unit: str) -> str:
+        return f"{self._ctl('show', unit, '-p', SHOW_PROPS)} 2>/dev/null"
+
+    def parse_state(self, props: dict[str, str]) -> UnitState:
+        def num(key: str) -> int:
+            value = props.get(key, "0")
+            return int(value) if value.isdigit() else 0
+
+        return UnitState(
+            load_state=props.get("LoadState", "not-found"),
+            active_state=props.get("ActiveState", "inactive"),
+            sub_state=props.get("SubState", "dead"),
+            unit_file_state=props.get("UnitFileState", ""),
+            n_restarts=num("NRestarts"),
+            main_pid=num("MainPID"),
+            active_since=props.get("ActiveEnterTimestamp", ""),
+            result=props.get("Result", ""),
+        )
+
+    def main_pid(self, unit: str) -> str:
+        return self._ctl("show", "-p", "MainPID", "--value", unit)
+
+    def reload(self, unit: str) -> str:
+        return self._ctl("daemon-reload")
+
+    def enable(self, unit: str) -> str:
+        return self._ctl("enable", unit)
+
+    def disable(self, unit: str) -> str:
+        return self._ctl("disable", unit)
+
+    def start(self, unit: str) -> str:
+        return f"{self._ctl('reset-failed', unit)} 2>/dev/null || true; {self._ctl('start', unit)}"
+
+    def stop(self, unit: str) -> str:
+        return self._ctl("stop", unit)
+
+    def logs(self, unit: str, *, lines: int, follow: bool) -> str:
+        base = "journalctl --user" if self.scope == "user" else "journalctl"
+        prefix = USER_ENV if self.scope == "user" else ""
+        follow_flag = " -f" if follow else ""
+        return f"{prefix}{base} -u {shlex.quote(unit)} -n {lines} --no-pager -o short-iso{follow_flag}"
+
+
+# supervisorctl status words → (ActiveState, SubState), in systemd's terms.
+_SUPERVISOR_STATES = {
+    "RUNNING": ("active", "running"),
+    "STARTING": ("activating", "start"),
+    "BACKOFF": ("activating", "auto-restart"),
+    "STOPPING": ("deactivating", "stop"),
+    "STOPPED": ("inactive", "dead"),
+    "EXITED": ("inactive", "dead"),
+    "FATAL": ("failed", "failed"),
+    "UNKNOWN": ("failed", "unknown"),
+}
+_STATUS = re.compile(r"^\S+\s+([A-Z]+)(?:\s+pid (\d+), uptime (\S+))?")
+
+
+@dataclass(frozen=True)
+class Supervisord:
+    """supervisord (the usual process manager in containers); programs live in ``conf_dir``."""
+
+    conf_dir: str = "/etc/supervisor/conf.d"
+
+    def conf_path(self, unit: str) -> str:
+        return f"{self.conf_dir}/{program(unit)}.conf"
+
+    def state(self, unit: str) -> str:
+        name = program(unit)
+        return (
+            f'echo "SupervisorStatus=$(supervisorctl status {name} 2>&1 | head -1)"; '
+            f"[ -f {shlex.quote(self.conf_path(unit))} ] && echo UnitFileState=enabled"
+        )
+
+    def parse_state(self, props: dict[str, str]) -> UnitState:
+        m = _STATUS.match(props.get("SupervisorStatus", ""))
+        enabled = props.get("UnitFileState", "")
+        if not m or m.group(1) not in _SUPERVISOR_STATES:
+            return UnitState(unit_file_state=enabled)
+        active, sub = _SUPERVISOR_STATES[m.group(1)]
+        pid = int(m.group(2)) if m.group(2) else 0
+        return UnitState("loaded", active, sub, enabled, main_pid=pid, active_since=m.group(3) or "")
+
+    def main_pid(self, unit: str) -> str:
+        return f"supervisorctl pid {program(unit)}"
+
+    def reload(self, unit: str) -> str:
+        # Only this program's group: `update` alone would apply anyone's pending changes.
+        return f"supervisorctl reread >/dev/null && supervisorctl update {program(unit)}"
+
+    def enable(self, unit: str) -> str:
+        return "true"  # autostart=true in the program's config
+
+    def disable(self, unit: str) -> str:
+        return "true"  # removing the config and reloading removes the program
+
+    def start(self, unit: str) -> str:
+        name = program(unit)
+        return f"supervisorctl status {name} | grep -q RUNNING || supervisorctl start {name}"
+
+    def stop(self, unit: str) -> str:
+        return f"supervisorctl stop {program(unit)} >/dev/null || true"
+
+    def logs(self, unit: str, *, lines: int, follow: bool) -> str:
+        return f"tail -n {lines}{' -F' if follow else ''} {shlex.quote(log_path(unit))}"
+
+
+def program(unit: str) -> str:
+    """The supervisord program name of a unit name (``orch-x.service`` → ``orch-x``)."""
+    return unit.removesuffix(".service")
+
+
+def log_path(unit: str) -> str:
+    return f"/var/log/{program(unit)}.log"
+
+
+def runner_for(name: RunnerName, scope: Scope, *, conf_dir: str | None = None) -> Runner:
+    if name == "supervisord":
+        return Supervisord(conf_dir) if conf_dir else Supervisord()
+    return Systemd(scope)
