@@ -6,8 +6,8 @@ import json
 
 import httpx
 
-from orchestrator.runners import UnitState
 from orchestrator.health import Endpoint, probe, wait_ready
+from orchestrator.runners import UnitState
 
 EP = Endpoint("http://h:8000", "tiny", api_key="k")
 RUNNING = UnitState(active_state="active", sub_state="running", main_pid=100)

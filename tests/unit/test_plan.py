@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_state, parse_unit_state
-from orchestrator.runners import Supervisord, Systemd
 from orchestrator.plan import (
     DaemonReload,
     Disable,
@@ -17,6 +16,7 @@ from orchestrator.plan import (
     plan_target,
 )
 from orchestrator.render import Desired, DesiredFile, Layout
+from orchestrator.runners import Supervisord, Systemd
 
 LAYOUT = Layout("system", "tiny")
 UNIT = DesiredFile("unit", LAYOUT.unit_path, "[Service]\nExecStart=/bin/vllm\n", 0o644)
