@@ -164,7 +164,7 @@ class Supervisord:
         return UnitState("loaded", active, sub, enabled, main_pid=pid, active_since=m.group(3) or "")
 
     def main_pid(self, unit: str) -> str:
-        return f"supervisorctl pid {program(unit)}"
+        return f"supervisorctl pid {program(unit)} 2>/dev/null | grep -xE '[0-9]+' || echo 0"
 
     def reload(self, unit: str) -> str:
         # Only this program's group: `update` alone would apply anyone's pending changes.

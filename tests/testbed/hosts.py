@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .proc import CommandError, TestbedError, run, tail_of
 from .template import BuildReport, cache_dir, discard, ensure_template, template_root
@@ -46,6 +47,9 @@ BOOT_TIMEOUT = 180.0
 TERM_AGAIN_AFTER = 20.0
 KILL_AFTER = 30.0
 DEPLOY_UID = 1000
+# /tmp stays on the host's disk, as on a Debian 12 server (nspawn would mount a tmpfs there);
+# the template's warm torch compile cache lives in /tmp/torchinductor_USER.
+LAUNCH_ENV = {**os.environ, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"}
 # Each vLLM CPU server takes 1.5-2.5 GB (TP=1) to 4.8 GB (TP=2): at most three at once here.
 MAX_VLLM_SERVERS = 3
 
@@ -450,7 +454,7 @@ class Testbed:
             "[ $rc -eq 133 ] || break; done"
         )
         with (d / "console.log").open("a") as out:
-            run_detached(["setsid", "-f", "bash", "-c", script], out)
+            run_detached(["setsid", "-f", "bash", "-c", script], out, env=LAUNCH_ENV)
         if not _wait_until(lambda: _alive(self._launcher_pid(i)), 10):
             raise TestbedError(f"{name}: launcher did not start; console log:\n{tail_of(d / 'console.log')}")
 
@@ -556,11 +560,11 @@ class Testbed:
         discard(d)
 
 
-def run_detached(argv: list[str], out: object) -> None:
+def run_detached(argv: list[str], out: IO[str], *, env: dict[str, str]) -> None:
     """Start argv detached from us (setsid -f returns at once); its output goes to out."""
     try:
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
-                       check=True, timeout=30)  # fmt: skip
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                       check=True, timeout=30, env=env)  # fmt: skip
     except subprocess.CalledProcessError as exc:
         raise CommandError(argv, exc.returncode, "", "setsid failed") from exc
 
