@@ -18,6 +18,7 @@ from .plan import (
     DaemonReload,
     Disable,
     Enable,
+    InstallVllm,
     RecordRevision,
     RemoveFile,
     Restart,
@@ -31,6 +32,7 @@ from .transport import Transport
 
 # No command may hang an apply: a stop waits at most TimeoutStopSec, well below this.
 COMMAND_TIMEOUT_S = 600.0
+INSTALL_TIMEOUT_S = 3600.0
 REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
 
 
@@ -48,6 +50,8 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
     """The one command that carries out ``change`` (pure)."""
     runner = layout.runner
     match change:
+        case InstallVllm(spec=spec):
+            return commands.install_vllm(spec, sudo=sudo)
         case WriteFile(path=path, content=content, mode=mode):
             return commands.write_file(path, mode=mode, sudo=sudo, content=content.encode())
         case RemoveFile(path=path):
@@ -72,9 +76,8 @@ def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applie
     for change in plan.changes:
         if isinstance(change, RecordRevision):
             continue
-        result = transport.run(
-            command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=COMMAND_TIMEOUT_S
-        )
+        timeout = INSTALL_TIMEOUT_S if isinstance(change, InstallVllm) else COMMAND_TIMEOUT_S
+        result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
         leftovers += _leftovers(result.stdout)
         if isinstance(change, Restart):
             restarted = True

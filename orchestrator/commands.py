@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from .model import VllmInstall
 from .runners import Runner
 
 MARK = "@@orch"
@@ -137,6 +138,30 @@ def list_revisions(state_dir: str, *, sudo: bool) -> Command:
         f'echo "{MARK}current"; cat "$d/current" 2>/dev/null || true'
     )
     return Command(script, sudo=sudo, label="list revisions")
+
+
+def installed_version(spec: VllmInstall) -> str:
+    """Print the installed version of the pinned package in its venv (nothing when absent)."""
+    py = f"import importlib.metadata as m\ntry: print(m.version({spec.package!r}))\nexcept Exception: pass\n"
+    return f"{shlex.quote(spec.venv + '/bin/python')} -c {shlex.quote(py)} 2>/dev/null"
+
+
+def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
+    """Create the venv if needed and pip-install the pinned version; print only pip's tail on failure."""
+    venv = shlex.quote(spec.venv)
+    index = [f"--index-url {shlex.quote(spec.index_url)}"] if spec.index_url else []
+    index += [f"--extra-index-url {shlex.quote(u)}" for u in spec.extra_index_urls]
+    index += [f"--find-links {shlex.quote(u)}" for u in spec.find_links]
+    pin = shlex.quote(f"{spec.package}=={spec.version}")
+    remove = (
+        f"; {venv}/bin/pip uninstall -q -y {' '.join(map(shlex.quote, spec.remove))}" if spec.remove else ""
+    )
+    script = (
+        f"set -e; [ -x {venv}/bin/python ] || {shlex.quote(spec.python)} -m venv {venv}; "
+        f"log=$(mktemp); {venv}/bin/pip install --disable-pip-version-check -q {' '.join(index)} {pin} "
+        f'>"$log" 2>&1 || {{ tail -20 "$log" >&2; rm -f "$log"; exit 1; }}; rm -f "$log"{remove}'
+    )
+    return Command(script, sudo=sudo, label=f"pip install {spec.package}=={spec.version} into {spec.venv}")
 
 
 def wrap_sudo(script: str) -> str:

@@ -279,8 +279,11 @@ def gather_host(
     run: HostRun, *, with_preflight: bool = False
 ) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
     """One round trip: the deployments' facts, and optionally what preflight judges."""
-    layouts = [(render.Layout.of(run.host, t.deployment.name), t.deployment.unit_name) for t in run.targets]
-    command = facts.gather(layouts, sudo=run.host.sudo)
+    items = [
+        (render.Layout.of(run.host, t.deployment.name), t.deployment.unit_name, t.deployment.vllm)
+        for t in run.targets
+    ]
+    command = facts.gather(items, sudo=run.host.sudo)
     if with_preflight:
         extra = preflight.script(run.host, [t.deployment for t in run.targets])
         command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import commands
 from .commands import MARK, Command
+from .model import VllmInstall
 from .render import ROLES, Layout, Role
 from .runners import Runner, UnitState
 
@@ -26,16 +27,19 @@ class DeploymentFacts:
     unit: UnitState = field(default_factory=UnitState)
     current_revision: int | None = None
     manifest: dict[str, Any] | None = None
+    # The version of the pinned vLLM package in its venv: "" when absent, None when not asked.
+    vllm_version: str | None = None
 
 
-def gather(layouts: list[tuple[Layout, str]], *, sudo: bool) -> Command:
-    """One script reading, for each (layout, unit name), files, unit state and revision."""
-    sections = [_section(layout, unit) for layout, unit in layouts]
+def gather(items: list[tuple[Layout, str, VllmInstall | None]], *, sudo: bool) -> Command:
+    """One script reading files, unit state, revision and vLLM version for each deployment."""
+    sections = [_section(layout, unit, vllm) for layout, unit, vllm in items]
     return Command("; ".join(sections), sudo=sudo, label="gather facts")
 
 
-def _section(layout: Layout, unit: str) -> str:
+def _section(layout: Layout, unit: str, vllm: VllmInstall | None) -> str:
     state = commands.qpath(layout.state_dir)
+    installed = [f'echo "{MARK}vllm"', commands.installed_version(vllm)] if vllm else []
     return "; ".join(
         [
             f'echo "{MARK}dep {layout.name}"',
@@ -47,6 +51,7 @@ def _section(layout: Layout, unit: str) -> str:
             f'echo "{MARK}manifest"',
             f'c=$(cat {state}/current 2>/dev/null) && base64 -w0 {state}/revisions/"$c"/manifest.json '
             "2>/dev/null; echo",
+            *installed,
         ]
     )
 
@@ -93,6 +98,7 @@ def _parse_deployment(body: str, runner: Runner) -> DeploymentFacts:
         unit=parse_state("\n".join(sec.get("show", [])), runner),
         current_revision=int(current) if current.isdigit() else None,
         manifest=_json(decode(manifest_raw)) if manifest_raw else None,
+        vllm_version="".join(sec["vllm"]).strip() if "vllm" in sec else None,
     )
 
 

@@ -113,6 +113,27 @@ class Launcher(Strict):
         return value
 
 
+class VllmInstall(Strict):
+    """vLLM installed by orch into a venv on the host (pip, pinned), only when the version differs."""
+
+    package: str = Field(default="vllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
+    venv: str
+    python: str = "python3"
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    # Removed after the install (the CPU wheel: torchvision torchaudio, which break beside its torch).
+    remove: tuple[str, ...] = ()
+
+    @field_validator("venv")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"venv must be an absolute path on the host, got {value!r}")
+        return value
+
+
 class Readiness(Strict):
     # Off only where the controller cannot reach the API port; then a start counts as success.
     enabled: bool = True
@@ -174,6 +195,7 @@ class Deployment(Strict):
     secrets: dict[str, SecretRef] = Field(default_factory=dict)
     api_key: SecretRef | None = None
     run_as: str | None = None
+    vllm: VllmInstall | None = None
     launcher: Launcher = Field(default_factory=Launcher)
     readiness: Readiness = Field(default_factory=Readiness)
     service: Service = Field(default_factory=Service)
@@ -233,10 +255,17 @@ class Deployment(Strict):
             raise ValueError("a cpu deployment takes no gpus")
         if len(set(self.gpus)) != len(self.gpus):
             raise ValueError(f"gpus lists a GPU twice: {list(self.gpus)}")
+        if self.vllm and self.launcher.venv and self.launcher.venv != self.vllm.venv:
+            raise ValueError(f"launcher.venv {self.launcher.venv} differs from vllm.venv {self.vllm.venv}")
         both = set(self.env) & set(self.secrets)
         if both:
             raise ValueError(f"{sorted(both)[0]} is set both in env and in secrets")
         return self
+
+    @property
+    def venv(self) -> str | None:
+        """The venv vLLM runs from: the launcher's, or the one orch installs."""
+        return self.launcher.venv or (self.vllm.venv if self.vllm else None)
 
     @property
     def unit_name(self) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .facts import DeploymentFacts
+from .model import VllmInstall
 from .render import ROLES, Desired, DesiredFile, Role
 
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIAL)", re.I)
@@ -26,6 +27,16 @@ class WriteFile:
 
     def summary(self) -> str:
         return f"write {self.path} (mode {self.mode:04o})"
+
+
+@dataclass(frozen=True)
+class InstallVllm:
+    spec: VllmInstall
+    found: str
+
+    def summary(self) -> str:
+        found = self.found or "none"
+        return f"install {self.spec.package}=={self.spec.version} into {self.spec.venv} (found {found})"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,9 @@ class RecordRevision:
         return f"record a new revision ({self.source})"
 
 
-Change = WriteFile | RemoveFile | DaemonReload | Enable | Disable | Restart | Stop | RecordRevision
+Change = (
+    InstallVllm | WriteFile | RemoveFile | DaemonReload | Enable | Disable | Restart | Stop | RecordRevision
+)
 
 
 @dataclass(frozen=True)
@@ -138,16 +151,16 @@ def plan_target(
 
 def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> list[Change]:
     files = desired.files or ()
+    install = _install(desired, facts)
     writes = [
         WriteFile(f.role, f.path, f.content, f.mode) for f in files if facts.files.get(f.role) != f.content
     ]
-    changes: list[Change] = list(writes)
-    unit_written = any(w.role == "unit" for w in writes)
-    if unit_written:
+    changes: list[Change] = [*install, *writes]
+    if any(w.role == "unit" for w in writes):
         changes.append(DaemonReload(desired.unit_name))
     if not facts.unit.enabled:
         changes.append(Enable(desired.unit_name))
-    reason = _restart_reason(writes, facts)
+    reason = _restart_reason([*install, *writes], facts)
     if reason:
         changes.append(Restart(desired.unit_name, reason))
     if _revision_differs(files, facts):
@@ -155,12 +168,17 @@ def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> 
     return changes
 
 
-def _restart_reason(writes: list[WriteFile], facts: DeploymentFacts) -> str:
-    if writes:
-        return "changed: " + ", ".join(w.role for w in writes)
-    if facts.unit.crashed:
-        return f"unit is {facts.unit.describe()}"
-    if not facts.unit.running:
+def _install(desired: Desired, facts: DeploymentFacts) -> list[InstallVllm]:
+    spec = desired.vllm
+    if spec is None or facts.vllm_version == spec.version:
+        return []
+    return [InstallVllm(spec, facts.vllm_version or "")]
+
+
+def _restart_reason(changed: list[InstallVllm | WriteFile], facts: DeploymentFacts) -> str:
+    if changed:
+        return "changed: " + ", ".join("vllm" if isinstance(c, InstallVllm) else c.role for c in changed)
+    if not facts.unit.running or facts.unit.crashed:
         return f"unit is {facts.unit.describe()}"
     return ""
 

