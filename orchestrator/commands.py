@@ -149,7 +149,8 @@ def installed_version(spec: VllmInstall) -> str:
 def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
     """Create the venv if needed and pip-install the pinned version; print only pip's tail on failure."""
     venv = shlex.quote(spec.venv)
-    index = [f"--index-url {shlex.quote(spec.index_url)}"] if spec.index_url else []
+    index = ["--no-index"] if spec.no_index else []
+    index += [f"--index-url {shlex.quote(spec.index_url)}"] if spec.index_url else []
     index += [f"--extra-index-url {shlex.quote(u)}" for u in spec.extra_index_urls]
     index += [f"--find-links {shlex.quote(u)}" for u in spec.find_links]
     pin = shlex.quote(f"{spec.package}=={spec.version}")

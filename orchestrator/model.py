@@ -121,6 +121,7 @@ class VllmInstall(Strict):
     venv: str
     python: str = "python3"
     index_url: str | None = None
+    no_index: bool = False  # only find_links: for hosts that reach no index at all
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
     # Removed after the install (the CPU wheel: torchvision torchaudio, which break beside its torch).
