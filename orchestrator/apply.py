@@ -10,6 +10,7 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import commands, facts
 from .commands import Command
@@ -24,11 +25,13 @@ from .plan import (
     Restart,
     Stop,
     TargetPlan,
+    UploadModel,
     WriteFile,
 )
 from .render import ROLES, Layout, Role
 from .runners import UnitState
 from .transport import Transport
+from .upload import MANIFEST
 
 # No command may hang an apply: a stop waits at most TimeoutStopSec, well below this.
 COMMAND_TIMEOUT_S = 600.0
@@ -76,6 +79,9 @@ def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applie
     for change in plan.changes:
         if isinstance(change, RecordRevision):
             continue
+        if isinstance(change, UploadModel):
+            upload_model(transport, change, sudo=sudo)
+            continue
         timeout = INSTALL_TIMEOUT_S if isinstance(change, InstallVllm) else COMMAND_TIMEOUT_S
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
         leftovers += _leftovers(result.stdout)
@@ -84,6 +90,24 @@ def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applie
             state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
             after = facts.parse_state(state, plan.desired.layout.runner)
     return Applied(restarted, after, tuple(leftovers))
+
+
+def upload_model(transport: Transport, change: UploadModel, *, sudo: bool) -> None:
+    """Send each needed file to a temp path and move it into place, recording its checksum as it lands.
+
+    The record grows file by file, so an interrupted upload resumes with what is left.
+    """
+    spec = change.spec
+    landed = {f.path for f in spec.files} - {f.path for f in change.files}
+    manifest = f"{spec.dest}/{MANIFEST}"
+    for f in change.files:
+        tmp = f"/tmp/orch-upload-{f.sha256[:16]}"
+        transport.put(Path(spec.local_dir) / f.path, tmp)
+        place = commands.place_upload(tmp, f"{spec.dest}/{f.path}", sudo=sudo)
+        transport.run(place, timeout=COMMAND_TIMEOUT_S)
+        landed.add(f.path)
+        record = spec.manifest_json(landed).encode()
+        transport.run(commands.write_file(manifest, mode=0o644, sudo=sudo, content=record))
 
 
 def _leftovers(output: str) -> list[str]:

@@ -165,6 +165,12 @@ def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
     return Command(script, sudo=sudo, label=f"pip install {spec.package}=={spec.version} into {spec.venv}")
 
 
+def place_upload(tmp: str, dest: str, *, sudo: bool) -> Command:
+    """Move an uploaded temp file into the model folder (creating folders), world-readable."""
+    script = f"install -D -m 0644 {shlex.quote(tmp)} {shlex.quote(dest)} && rm -f {shlex.quote(tmp)}"
+    return Command(script, sudo=sudo, label=f"place {dest}")
+
+
 def wrap_sudo(script: str) -> str:
     """Run a whole script under non-interactive sudo (never prompts; fails instead)."""
     return f"sudo -n sh -c {shlex.quote(script)}"

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import __version__, commands, facts, preflight, render
+from . import __version__, commands, facts, preflight, render, upload
 from .apply import record, revision_contents, run_changes
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
@@ -280,7 +280,12 @@ def gather_host(
 ) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
     """One round trip: the deployments' facts, and optionally what preflight judges."""
     items = [
-        (render.Layout.of(run.host, t.deployment.name), t.deployment.unit_name, t.deployment.vllm)
+        (
+            render.Layout.of(run.host, t.deployment.name),
+            t.deployment.unit_name,
+            t.deployment.vllm,
+            t.deployment.model if t.deployment.model_fetch else None,
+        )
         for t in run.targets
     ]
     command = facts.gather(items, sudo=run.host.sudo)
@@ -340,10 +345,21 @@ def templates_for(loaded: Loaded, dep: Deployment) -> TemplateSources:
 def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[[Target], Desired]:
     """The desired state from the playbook: templates rendered on the controller."""
     sources = {d.name: templates_for(loaded, d) for d in loaded.playbook.deployments}
+    uploads = {
+        d.name: upload.local_spec(loaded.resolve(d.model_fetch.upload), d.model)
+        for d in loaded.playbook.deployments
+        if d.model_fetch
+    }
 
     def render_target(target: Target) -> Desired:
         dep = target.deployment
-        return render.render(dep, target.host, secrets=secrets_of[dep.name], templates=sources[dep.name])
+        return render.render(
+            dep,
+            target.host,
+            secrets=secrets_of[dep.name],
+            templates=sources[dep.name],
+            upload=uploads.get(dep.name),
+        )
 
     return render_target
 

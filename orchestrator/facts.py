@@ -12,11 +12,12 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import commands
+from . import commands, upload
 from .commands import MARK, Command
 from .model import VllmInstall
 from .render import ROLES, Layout, Role
 from .runners import Runner, UnitState
+from .upload import RemoteFiles
 
 __all__ = ["DeploymentFacts", "UnitState", "gather", "parse"]
 
@@ -29,17 +30,20 @@ class DeploymentFacts:
     manifest: dict[str, Any] | None = None
     # The version of the pinned vLLM package in its venv: "" when absent, None when not asked.
     vllm_version: str | None = None
+    # What the model folder holds, when the deployment uploads its model.
+    model_files: RemoteFiles | None = None
 
 
-def gather(items: list[tuple[Layout, str, VllmInstall | None]], *, sudo: bool) -> Command:
+def gather(items: list[tuple[Layout, str, VllmInstall | None, str | None]], *, sudo: bool) -> Command:
     """One script reading files, unit state, revision and vLLM version for each deployment."""
-    sections = [_section(layout, unit, vllm) for layout, unit, vllm in items]
+    sections = [_section(*item) for item in items]
     return Command("; ".join(sections), sudo=sudo, label="gather facts")
 
 
-def _section(layout: Layout, unit: str, vllm: VllmInstall | None) -> str:
+def _section(layout: Layout, unit: str, vllm: VllmInstall | None, upload_dest: str | None) -> str:
     state = commands.qpath(layout.state_dir)
     installed = [f'echo "{MARK}vllm"', commands.installed_version(vllm)] if vllm else []
+    installed += [upload.remote_script(upload_dest)] if upload_dest else []
     return "; ".join(
         [
             f'echo "{MARK}dep {layout.name}"',
@@ -99,6 +103,7 @@ def _parse_deployment(body: str, runner: Runner) -> DeploymentFacts:
         current_revision=int(current) if current.isdigit() else None,
         manifest=_json(decode(manifest_raw)) if manifest_raw else None,
         vllm_version="".join(sec["vllm"]).strip() if "vllm" in sec else None,
+        model_files=upload.parse_remote(sec["files"], sec.get("recorded", [])) if "files" in sec else None,
     )
 
 

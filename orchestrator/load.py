@@ -232,7 +232,9 @@ def _cross_check(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
                     ("deployments", i, "hosts", j),
                     (f"unknown host or group {ref!r} (inventory {loaded.inventory_path.name})"),
                 )
-        for field in ("unit", "env"):
+        if dep.model_fetch and not loaded.resolve(dep.model_fetch.upload).is_dir():
+            yield ("deployments", i, "model_fetch", "upload"), f"no such folder {dep.model_fetch.upload}"
+        for field in ("unit", "env", "supervisor"):
             rel = getattr(dep.templates, field)
             if rel is not None and not loaded.resolve(rel).is_file():
                 yield ("deployments", i, "templates", field), f"template not found: {rel}"

@@ -135,6 +135,12 @@ class VllmInstall(Strict):
         return value
 
 
+class ModelUpload(Strict):
+    """Push a model folder from the controller to ``model`` on each host (per-file checksums)."""
+
+    upload: str  # a folder on the controller, relative to the playbook
+
+
 class Readiness(Strict):
     # Off only where the controller cannot reach the API port; then a start counts as success.
     enabled: bool = True
@@ -197,6 +203,7 @@ class Deployment(Strict):
     api_key: SecretRef | None = None
     run_as: str | None = None
     vllm: VllmInstall | None = None
+    model_fetch: ModelUpload | None = None
     launcher: Launcher = Field(default_factory=Launcher)
     readiness: Readiness = Field(default_factory=Readiness)
     service: Service = Field(default_factory=Service)
@@ -256,6 +263,8 @@ class Deployment(Strict):
             raise ValueError("a cpu deployment takes no gpus")
         if len(set(self.gpus)) != len(self.gpus):
             raise ValueError(f"gpus lists a GPU twice: {list(self.gpus)}")
+        if self.model_fetch and not self.model.startswith("/"):
+            raise ValueError("model_fetch.upload needs model to be the absolute folder on the host")
         if self.vllm and self.launcher.venv and self.launcher.venv != self.vllm.venv:
             raise ValueError(f"launcher.venv {self.launcher.venv} differs from vllm.venv {self.vllm.venv}")
         both = set(self.env) & set(self.secrets)

@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import upload
 from .facts import DeploymentFacts
 from .model import VllmInstall
 from .render import ROLES, Desired, DesiredFile, Role
+from .upload import FileSum, UploadSpec
 
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIAL)", re.I)
 MASK = "***"
@@ -37,6 +39,16 @@ class InstallVllm:
     def summary(self) -> str:
         found = self.found or "none"
         return f"install {self.spec.package}=={self.spec.version} into {self.spec.venv} (found {found})"
+
+
+@dataclass(frozen=True)
+class UploadModel:
+    spec: UploadSpec
+    files: tuple[FileSum, ...]
+
+    def summary(self) -> str:
+        size = sum(f.size for f in self.files)
+        return f"upload {len(self.files)} model file(s), {size / 2**20:.1f} MiB, to {self.spec.dest}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,16 @@ class RecordRevision:
 
 
 Change = (
-    InstallVllm | WriteFile | RemoveFile | DaemonReload | Enable | Disable | Restart | Stop | RecordRevision
+    InstallVllm
+    | UploadModel
+    | WriteFile
+    | RemoveFile
+    | DaemonReload
+    | Enable
+    | Disable
+    | Restart
+    | Stop
+    | RecordRevision
 )
 
 
@@ -151,7 +172,7 @@ def plan_target(
 
 def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> list[Change]:
     files = desired.files or ()
-    install = _install(desired, facts)
+    install: list[InstallVllm | UploadModel] = [*_install(desired, facts), *_upload(desired, facts)]
     writes = [
         WriteFile(f.role, f.path, f.content, f.mode) for f in files if facts.files.get(f.role) != f.content
     ]
@@ -175,12 +196,26 @@ def _install(desired: Desired, facts: DeploymentFacts) -> list[InstallVllm]:
     return [InstallVllm(spec, facts.vllm_version or "")]
 
 
-def _restart_reason(changed: list[InstallVllm | WriteFile], facts: DeploymentFacts) -> str:
+def _upload(desired: Desired, facts: DeploymentFacts) -> list[UploadModel]:
+    spec = desired.upload
+    if spec is None:
+        return []
+    needed = upload.missing(spec, facts.model_files or upload.RemoteFiles({}, {}))
+    return [UploadModel(spec, needed)] if needed else []
+
+
+def _restart_reason(changed: list[InstallVllm | UploadModel | WriteFile], facts: DeploymentFacts) -> str:
     if changed:
-        return "changed: " + ", ".join("vllm" if isinstance(c, InstallVllm) else c.role for c in changed)
+        return "changed: " + ", ".join(_what(c) for c in changed)
     if not facts.unit.running or facts.unit.crashed:
         return f"unit is {facts.unit.describe()}"
     return ""
+
+
+def _what(change: InstallVllm | UploadModel | WriteFile) -> str:
+    if isinstance(change, InstallVllm):
+        return "vllm"
+    return "model" if isinstance(change, UploadModel) else change.role
 
 
 def _revision_differs(files: tuple[DesiredFile, ...], facts: DeploymentFacts) -> bool:

@@ -17,6 +17,7 @@ import jinja2
 from .errors import ConfigError
 from .model import ArgValue, Deployment, Host, VllmInstall
 from .runners import Runner, RunnerName, Supervisord, log_path, program, runner_for
+from .upload import UploadSpec
 
 Role = Literal["unit", "env"]
 ROLES: tuple[Role, ...] = ("env", "unit")
@@ -94,6 +95,7 @@ class Desired:
     # Where this state comes from; recorded in the revision manifest.
     origin: str = "apply"
     vllm: VllmInstall | None = None
+    upload: UploadSpec | None = None
 
     @property
     def present(self) -> bool:
@@ -192,6 +194,7 @@ def render(
     *,
     secrets: dict[str, str],
     templates: TemplateSources,
+    upload: UploadSpec | None = None,
 ) -> Desired:
     """Render the unit and env file of ``dep`` for ``host``."""
     layout = Layout.of(host, dep.name)
@@ -209,7 +212,7 @@ def render(
         DesiredFile("env", layout.env_path, _render(templates.env, context), ENV_MODE),
         DesiredFile("unit", layout.unit_path, _render(templates.for_runner(host.runner), context), UNIT_MODE),
     )
-    return Desired(layout, dep.unit_name, files, frozenset(secrets), vllm=dep.vllm)
+    return Desired(layout, dep.unit_name, files, frozenset(secrets), vllm=dep.vllm, upload=upload)
 
 
 def absent(dep: Deployment, host: Host) -> Desired:

@@ -47,5 +47,8 @@ class Unavailable:
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         raise self.error
 
+    def put(self, local: Path, remote: str) -> None:
+        raise self.error
+
     def close(self) -> None:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from ..commands import Command, wrap_sudo
@@ -26,6 +27,10 @@ class Transport(Protocol):
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         """Run until the command ends, passing each stdout line as it comes; returns the exit code."""
+        ...
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a controller file to ``remote`` (a path the login user can write)."""
         ...
 
     def close(self) -> None: ...

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from ..commands import Command
-from ..errors import CommandError
+from ..errors import CommandError, HostError
 from .base import Result, checked, shell_of
 
 
@@ -43,6 +45,12 @@ class LocalTransport:
             for line in proc.stdout:
                 on_line(line.rstrip("\n"))
             return proc.wait()
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            shutil.copyfile(local, remote)
+        except OSError as exc:
+            raise HostError(self.name, f"cannot copy {local} to {remote}: {exc.strerror}") from exc
 
     def close(self) -> None:
         return None

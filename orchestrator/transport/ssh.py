@@ -86,6 +86,15 @@ class SSHTransport:
             code = stdout.channel.recv_exit_status()
         return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
 
+    def put(self, local: Path, remote: str) -> None:
+        with self._translated(Command(f"sftp put {remote}"), None):
+            self._conn.open()
+            sftp = self._conn.client.open_sftp()
+            try:
+                sftp.put(str(local), remote)
+            finally:
+                sftp.close()
+
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         writer = LineWriter(on_line)
         return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
