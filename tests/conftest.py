@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from testbed import Testbed
+from testbed.hosts import exclusive
 
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "ip", "ssh", "ssh-keygen", "mount", "setsid")
 
@@ -38,13 +39,14 @@ def testbed(pytestconfig: pytest.Config) -> Iterator[Testbed]:
     if reason:
         _skip_or_fail(reason)
     bed = Testbed()
-    bed.down()  # leftovers of an interrupted run: start clean
-    bed.build()
-    pytestconfig.stash[_TIMINGS] = bed.timings
-    try:
-        yield bed
-    finally:
-        bed.down()
+    with exclusive(wait=float(os.environ.get("ORCH_TESTBED_LOCK_WAIT", "1800"))):
+        bed.down()  # leftovers of an interrupted run: start clean
+        bed.build()
+        pytestconfig.stash[_TIMINGS] = bed.timings
+        try:
+            yield bed
+        finally:
+            bed.down()
 
 
 _TIMINGS = pytest.StashKey[list[tuple[str, float]]]()

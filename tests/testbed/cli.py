@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from .hosts import Testbed
+from .hosts import Testbed, exclusive
 from .proc import TestbedError
 
 HOST_VERBS = ("crash", "boot", "freeze", "thaw", "partition", "heal", "reset")
@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     testbed, started = Testbed(), time.monotonic()
     try:
-        dispatch(testbed, args)
+        if args.verb == "status":
+            dispatch(testbed, args)
+        else:
+            with exclusive(wait=float(os.environ.get("ORCH_TESTBED_LOCK_WAIT", "0"))):
+                dispatch(testbed, args)
     except TestbedError as exc:
         print(f"testbed {args.verb} failed: {exc}", file=sys.stderr)
         return 1

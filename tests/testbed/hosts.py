@@ -14,6 +14,7 @@ process (the CLI, a pytest session) and still find the hosts.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,8 +22,9 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,9 @@ DEPLOY_UID = 1000
 # /tmp stays on the host's disk, as on a Debian 12 server (nspawn would mount a tmpfs there);
 # the template's warm torch compile cache lives in /tmp/torchinductor_USER.
 LAUNCH_ENV = {**os.environ, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"}
+# One test bed per machine (bridge, namespaces and IPs are machine-wide): whoever changes it
+# holds this lock; a pytest session holds it from start to teardown.
+LOCK_PATH = Path("/run/lock/orch-testbed.lock")
 # Each vLLM CPU server takes 1.5-2.5 GB (TP=1) to 4.8 GB (TP=2): at most three at once here.
 MAX_VLLM_SERVERS = 3
 
@@ -132,6 +137,34 @@ def _wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.0
             return True
         time.sleep(step)
     return predicate()
+
+
+@contextlib.contextmanager
+def exclusive(*, wait: float) -> Iterator[None]:
+    """Hold the machine-wide test bed lock; wait up to `wait` seconds for another holder."""
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_PATH.open("a+") as lock:
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = LOCK_PATH.read_text().strip() or "another process"
+                if time.monotonic() >= deadline:
+                    raise TestbedError(f"the test bed is in use by {holder} (lock {LOCK_PATH})") from None
+                if not told:
+                    log.warning("waiting up to %.0f s for the test bed, in use by %s", wait, holder)
+                    told = True
+                time.sleep(1)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Testbed:

@@ -38,8 +38,14 @@ def corpus() -> list[str]:
 
 def build_tokenizer(out: Path) -> int:
     """Train a byte-level BPE tokenizer, save it with a ChatML template; returns its vocab size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # type: ignore[import-not-found]
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast  # type: ignore[import-not-found]
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -65,8 +71,12 @@ def build_tokenizer(out: Path) -> int:
 
 def build_model(out: Path, *, eos_id: int, pad_id: int) -> None:
     """A seeded Qwen2 with 2 layers and head_dim 64 (vLLM's CPU attention needs >= 64), bf16."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    import torch  # type: ignore[import-not-found]
+    from transformers import (
+        GenerationConfig,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(SEED)
     config = Qwen2Config(

