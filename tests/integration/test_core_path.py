@@ -9,32 +9,13 @@ change → rollback → a broken revision rolled back → destroy.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from orchcli import orch
 
 pytestmark = pytest.mark.testbed
-
-ORCH = [sys.executable, "-m", "orchestrator"]
-
-
-def orch(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [*ORCH, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        check=False,
-    )
-    print(f"$ orch {' '.join(map(str, args))}  → {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 INVENTORY = """\

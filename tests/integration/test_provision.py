@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from orchcli import orch
 
 pytestmark = pytest.mark.testbed
 
@@ -71,19 +70,6 @@ deployments:
     env: {VLLM_CPU_KVCACHE_SPACE: "1"}
     readiness: {timeout_s: 420, interval_s: 2}
 """
-
-
-def orch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "COLUMNS": "200"},
-        check=False,
-    )
-    print(f"$ orch {' '.join(map(str, args))}  → {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

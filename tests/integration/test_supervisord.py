@@ -7,14 +7,12 @@ to Debian's supervisord, as on a container host without systemd.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from orchcli import orch
 
 pytestmark = pytest.mark.testbed
 
@@ -35,19 +33,6 @@ deployments:
     service: {{timeout_stop_s: 30}}
     readiness: {{timeout_s: 420, interval_s: 2}}
 """
-
-
-def orch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "COLUMNS": "200"},
-        check=False,
-    )
-    print(f"$ orch {' '.join(map(str, args))}  → {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
