@@ -1,12 +1,12 @@
 #!/bin/bash
 # orch's preflight and status against a real nvidia-smi, with a real process holding memory on GPU 0.
 # Run on the lent GPU machine (no systemd, no sshd there: `connection: local`) from the repository root:
-#   .venv/bin/pip download … -d .device-stage/wheels (orch's dependencies for Python 3.12), carried along.
+#   .venv/bin/pip download … -d .device-orch/wheels (orch's dependencies for Python 3.12), carried along.
 # Writes everything it saw under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/orch-gpu-out}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-python3 -m pip install -q --no-index --find-links .device-stage/wheels --target /tmp/orchsite \
+python3 -m pip install -q --no-index --find-links .device-orch/wheels --target /tmp/orchsite \
   fabric paramiko jinja2 pydantic pyyaml tenacity rich httpx prometheus_client >"$OUT/pip.log" 2>&1
 export PYTHONPATH=/tmp/orchsite:$PWD COLUMNS=160
 Q="index,uuid,name,memory.total,memory.used,memory.free,utilization.gpu,pci.bus_id"
