@@ -7,6 +7,7 @@ Only OrchError is caught: it prints as one red line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -23,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from . import __version__, bench, commands, deploy, facts, health, metrics, monitoring, preflight, render
+from .diagnose import diagnose
 from .errors import ConfigError, OrchError
 from .facts import UnitState
 from .gpu import Check
@@ -389,10 +391,6 @@ def _summary(results: list[deploy.Result]) -> int:
 
 
 def _print_diagnosis(journal: str) -> None:
-    try:
-        from .diagnose import diagnose
-    except ImportError:  # pragma: no cover - diagnosis is optional
-        return
     for d in diagnose(journal):
         out.print(f"[bold yellow]cause:[/bold yellow] {escape(d.cause)}\n[bold]fix:[/bold] {escape(d.fix)}")
 
@@ -406,10 +404,11 @@ class RichReporter:
         self._lock = threading.Lock()
         self._live: Live | None = None
 
-    def live(self) -> Live:
-        self._live = Live(self._table(), console=err, refresh_per_second=4, transient=True)
+    def live(self) -> contextlib.AbstractContextManager[object]:
+        """A live table of the gates on a terminal; elsewhere progress comes as lines."""
         if not err.is_terminal:
-            self._live = Live(console=Console(file=open("/dev/null", "w")))  # noqa: SIM115
+            return contextlib.nullcontext()
+        self._live = Live(self._table(), console=err, refresh_per_second=4, transient=True)
         return self._live
 
     def event(self, host: str, deployment: str, text: str) -> None:
@@ -432,7 +431,7 @@ class RichReporter:
         self._refresh()
 
     def _refresh(self) -> None:
-        if self._live is not None and err.is_terminal:
+        if self._live is not None:
             self._live.update(self._table())
 
     def _table(self) -> Table:
