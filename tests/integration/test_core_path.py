@@ -245,3 +245,35 @@ def test_destroy_stops_and_removes_but_keeps_revisions(site: dict[str, Any]) -> 
     assert tb.ssh(h2, "pgrep -u deploy -f vllm.entrypoints || true").stdout.strip() == ""
     assert tb.ssh(h1, "ls /var/lib/orch/tp2/revisions").stdout.split() == ["1"]
     assert orch("destroy", pb, "-y", env=ENV).returncode == 0  # idempotent
+
+
+def test_become_sudo_manages_system_units(site: dict[str, Any]) -> None:
+    """A non-root login with passwordless sudo (become: true) writes root's files and system units."""
+    tb, (h1, _, _) = site["testbed"], site["hosts"]
+    tb.ssh(
+        h1, "echo 'deploy ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/deploy && chmod 0440 /etc/sudoers.d/deploy"
+    )
+    d = site["dir"] / "sudo"
+    d.mkdir(exist_ok=True)
+    (d / "inventory.yml").write_text(
+        f"known_hosts: {tb.known_hosts_path}\nhosts:\n  th1-sudo:\n    address: {h1.address}\n"
+        f"    user: deploy\n    become: true\n    ssh_key: {tb.key_path}\n"
+    )
+    idle = Path(__file__).resolve().parents[2] / "benchmarks" / "templates" / "idle.service.j2"
+    pb = d / "pb.yml"
+    pb.write_text(
+        "inventory: inventory.yml\ndeployments:\n  - name: viasudo\n    hosts: [th1-sudo]\n"
+        "    model: /srv/models/tiny\n    accelerator: cpu\n    port: 8009\n"
+        f"    readiness: {{enabled: false}}\n    templates: {{unit: {idle}}}\n    env: {{HF_HOME: /tmp/hf}}\n"
+    )
+    try:
+        assert orch("plan", pb).returncode == 2
+        assert orch("apply", "-y", pb).returncode == 0
+        assert tb.ssh(h1, "systemctl is-active orch-viasudo").stdout.strip() == "active"
+        assert tb.ssh(h1, "stat -c '%U %a' /etc/orch/viasudo.env").stdout.strip() == "root 600"
+        assert tb.ssh(h1, "cat /var/lib/orch/viasudo/current").stdout.strip() == "1"
+        assert orch("plan", pb).returncode == 0
+        assert orch("destroy", "-y", pb).returncode == 0
+        assert tb.ssh(h1, "systemctl is-active orch-viasudo || true").stdout.strip() == "inactive"
+    finally:
+        tb.ssh(h1, "rm -f /etc/sudoers.d/deploy")
