@@ -47,6 +47,7 @@ def site(tb: Testbed, n: int, d: Path) -> Path:
         "    hosts: [bench]\n"
         "    model: /srv/models/tiny\n"
         "    accelerator: cpu\n"
+        "    launcher: {kind: api_server, venv: /opt/vllm}\n"
         "    readiness: {enabled: false}\n"
         f"    templates: {{unit: {ROOT / 'benchmarks/templates/idle.service.j2'}}}\n"
     )

@@ -347,7 +347,7 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.Desir
         _show_plans(plans, errors, as_json=False, checks=checks)
         if not any(p.changed for p in plans):
             out.print("[green]Nothing to do.[/green]")
-            return EXIT_ERROR if errors else EXIT_OK
+            return _summary([*session.execute(plans), *errors]) if errors else EXIT_OK
         blocking = _blocking(plans, checks)
         if blocking and not args.force:
             err.print(

@@ -96,6 +96,8 @@ def _build(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError("a key must be a plain value", file=file, line=key_node.start_mark.line + 1)
             key = _scalar(key_node)
             if key in out:
                 raise ConfigError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1)

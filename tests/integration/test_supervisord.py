@@ -97,5 +97,5 @@ def test_apply_change_rollback_crash_destroy(site: dict[str, Any]) -> None:
 
     assert orch("destroy", "-y", base).returncode == 0
     assert "no such process" in sh(site, "supervisorctl status orch-sup || true")
-    assert sh(site, "pgrep -f vllm.entrypoints || true") == ""
+    assert sh(site, "pgrep -f '[v]llm.entrypoints' || true") == ""
     assert sh(site, "ls /var/lib/orch/sup/revisions").split() == ["1", "2", "3"]

@@ -259,3 +259,10 @@ def test_shipped_playbooks_validate() -> None:
     root = Path(__file__).resolve().parents[2] / "playbooks"
     for name in ("day3.yml", "day4.yml"):
         assert load(root / name).playbook.deployments
+
+
+def test_mapping_as_key_is_a_config_error(tmp_path: Path) -> None:
+    assert (
+        error_of(tmp_path, GOOD + "    model_fetch: {{upload: m}}\n")
+        == "pb.yml:8: a key must be a plain value"
+    )
