@@ -121,6 +121,10 @@ def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
     assert (rows["tp2"]["revision"], rows["solo"]["revision"]) == (1, 1)
     assert rows["solo"]["scope"] == "user"
 
+    for verb in ("status", "logs", "revisions"):
+        seen = orch(verb, pb, env=ENV)
+        assert seen.returncode == 0 and SECRET not in seen.stdout + seen.stderr
+
     pids = (main_pid(site, "tp2"), main_pid(site, "solo"))
     assert orch("plan", pb, env=ENV).returncode == 0
     again = orch("apply", pb, "-y", env=ENV)
