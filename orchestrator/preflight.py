@@ -261,6 +261,8 @@ def check_model(dep: Deployment, own: DeploymentProbe) -> Check:
         return Check(
             "model", True, "ok", f"{dep.model} is a hub id: vLLM downloads it at start (HF_ENDPOINT)"
         )
+    if dep.model_fetch is not None and own.model_config is None:
+        return Check("model", True, "ok", f"model {dep.model} will be uploaded from {dep.model_fetch.upload}")
     if not own.model_is_dir:
         return Check("model", False, "error", f"model path {dep.model} does not exist on the host")
     if own.model_config is None:

@@ -180,3 +180,9 @@ def test_port_unchecked_without_ss() -> None:
         "warn",
         "port 8000 not checked: the host has no `ss` (iproute2)",
     )
+
+
+def test_model_to_be_uploaded_is_not_missing() -> None:
+    dep = day4(model_fetch={"upload": "models/q14"})
+    v = verdicts(dep, output(query=IDLE_Q, apps=IDLE_A, model=False))
+    assert v["model"] == ("ok", "model /models/q14 will be uploaded from models/q14")
