@@ -9,7 +9,6 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Literal
 
 import jinja2
@@ -252,11 +251,6 @@ def _render(source: TemplateSource, context: dict[str, object]) -> str:
         raise ConfigError(f"template syntax: {exc.message}", file=source.name, line=exc.lineno) from None
     except jinja2.TemplateError as exc:
         raise ConfigError(f"template: {exc.message}", file=source.name) from None
-
-
-def model_dir(dep: Deployment) -> PurePosixPath | None:
-    """The model's folder on the host, when the model is a path."""
-    return PurePosixPath(dep.model) if dep.model.startswith("/") else None
 
 
 def parse_env(text: str) -> dict[str, str]:
