@@ -135,7 +135,7 @@ class Session:
     def preflight(self) -> dict[tuple[str, str], list[Check]]:
         """Preflight verdicts per (host, deployment), from what ``gather`` read."""
         return {
-            (run.name, t.deployment.name): preflight.checks(t.deployment, run.probe)
+            (run.name, t.deployment.name): preflight.checks(t.deployment, run.probe, runner=run.host.runner)
             for run in self.live()
             if run.probe is not None
             for t in run.targets

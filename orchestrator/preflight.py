@@ -21,6 +21,7 @@ from .facts import decode
 from .fit import FitConfigError, estimate_fit
 from .gpu import Check, Gpu, GpuProcess, NvidiaSmiParseError
 from .model import Deployment, Host
+from .runners import RunnerName
 
 MIB = 1024**2
 _VERSION_PY = (
@@ -49,6 +50,8 @@ class HostProbe:
     processes: tuple[GpuProcess, ...] = ()
     smi_error: str = ""
     parents: dict[int, int] = field(default_factory=dict)
+    # The process managers the host has: systemd as PID 1, a supervisorctl.
+    runners: frozenset[str] = frozenset({"systemd", "supervisord"})
     # None when the host has no ``ss`` to list listening ports.
     listeners: dict[int, frozenset[int]] | None = field(default_factory=dict)
     deployments: dict[str, DeploymentProbe] = field(default_factory=dict)
@@ -92,6 +95,9 @@ def script(host: Host, deployments: list[Deployment]) -> str:
         "ps -eo pid=,ppid=",
         f'echo "{MARK}listen"',
         f'if command -v ss >/dev/null; then ss -ltnpH; else echo "{MARK}no-ss"; fi',
+        f'echo "{MARK}runners"',
+        "[ -d /run/systemd/system ] && echo systemd",
+        "command -v supervisorctl >/dev/null && echo supervisord",
     ]
     parts += [_deployment_script(host, d) for d in deployments]
     return "; ".join(parts)
@@ -138,6 +144,7 @@ def parse(output: str) -> HostProbe:
         smi_error=smi_error,
         parents=_parse_ps(sec.get("ps", [])),
         listeners=None if "no-ss" in sec else _parse_listeners(sec.get("listen", [])),
+        runners=frozenset(line.strip() for line in sec.get("runners", []) if line.strip()),
         deployments={name: _parse_deployment(_sections("\n".join(body))) for name, body in blocks.items()},
     )
 
@@ -210,15 +217,25 @@ def _parse_deployment(sec: dict[str, list[str]]) -> DeploymentProbe:
 # ---------------------------------------------------------------- pure checks
 
 
-def checks(dep: Deployment, probe: HostProbe) -> list[Check]:
+def checks(dep: Deployment, probe: HostProbe, *, runner: RunnerName = "systemd") -> list[Check]:
     """Every verdict for one deployment on one host."""
     own = probe.deployments.get(dep.name, DeploymentProbe())
     own_pids = probe.descendants(own.main_pid)
-    out = [check_port(dep, probe, own_pids), check_launcher(dep, own), check_model(dep, own)]
+    out = [check_runner(runner, probe), check_port(dep, probe, own_pids), check_launcher(dep, own)]
+    out.append(check_model(dep, own))
     if dep.accelerator == "cuda":
         out += gpu_checks(dep, probe, own_pids)
         out.append(check_fit(dep, probe, own, own_pids))
     return out
+
+
+def check_runner(runner: RunnerName, probe: HostProbe) -> Check:
+    if runner in probe.runners:
+        return Check("runner", True, "ok", f"{runner} is there")
+    other = "supervisord" if runner == "systemd" else "systemd"
+    hint = f"; set runner: {other} for this host in the inventory" if other in probe.runners else ""
+    what = "systemd is not PID 1" if runner == "systemd" else "supervisorctl is not installed"
+    return Check("runner", False, "error", f"{what} on this host{hint}")
 
 
 def check_port(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> Check:

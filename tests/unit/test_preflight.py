@@ -28,7 +28,14 @@ def day4(**kw: object) -> Deployment:
 
 
 def output(
-    *, query: str, apps: str, main_pid: int = 0, ps: str = "", listen: str = "", model: bool = True
+    *,
+    query: str,
+    apps: str,
+    main_pid: int = 0,
+    ps: str = "",
+    listen: str = "",
+    model: bool = True,
+    runners: str = "systemd",
 ) -> str:
     """What ``preflight.script`` prints on a host, assembled from captured command output."""
     config = base64.b64encode(CONFIG_14B.encode()).decode() if model else ""
@@ -42,6 +49,8 @@ def output(
             ps,
             "@@orchlisten",
             listen,
+            "@@orchrunners",
+            runners,
             "@@orchdep qwen14b",
             "@@orchmainpid",
             str(main_pid),
@@ -70,6 +79,7 @@ SERVING_A = (FIX / "vllm-0.26-gpu-tp2" / "nvsmi_apps_serving.csv").read_text()
 def test_idle_h200_pair_passes() -> None:
     v = verdicts(day4(), output(query=IDLE_Q, apps=IDLE_A))
     assert {k: s for k, (s, _) in v.items()} == {
+        "runner": "ok",
         "port": "ok",
         "launcher": "ok",
         "model": "ok",
@@ -134,7 +144,7 @@ def test_missing_model_and_nvidia_smi() -> None:
 def test_cpu_deployment_skips_gpu_checks() -> None:
     dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1)
     text = output(query="", apps="").replace("@@orchgpus\n\n@@orchapps\n\n", "")
-    assert set(verdicts(dep, text)) == {"port", "launcher", "model"}
+    assert set(verdicts(dep, text)) == {"runner", "port", "launcher", "model"}
 
 
 def test_config_fixture_is_valid_json() -> None:
@@ -186,3 +196,15 @@ def test_model_to_be_uploaded_is_not_missing() -> None:
     dep = day4(model_fetch={"upload": "models/q14"})
     v = verdicts(dep, output(query=IDLE_Q, apps=IDLE_A, model=False))
     assert v["model"] == ("ok", "model /models/q14 will be uploaded from models/q14")
+
+
+def test_no_systemd_says_which_runner_to_use() -> None:
+    """The lent GPU machine: no systemd as PID 1; supervisorctl present once supervisor is installed."""
+    probe = preflight.parse(output(query=IDLE_Q, apps=IDLE_A, runners="supervisord"))
+    [check] = [c for c in preflight.checks(day4(), probe, runner="systemd") if c.name == "runner"]
+    assert (check.severity, check.message) == (
+        "error",
+        "systemd is not PID 1 on this host; set runner: supervisord for this host in the inventory",
+    )
+    [ok] = [c for c in preflight.checks(day4(), probe, runner="supervisord") if c.name == "runner"]
+    assert ok.ok
