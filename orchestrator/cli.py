@@ -31,6 +31,7 @@ from .gpu import Check
 from .health import Probe
 from .load import Loaded, Target, load
 from .plan import TargetPlan, plan_target
+from .secrets import refs as secret_refs
 from .secrets import resolve
 
 out = Console(highlight=False, soft_wrap=True)
@@ -164,10 +165,7 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    secrets_of = {
-        d.name: {k: "x" for k in [*d.secrets, *(["VLLM_API_KEY"] if d.api_key else [])]}
-        for d in loaded.playbook.deployments
-    }
+    secrets_of = {d.name: dict.fromkeys(secret_refs(d), "x") for d in loaded.playbook.deployments}
     render_target = deploy.renderer(loaded, secrets_of)
     for t in loaded.targets():
         render_target(t)
@@ -477,12 +475,7 @@ def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
     f = run.facts.get(t.deployment.name, facts.DeploymentFacts())
     ready: Probe | None = None
     if f.unit.running:
-        env = f.files.get("env", "")
-        ep = health.Endpoint(
-            f"http://{deploy.api_address(run.host)}:{t.deployment.port}",
-            t.deployment.served_name,
-            render.parse_env(env).get("VLLM_API_KEY"),
-        )
+        ep = deploy.endpoint(run.host, t.deployment, f.files.get("env", ""))
         with httpx.Client(timeout=5) as client:
             ready = health.probe(client, ep)
     return {
@@ -716,10 +709,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "--num-requests, --concurrency and --output-len must be at least 1", file="orch bench"
         )
     loaded = _load(args)
-    target, revision, api_key = _bench_target(loaded, args)
+    target, revision, ep = _bench_target(loaded, args)
     cfg = bench.BenchConfig(
-        base_url=f"http://{deploy.api_address(target.host)}:{target.deployment.port}",
-        model=target.deployment.served_name,
+        base_url=ep.base_url,
+        model=ep.served_name,
         num_requests=args.num_requests,
         concurrency=args.concurrency,
         request_rate=args.request_rate,
@@ -727,7 +720,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output_len=args.output_len,
         prompt=args.prompt,
         seed=args.seed,
-        api_key=api_key,
+        api_key=ep.api_key,
         endpoint=args.endpoint,
     )
     result = bench.with_tags(
@@ -756,8 +749,8 @@ def _read_bench(path: Path) -> bench.BenchResult:
         raise ConfigError(f"not a bench result: {exc}", file=str(path)) from exc
 
 
-def _bench_target(loaded: Loaded, args: argparse.Namespace) -> tuple[Target, int | None, str | None]:
-    """The one deployment on one host to load, its revision and API key (read from the host)."""
+def _bench_target(loaded: Loaded, args: argparse.Namespace) -> tuple[Target, int | None, health.Endpoint]:
+    """The one deployment on one host to load, its revision and endpoint (API key read from the host)."""
     targets = _targets(loaded, args)
     if len(targets) != 1:
         names = ", ".join(f"{t.deployment.name}@{t.host_name}" for t in targets)
@@ -770,7 +763,11 @@ def _bench_target(loaded: Loaded, args: argparse.Namespace) -> tuple[Target, int
         if run.error:
             raise run.error
     f = run.facts.get(targets[0].deployment.name, facts.DeploymentFacts())
-    return targets[0], f.current_revision, render.parse_env(f.files.get("env", "")).get("VLLM_API_KEY")
+    return (
+        targets[0],
+        f.current_revision,
+        deploy.endpoint(targets[0].host, targets[0].deployment, f.files.get("env", "")),
+    )
 
 
 def _run_bench(cfg: bench.BenchConfig) -> bench.BenchResult:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import __version__, commands, facts, preflight, render, upload
+from . import __version__, commands, facts, preflight, render, secrets, upload
 from .apply import record, revision_contents, run_changes
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
@@ -218,8 +218,7 @@ class Session:
 
     def _gate(self, run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState) -> Outcome:
         env_file = desired.file("env")
-        api_key = render.parse_env(env_file.content).get("VLLM_API_KEY") if env_file else None
-        ep = Endpoint(f"http://{api_address(run.host)}:{dep.port}", dep.served_name, api_key)
+        ep = endpoint(run.host, dep, env_file.content if env_file else "")
         runner = desired.layout.runner
         state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
 
@@ -270,6 +269,12 @@ def _deployment(run: HostRun, name: str) -> Deployment:
 
 def api_address(host: Host) -> str:
     return "127.0.0.1" if host.connection == "local" else host.address
+
+
+def endpoint(host: Host, dep: Deployment, env_text: str) -> Endpoint:
+    """Where the deployment answers, with the API key its env file gives the server (if any)."""
+    api_key = render.parse_env(env_text).get(secrets.API_KEY_VAR)
+    return Endpoint(f"http://{api_address(host)}:{dep.port}", dep.served_name, api_key)
 
 
 PREFLIGHT_MARK = f"{commands.MARK}preflight\n"

@@ -8,13 +8,20 @@ from pathlib import Path
 from .errors import SecretError
 from .model import Deployment, SecretRef
 
+API_KEY_VAR = "VLLM_API_KEY"
+
+
+def refs(dep: Deployment) -> dict[str, SecretRef]:
+    """The deployment's secrets by env-file name (``api_key`` becomes ``VLLM_API_KEY``)."""
+    out = dict(dep.secrets)
+    if dep.api_key is not None:
+        out[API_KEY_VAR] = dep.api_key
+    return out
+
 
 def resolve(dep: Deployment, *, base: Path) -> dict[str, str]:
-    """The deployment's secret variables, by env-file name (``api_key`` → ``VLLM_API_KEY``)."""
-    refs = dict(dep.secrets)
-    if dep.api_key is not None:
-        refs["VLLM_API_KEY"] = dep.api_key
-    return {name: _read(dep.name, name, ref, base) for name, ref in refs.items()}
+    """The deployment's secret values, read on the controller."""
+    return {name: _read(dep.name, name, ref, base) for name, ref in refs(dep).items()}
 
 
 def _read(deployment: str, name: str, ref: SecretRef, base: Path) -> str:
