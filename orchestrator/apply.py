@@ -9,16 +9,19 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import commands, facts
+from . import commands, facts, hub
 from .commands import Command
+from .errors import CommandError
 from .plan import (
     Change,
     DaemonReload,
     Disable,
     Enable,
+    FetchModel,
     InstallVllm,
     RecordRevision,
     RemoveFile,
@@ -28,7 +31,7 @@ from .plan import (
     UploadModel,
     WriteFile,
 )
-from .render import ROLES, Layout, Role
+from .render import ROLES, Desired, Layout, Role, parse_env
 from .runners import UnitState
 from .transport import Transport
 from .upload import MANIFEST
@@ -37,6 +40,12 @@ from .upload import MANIFEST
 COMMAND_TIMEOUT_S = 600.0
 INSTALL_TIMEOUT_S = 3600.0
 REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
+# Reports a long transfer: (what, bytes done, bytes in all).
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(what: str, done: int, total: int) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,13 +83,18 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
     raise AssertionError(f"unknown change {change!r}")
 
 
-def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applied:
+def run_changes(
+    transport: Transport, plan: TargetPlan, *, sudo: bool, progress: Progress = _no_progress
+) -> Applied:
     after, restarted, leftovers = UnitState(), False, []
     for change in plan.changes:
         if isinstance(change, RecordRevision):
             continue
         if isinstance(change, UploadModel):
-            upload_model(transport, change, sudo=sudo)
+            upload_model(transport, change, sudo=sudo, progress=progress)
+            continue
+        if isinstance(change, FetchModel):
+            fetch_model(transport, change, plan.desired, sudo=sudo, progress=progress)
             continue
         timeout = INSTALL_TIMEOUT_S if isinstance(change, InstallVllm) else COMMAND_TIMEOUT_S
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
@@ -92,7 +106,9 @@ def run_changes(transport: Transport, plan: TargetPlan, *, sudo: bool) -> Applie
     return Applied(restarted, after, tuple(leftovers))
 
 
-def upload_model(transport: Transport, change: UploadModel, *, sudo: bool) -> None:
+def upload_model(
+    transport: Transport, change: UploadModel, *, sudo: bool, progress: Progress = _no_progress
+) -> None:
     """Send each needed file to a temp path and move it into place, recording its checksum as it lands.
 
     The record grows file by file, so an interrupted upload resumes with what is left.
@@ -100,14 +116,51 @@ def upload_model(transport: Transport, change: UploadModel, *, sudo: bool) -> No
     spec = change.spec
     landed = {f.path for f in spec.files} - {f.path for f in change.files}
     manifest = f"{spec.dest}/{MANIFEST}"
+    total, sent = sum(f.size for f in change.files), 0
     for f in change.files:
         tmp = f"/tmp/orch-upload-{f.sha256[:16]}"
-        transport.put(Path(spec.local_dir) / f.path, tmp)
+        base = sent
+
+        def sent_so_far(done: int, _size: int, base: int = base) -> None:
+            progress("upload", base + done, total)
+
+        transport.put(Path(spec.local_dir) / f.path, tmp, progress=sent_so_far)
+        sent += f.size
         place = commands.place_upload(tmp, f"{spec.dest}/{f.path}", sudo=sudo)
         transport.run(place, timeout=COMMAND_TIMEOUT_S)
         landed.add(f.path)
         record = spec.manifest_json(landed).encode()
         transport.run(commands.write_file(manifest, mode=0o644, sudo=sudo, content=record))
+
+
+def fetch_model(
+    transport: Transport,
+    change: FetchModel,
+    desired: Desired,
+    *,
+    sudo: bool,
+    progress: Progress = _no_progress,
+) -> None:
+    """Download the model on the host with the hub's client, reporting its progress as it comes."""
+    env_file = desired.file("env")
+    env = parse_env(env_file.content) if env_file else {}
+    request = hub.request("fetch", change.spec, env)
+    label = f"fetch {change.spec.describe()}"
+    command = commands.hub_fetch(desired.python, hub.script(), request, sudo=sudo, label=label)
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        event = hub.parse_event(line)
+        if event.kind == "progress":
+            progress("fetch", int(event.data.get("done", 0)), int(event.data.get("total", 0)))
+        else:
+            lines.append(line)
+
+    code = transport.stream(command, on_line)
+    final = hub.outcome(lines)
+    if code != 0 or final.kind != "done":
+        message = final.message if final.kind == "error" else f"ended with exit code {code}"
+        raise CommandError(transport.name, command=label, exit_code=code, stderr=message)
 
 
 def _leftovers(output: str) -> list[str]:

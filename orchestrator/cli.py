@@ -399,6 +399,7 @@ class RichReporter:
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], str] = {}
         self._printed: dict[tuple[str, str], float] = {}
+        self._started: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._live: Live | None = None
 
@@ -420,6 +421,15 @@ class RichReporter:
         line = (
             f"waiting {elapsed:5.0f}s  unit {state.describe()}  {probe.stage}: {probe.detail}  │ {last[-90:]}"
         )
+        self._row(host, deployment, line)
+
+    def progress(self, host: str, deployment: str, what: str, done: int, total: int) -> None:
+        t0, done0 = self._started.setdefault((host, deployment, what), (time.monotonic(), done))
+        rate = (done - done0) / max(time.monotonic() - t0, 1e-3)
+        self._row(host, deployment, f"{what} {transfer_bar(done, total)}  {rate / 2**20:6.1f} MiB/s")
+
+    def _row(self, host: str, deployment: str, line: str) -> None:
+        """Show ``line`` as the live row of (host, deployment); off a terminal, print it every 15 s."""
         key = (host, deployment)
         with self._lock:
             self._rows[key] = line
@@ -438,6 +448,16 @@ class RichReporter:
             for (host, dep), line in self._rows.items():
                 table.add_row(f"[cyan]{escape(host)}[/cyan]", escape(dep), escape(line))
         return table
+
+
+def transfer_bar(done: int, total: int, width: int = 24) -> str:
+    """``[#########.......]  37%  1.2/3.3 GiB`` (no bar when the total is unknown)."""
+    gib = 2**30
+    if total <= 0:
+        return f"{done / gib:.2f} GiB"
+    frac = min(max(done / total, 0.0), 1.0)
+    filled = round(frac * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac:4.0%}  {done / gib:.2f}/{total / gib:.2f} GiB"
 
 
 # ---------------------------------------------------------------- status / revisions / logs

@@ -174,6 +174,12 @@ def place_upload(tmp: str, dest: str, *, sudo: bool) -> Command:
     return Command(script, sudo=sudo, label=f"place {dest}")
 
 
+def hub_fetch(python: str, program: str, request: bytes, *, sudo: bool, label: str) -> Command:
+    """Run the host-side hub client; the request (with any token) goes on stdin, stderr joins stdout."""
+    script = f"{shlex.quote(python)} -c {shlex.quote(program)} 2>&1"
+    return Command(script, stdin=request, sudo=sudo, label=label)
+
+
 def wrap_sudo(script: str) -> str:
     """Run a whole script under non-interactive sudo (never prompts; fails instead)."""
     return f"sudo -n sh -c {shlex.quote(script)}"

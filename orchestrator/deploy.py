@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import __version__, commands, facts, preflight, render, secrets, upload
+from . import __version__, commands, facts, hub, preflight, render, secrets, upload
 from .apply import record, revision_contents, run_changes
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
@@ -38,9 +38,14 @@ class Reporter(Protocol):
 
     def gate(self, host: str, deployment: str, elapsed: float, state: UnitState, probe: Probe) -> None: ...
 
+    def progress(self, host: str, deployment: str, what: str, done: int, total: int) -> None: ...
+
 
 class QuietReporter:
     def event(self, host: str, deployment: str, text: str) -> None:
+        return None
+
+    def progress(self, host: str, deployment: str, what: str, done: int, total: int) -> None:
         return None
 
     def gate(self, host: str, deployment: str, elapsed: float, state: UnitState, probe: Probe) -> None:
@@ -198,7 +203,12 @@ class Session:
     def _converge(self, run: HostRun, dep: Deployment, p: TargetPlan, *, gate: bool) -> Result:
         for change in p.changes:
             self.reporter.event(run.name, dep.name, change.summary())
-        applied = run_changes(run.transport, p, sudo=run.host.sudo)
+        applied = run_changes(
+            run.transport,
+            p,
+            sudo=run.host.sudo,
+            progress=lambda what, done, total: self.reporter.progress(run.name, dep.name, what, done, total),
+        )
         if applied.leftovers:
             self.reporter.event(
                 run.name, dep.name, f"WARNING: processes outlived the stop: {' '.join(applied.leftovers)}"
@@ -284,16 +294,7 @@ def gather_host(
     run: HostRun, *, with_preflight: bool = False
 ) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
     """One round trip: the deployments' facts, and optionally what preflight judges."""
-    items = [
-        (
-            render.Layout.of(run.host, t.deployment.name),
-            t.deployment.unit_name,
-            t.deployment.vllm,
-            t.deployment.model if t.deployment.model_fetch else None,
-        )
-        for t in run.targets
-    ]
-    command = facts.gather(items, sudo=run.host.sudo)
+    command = facts.gather([fact_query(run.host, t.deployment) for t in run.targets], sudo=run.host.sudo)
     if with_preflight:
         extra = preflight.script(run.host, [t.deployment for t in run.targets])
         command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
@@ -302,17 +303,44 @@ def gather_host(
     return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None
 
 
+def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
+    spec = dep.fetch
+    record = upload.MANIFEST if spec is None or spec.source == "upload" else hub.MARKER
+    return facts.FactQuery(
+        render.Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
+    )
+
+
 def plan_host(run: HostRun, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
-    return [
-        plan_target(
-            host=run.name,
-            deployment=t.deployment.name,
-            desired=desired_of(run, t),
-            facts=run.facts.get(t.deployment.name, DeploymentFacts()),
-            meta=meta,
+    out = []
+    for t in run.targets:
+        desired = desired_of(run, t)
+        known = run.facts.get(t.deployment.name, DeploymentFacts())
+        known = replace(known, hub_listing=hub_listing(run, t.deployment.name, desired, known))
+        out.append(
+            plan_target(host=run.name, deployment=t.deployment.name, desired=desired, facts=known, meta=meta)
         )
-        for t in run.targets
-    ]
+    return out
+
+
+def hub_listing(run: HostRun, name: str, desired: Desired, known: DeploymentFacts) -> hub.Listing | None:
+    """Ask the hub, from the host, what a due download holds.
+
+    None when no download is due, or when vLLM (whose Python runs the hub client) is not there yet.
+    """
+    spec = desired.fetch
+    if spec is None or not hub.is_hub(spec) or not hub.needs_fetch(spec, known.model_files):
+        return None
+    if desired.vllm is not None and not known.vllm_version:
+        return None  # the venv whose Python runs the hub client does not exist yet
+    env_file = desired.file("env")
+    request = hub.request("probe", spec, render.parse_env(env_file.content) if env_file else {})
+    label = f"list {spec.describe()}"
+    command = commands.hub_fetch(desired.python, hub.script(), request, sudo=run.host.sudo, label=label)
+    answer = hub.outcome(run.transport.run(command, timeout=300, check=False).stdout.splitlines())
+    if answer.kind != "listing":
+        raise HostError(run.name, f"{name}: model {spec.describe()}: {answer.message}")
+    return answer.listing()
 
 
 def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 40) -> str:
@@ -351,9 +379,9 @@ def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[
     """The desired state from the playbook: templates rendered on the controller."""
     sources = {d.name: templates_for(loaded, d) for d in loaded.playbook.deployments}
     uploads = {
-        d.name: upload.local_spec(loaded.resolve(d.model_fetch.upload), d.model)
+        d.name: upload.local_spec(loaded.resolve(d.fetch.local), d.fetch.dest)
         for d in loaded.playbook.deployments
-        if d.model_fetch
+        if d.fetch is not None and d.fetch.local is not None
     }
 
     def render_target(target: Target) -> Desired:

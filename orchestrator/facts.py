@@ -14,6 +14,7 @@ from typing import Any
 
 from . import commands, upload
 from .commands import MARK, Command
+from .hub import Listing
 from .model import VllmInstall
 from .render import ROLES, Layout, Role
 from .runners import Runner, UnitState
@@ -30,26 +31,38 @@ class DeploymentFacts:
     manifest: dict[str, Any] | None = None
     # The version of the pinned vLLM package in its venv: "" when absent, None when not asked.
     vllm_version: str | None = None
-    # What the model folder holds, when the deployment uploads its model.
+    # What the model folder holds, when orch puts the model there (upload or hub download).
     model_files: RemoteFiles | None = None
+    # What the hub holds, asked only when a download is due (a second round trip, at plan time).
+    hub_listing: Listing | None = None
 
 
-def gather(items: list[tuple[Layout, str, VllmInstall | None, str | None]], *, sudo: bool) -> Command:
-    """One script reading files, unit state, revision and vLLM version for each deployment."""
-    sections = [_section(*item) for item in items]
-    return Command("; ".join(sections), sudo=sudo, label="gather facts")
+@dataclass(frozen=True)
+class FactQuery:
+    """What to read for one deployment: its files and unit; vLLM and the model folder where orch owns them."""
+
+    layout: Layout
+    unit: str
+    vllm: VllmInstall | None = None
+    model_dir: str | None = None
+    model_record: str = upload.MANIFEST  # the record orch keeps in the model folder
 
 
-def _section(layout: Layout, unit: str, vllm: VllmInstall | None, upload_dest: str | None) -> str:
-    state = commands.qpath(layout.state_dir)
-    installed = [f'echo "{MARK}vllm"', commands.installed_version(vllm)] if vllm else []
-    installed += [upload.remote_script(upload_dest)] if upload_dest else []
+def gather(queries: list[FactQuery], *, sudo: bool) -> Command:
+    """One script reading files, unit state, revision, vLLM version and model folder per deployment."""
+    return Command("; ".join(_section(q) for q in queries), sudo=sudo, label="gather facts")
+
+
+def _section(q: FactQuery) -> str:
+    layout, state = q.layout, commands.qpath(q.layout.state_dir)
+    installed = [f'echo "{MARK}vllm"', commands.installed_version(q.vllm)] if q.vllm else []
+    installed += [upload.remote_script(q.model_dir, q.model_record)] if q.model_dir else []
     return "; ".join(
         [
             f'echo "{MARK}dep {layout.name}"',
             commands.read_files({"unit": layout.unit_path, "env": layout.env_path}),
             f'echo "{MARK}show"',
-            layout.runner.state(unit),
+            layout.runner.state(q.unit),
             f'echo "{MARK}current"',
             f"cat {state}/current 2>/dev/null",
             f'echo "{MARK}manifest"',

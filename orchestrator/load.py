@@ -234,8 +234,9 @@ def _cross_check(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
                     ("deployments", i, "hosts", j),
                     (f"unknown host or group {ref!r} (inventory {loaded.inventory_path.name})"),
                 )
-        if dep.model_fetch and not loaded.resolve(dep.model_fetch.upload).is_dir():
-            yield ("deployments", i, "model_fetch", "upload"), f"no such folder {dep.model_fetch.upload}"
+        local = dep.fetch.local if dep.fetch else None
+        if local is not None and not loaded.resolve(local).is_dir():
+            yield ("deployments", i, "model", "local"), f"no such folder {local}"
         for field in ("unit", "env", "supervisor"):
             rel = getattr(dep.templates, field)
             if rel is not None and not loaded.resolve(rel).is_file():

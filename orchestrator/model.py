@@ -11,7 +11,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -135,10 +135,53 @@ class VllmInstall(Strict):
         return value
 
 
-class ModelUpload(Strict):
-    """Push a model folder from the controller to ``model`` on each host (per-file checksums)."""
+ModelSourceKind = Literal["path", "upload", "hf", "modelscope"]
 
-    upload: str  # a folder on the controller, relative to the playbook
+
+class ModelSource(Strict):
+    """Where a deployment's model comes from, and the folder on the host it is served from.
+
+    ``path``: already on the host at ``dest`` (only checked); ``upload``: the controller folder
+    ``local`` pushed over SFTP with per-file checksums; ``hf`` / ``modelscope``: downloaded on the
+    host by the hub's own client (``huggingface_hub``, ``modelscope``) from the endpoint the
+    deployment's env names (``HF_ENDPOINT``, ``MODELSCOPE_DOMAIN``), with its token from secrets.
+    """
+
+    source: ModelSourceKind
+    dest: str
+    id: str | None = None
+    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    local: str | None = None  # upload: a folder on the controller, relative to the playbook
+
+    @field_validator("dest")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"dest must be an absolute path on the host, got {value!r}")
+        return str(PurePosixPath(value))
+
+    @model_validator(mode="after")
+    def _fields_of_source(self) -> ModelSource:
+        hub = self.source in ("hf", "modelscope")
+        if hub and (self.id is None or not HUB_ID.match(self.id)):
+            raise ValueError(f"source {self.source} needs id: the repository, like Qwen/Qwen2.5-14B-Instruct")
+        if not hub and (self.id is not None or self.revision is not None):
+            raise ValueError(f"id and revision belong to sources hf and modelscope, not {self.source}")
+        if (self.source == "upload") != (self.local is not None):
+            raise ValueError("local (the controller folder) goes with source upload, and only with it")
+        return self
+
+    @property
+    def fetched(self) -> bool:
+        """Whether orch puts the model on the host (every source but ``path``)."""
+        return self.source != "path"
+
+    def describe(self) -> str:
+        if self.source == "upload":
+            return f"upload of {self.local}"
+        if self.source == "path":
+            return self.dest
+        return f"{self.source}:{self.id}" + (f"@{self.revision}" if self.revision else "")
 
 
 class Readiness(Strict):
@@ -179,6 +222,12 @@ class Templates(Strict):
 
 
 ArgValue = str | int | float | bool | None
+# A path or hub id (vLLM's own --model), or a mapping saying where orch gets the model from.
+# The tags hold "[" so that error locations drop them, as they drop Pydantic's own union labels.
+ModelRef = Annotated[
+    Annotated[str, Tag("model[ref]")] | Annotated[ModelSource, Tag("model[source]")],
+    Discriminator(lambda v: "model[source]" if isinstance(v, dict | ModelSource) else "model[ref]"),
+]
 
 
 class Deployment(Strict):
@@ -186,7 +235,7 @@ class Deployment(Strict):
 
     name: str = Field(pattern=NAME)
     hosts: tuple[str, ...] = Field(min_length=1)
-    model: str
+    model: ModelRef
     served_model_name: str | None = None
     accelerator: Literal["cuda", "cpu"] = "cuda"
     gpus: tuple[Annotated[int, Field(ge=0)], ...] = ()
@@ -203,7 +252,6 @@ class Deployment(Strict):
     api_key: SecretRef | None = None
     run_as: str | None = None
     vllm: VllmInstall | None = None
-    model_fetch: ModelUpload | None = None
     launcher: Launcher = Field(default_factory=Launcher)
     readiness: Readiness = Field(default_factory=Readiness)
     service: Service = Field(default_factory=Service)
@@ -211,7 +259,9 @@ class Deployment(Strict):
 
     @field_validator("model")
     @classmethod
-    def _model_ref(cls, value: str) -> str:
+    def _model_ref(cls, value: str | ModelSource) -> str | ModelSource:
+        if isinstance(value, ModelSource):
+            return value
         if value.startswith("/"):
             return str(PurePosixPath(value))
         if value.startswith(("./", "../", "~")) or not HUB_ID.match(value):
@@ -263,8 +313,6 @@ class Deployment(Strict):
             raise ValueError("a cpu deployment takes no gpus")
         if len(set(self.gpus)) != len(self.gpus):
             raise ValueError(f"gpus lists a GPU twice: {list(self.gpus)}")
-        if self.model_fetch and not self.model.startswith("/"):
-            raise ValueError("model_fetch.upload needs model to be the absolute folder on the host")
         if self.vllm and self.launcher.venv and self.launcher.venv != self.vllm.venv:
             raise ValueError(f"launcher.venv {self.launcher.venv} differs from vllm.venv {self.vllm.venv}")
         both = set(self.env) & set(self.secrets)
@@ -278,12 +326,22 @@ class Deployment(Strict):
         return self.launcher.venv or (self.vllm.venv if self.vllm else None)
 
     @property
+    def model_path(self) -> str:
+        """What vLLM is given: the folder on the host, or a hub id it downloads itself."""
+        return self.model.dest if isinstance(self.model, ModelSource) else self.model
+
+    @property
+    def fetch(self) -> ModelSource | None:
+        """How orch puts the model on the host before starting vLLM, if it does."""
+        return self.model if isinstance(self.model, ModelSource) and self.model.fetched else None
+
+    @property
     def unit_name(self) -> str:
         return f"orch-{self.name}.service"
 
     @property
     def served_name(self) -> str:
-        return self.served_model_name or PurePosixPath(self.model).name
+        return self.served_model_name or PurePosixPath(self.model_path).name
 
 
 def _check_env_entry(key: str, value: str) -> None:

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import upload
+from . import hub, upload
 from .facts import DeploymentFacts
-from .model import VllmInstall
+from .hub import Listing
+from .model import ModelSource, VllmInstall
 from .render import ROLES, Desired, DesiredFile, Role
 from .upload import FileSum, UploadSpec
 
@@ -49,6 +50,23 @@ class UploadModel:
     def summary(self) -> str:
         size = sum(f.size for f in self.files)
         return f"upload {len(self.files)} model file(s), {size / 2**20:.1f} MiB, to {self.spec.dest}"
+
+
+@dataclass(frozen=True)
+class FetchModel:
+    """Download the model on the host from its hub (``listing``: what plan learnt of its size)."""
+
+    spec: ModelSource
+    reason: str
+    listing: Listing | None
+
+    def summary(self) -> str:
+        size = (
+            f"{len(self.listing.files)} file(s), {self.listing.total / 2**20:.1f} MiB"
+            if self.listing
+            else "size known once vLLM's venv exists"
+        )
+        return f"fetch {self.spec.describe()} into {self.spec.dest} ({size}; {self.reason})"
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,7 @@ class RecordRevision:
 Change = (
     InstallVllm
     | UploadModel
+    | FetchModel
     | WriteFile
     | RemoveFile
     | DaemonReload
@@ -127,6 +146,10 @@ Change = (
     | Stop
     | RecordRevision
 )
+
+
+# What a deployment needs on the host before its files: vLLM itself and the model.
+Provision = InstallVllm | UploadModel | FetchModel
 
 
 @dataclass(frozen=True)
@@ -172,7 +195,7 @@ def plan_target(
 
 def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> list[Change]:
     files = desired.files or ()
-    install: list[InstallVllm | UploadModel] = [*_install(desired, facts), *_upload(desired, facts)]
+    install: list[Provision] = [*_install(desired, facts), *_upload(desired, facts), *_fetch(desired, facts)]
     writes = [
         WriteFile(f.role, f.path, f.content, f.mode) for f in files if facts.files.get(f.role) != f.content
     ]
@@ -204,7 +227,15 @@ def _upload(desired: Desired, facts: DeploymentFacts) -> list[UploadModel]:
     return [UploadModel(spec, needed)] if needed else []
 
 
-def _restart_reason(changed: list[InstallVllm | UploadModel | WriteFile], facts: DeploymentFacts) -> str:
+def _fetch(desired: Desired, facts: DeploymentFacts) -> list[FetchModel]:
+    spec = desired.fetch
+    if spec is None or not hub.is_hub(spec):
+        return []
+    reason = hub.needs_fetch(spec, facts.model_files)
+    return [FetchModel(spec, reason, facts.hub_listing)] if reason else []
+
+
+def _restart_reason(changed: list[Provision | WriteFile], facts: DeploymentFacts) -> str:
     if changed:
         return "changed: " + ", ".join(_what(c) for c in changed)
     if not facts.unit.running or facts.unit.crashed:
@@ -212,10 +243,10 @@ def _restart_reason(changed: list[InstallVllm | UploadModel | WriteFile], facts:
     return ""
 
 
-def _what(change: InstallVllm | UploadModel | WriteFile) -> str:
+def _what(change: Provision | WriteFile) -> str:
     if isinstance(change, InstallVllm):
         return "vllm"
-    return "model" if isinstance(change, UploadModel) else change.role
+    return change.role if isinstance(change, WriteFile) else "model"
 
 
 def _revision_differs(files: tuple[DesiredFile, ...], facts: DeploymentFacts) -> bool:

@@ -104,7 +104,7 @@ def script(host: Host, deployments: list[Deployment]) -> str:
 
 
 def _deployment_script(host: Host, dep: Deployment) -> str:
-    model = shlex.quote(dep.model)
+    model = shlex.quote(dep.model_path)
     exe = launcher_exe(dep)
     check_exe = (
         f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
@@ -274,17 +274,16 @@ def check_launcher(dep: Deployment, own: DeploymentProbe) -> Check:
 
 
 def check_model(dep: Deployment, own: DeploymentProbe) -> Check:
-    if not dep.model.startswith("/"):
-        return Check(
-            "model", True, "ok", f"{dep.model} is a hub id: vLLM downloads it at start (HF_ENDPOINT)"
-        )
-    if dep.model_fetch is not None and own.model_config is None:
-        return Check("model", True, "ok", f"model {dep.model} will be uploaded from {dep.model_fetch.upload}")
+    path = dep.model_path
+    if not path.startswith("/"):
+        return Check("model", True, "ok", f"{path} is a hub id: vLLM downloads it at start (HF_ENDPOINT)")
+    if dep.fetch is not None and own.model_config is None:
+        return Check("model", True, "ok", f"model {path} will come from {dep.fetch.describe()}")
     if not own.model_is_dir:
-        return Check("model", False, "error", f"model path {dep.model} does not exist on the host")
+        return Check("model", False, "error", f"model path {path} does not exist on the host")
     if own.model_config is None:
-        return Check("model", False, "error", f"{dep.model} has no readable config.json: not a model folder")
-    return Check("model", True, "ok", f"model {dep.model} present")
+        return Check("model", False, "error", f"{path} has no readable config.json: not a model folder")
+    return Check("model", True, "ok", f"model {path} present")
 
 
 def gpu_checks(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> list[Check]:

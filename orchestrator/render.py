@@ -14,7 +14,7 @@ from typing import Literal
 import jinja2
 
 from .errors import ConfigError
-from .model import ArgValue, Deployment, Host, VllmInstall
+from .model import ArgValue, Deployment, Host, ModelSource, VllmInstall
 from .runners import Runner, RunnerName, Supervisord, log_path, program, runner_for
 from .upload import UploadSpec
 
@@ -95,6 +95,8 @@ class Desired:
     origin: str = "apply"
     vllm: VllmInstall | None = None
     upload: UploadSpec | None = None
+    fetch: ModelSource | None = None  # a hub download (hf, modelscope)
+    python: str = "python3"  # the host's Python that runs hub downloads: the deployment's venv
 
     @property
     def present(self) -> bool:
@@ -160,9 +162,8 @@ def argv(dep: Deployment) -> list[str]:
 def _launcher(dep: Deployment) -> list[str]:
     bindir = f"{dep.venv}/bin/" if dep.venv else ""
     if dep.launcher.kind == "serve":
-        return [f"{bindir}vllm", "serve", dep.model]
-    python = f"{bindir}python" if bindir else "python3"
-    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", dep.model]
+        return [f"{bindir}vllm", "serve", dep.model_path]
+    return [venv_python(dep), "-m", "vllm.entrypoints.openai.api_server", "--model", dep.model_path]
 
 
 def _flag_words(flags: dict[str, ArgValue]) -> list[str]:
@@ -211,7 +212,20 @@ def render(
         DesiredFile("env", layout.env_path, _render(templates.env, context), ENV_MODE),
         DesiredFile("unit", layout.unit_path, _render(templates.for_runner(host.runner), context), UNIT_MODE),
     )
-    return Desired(layout, dep.unit_name, files, frozenset(secrets), vllm=dep.vllm, upload=upload)
+    return Desired(
+        layout,
+        dep.unit_name,
+        files,
+        frozenset(secrets),
+        vllm=dep.vllm,
+        upload=upload,
+        fetch=dep.fetch,
+        python=venv_python(dep),
+    )
+
+
+def venv_python(dep: Deployment) -> str:
+    return f"{dep.venv}/bin/python" if dep.venv else "python3"
 
 
 def absent(dep: Deployment, host: Host) -> Desired:

@@ -47,7 +47,7 @@ class Unavailable:
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         raise self.error
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         raise self.error
 
     def close(self) -> None:

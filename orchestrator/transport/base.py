@@ -26,11 +26,17 @@ class Transport(Protocol):
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result: ...
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
-        """Run until the command ends, passing each stdout line as it comes; returns the exit code."""
+        """Run until the command ends (its stdin sent first), passing each stdout line as it comes.
+
+        Returns the exit code.
+        """
         ...
 
-    def put(self, local: Path, remote: str) -> None:
-        """Copy a controller file to ``remote`` (a path the login user can write)."""
+    def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
+        """Copy a controller file to ``remote`` (a path the login user can write).
+
+        ``progress`` is called with (bytes sent, file size) as the copy goes.
+        """
         ...
 
     def close(self) -> None: ...

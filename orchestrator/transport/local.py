@@ -38,19 +38,24 @@ class LocalTransport:
         with subprocess.Popen(
             ["/bin/bash", "-c", shell_of(command)],
             stdout=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if command.stdin is None else subprocess.PIPE,
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                on_line(line.rstrip("\n"))
+            if proc.stdin is not None:
+                proc.stdin.write(command.stdin or b"")
+                proc.stdin.close()
+            for raw in proc.stdout:
+                on_line(raw.decode(errors="replace").rstrip("\n"))
             return proc.wait()
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         try:
             shutil.copyfile(local, remote)
         except OSError as exc:
             raise HostError(self.name, f"cannot copy {local} to {remote}: {exc.strerror}") from exc
+        if progress is not None:
+            size = local.stat().st_size
+            progress(size, size)
 
     def close(self) -> None:
         return None

@@ -86,18 +86,27 @@ class SSHTransport:
             code = stdout.channel.recv_exit_status()
         return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         with self._translated(Command(f"sftp put {remote}"), None):
             self._conn.open()
             sftp = self._conn.client.open_sftp()
             try:
-                sftp.put(str(local), remote)
+                sftp.put(str(local), remote, callback=progress)
             finally:
                 sftp.close()
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
-        writer = LineWriter(on_line)
-        return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
+        if command.stdin is None:
+            writer = LineWriter(on_line)
+            return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
+        with self._translated(command, None):
+            self._conn.open()
+            stdin, stdout, _ = self._conn.client.exec_command(shell_of(command))
+            stdin.write(command.stdin)
+            stdin.channel.shutdown_write()
+            for line in stdout:
+                on_line(line.rstrip("\n"))
+            return int(stdout.channel.recv_exit_status())
 
     def _invoke(self, command: Command, *, timeout: float | None = None, **kwargs: object) -> Result:
         with self._translated(command, timeout):

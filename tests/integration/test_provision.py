@@ -24,8 +24,7 @@ inventory: inventory.yml
 deployments:
   - name: up-root
     hosts: [th1]
-    model: /srv/models/uploaded
-    model_fetch: {upload: model}
+    model: {source: upload, local: model, dest: /srv/models/uploaded}
     served_model_name: tiny
     accelerator: cpu
     port: 8030
@@ -36,8 +35,7 @@ deployments:
     readiness: {timeout_s: 420, interval_s: 2}
   - name: up-user
     hosts: [th2-deploy]
-    model: /home/deploy/models/uploaded
-    model_fetch: {upload: model}
+    model: {source: upload, local: model, dest: /home/deploy/models/uploaded}
     served_model_name: tiny
     accelerator: cpu
     port: 8031

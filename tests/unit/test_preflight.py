@@ -193,9 +193,15 @@ def test_port_unchecked_without_ss() -> None:
 
 
 def test_model_to_be_uploaded_is_not_missing() -> None:
-    dep = day4(model_fetch={"upload": "models/q14"})
+    dep = day4(model={"source": "upload", "local": "models/q14", "dest": "/models/q14"})
     v = verdicts(dep, output(query=IDLE_Q, apps=IDLE_A, model=False))
-    assert v["model"] == ("ok", "model /models/q14 will be uploaded from models/q14")
+    assert v["model"] == ("ok", "model /models/q14 will come from upload of models/q14")
+
+
+def test_model_to_be_downloaded_is_not_missing() -> None:
+    dep = day4(model={"source": "hf", "id": "Qwen/Qwen2.5-14B-Instruct", "dest": "/models/q14"})
+    v = verdicts(dep, output(query=IDLE_Q, apps=IDLE_A, model=False))
+    assert v["model"] == ("ok", "model /models/q14 will come from hf:Qwen/Qwen2.5-14B-Instruct")
 
 
 def test_no_systemd_says_which_runner_to_use() -> None:

@@ -1,0 +1,121 @@
+"""Models from a hub (``hf``, ``modelscope``), downloaded on the host by the hub's own client.
+
+The download runs ``hubfetch.py`` on the host with the deployment's venv Python; it
+answers in JSON lines (``listing``, ``progress``, ``done``, ``error``) and, once every
+file is in place, writes ``.orch-model.json`` (source, id, revision, commit, files and
+sizes) into the model folder. This module is the pure part: whether a host still needs
+a fetch, the request sent on stdin (the only place a token travels), and the parsing
+of the answers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from .model import ModelSource
+from .upload import RemoteFiles
+
+MARKER = ".orch-model.json"
+HUB_SOURCES = ("hf", "modelscope")
+
+
+@dataclass(frozen=True)
+class HubFile:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the hub holds at the requested revision."""
+
+    commit: str
+    files: tuple[HubFile, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def is_hub(spec: ModelSource | None) -> bool:
+    return spec is not None and spec.source in HUB_SOURCES
+
+
+def needs_fetch(spec: ModelSource, remote: RemoteFiles | None) -> str:
+    """Why the host needs a download ("" when its folder holds this source's files whole)."""
+    marker = remote.record if remote else {}
+    if not marker:
+        return "not fetched yet"
+    wanted = {"source": spec.source, "id": spec.id, "revision": spec.revision}
+    had = {key: marker.get(key) for key in wanted}
+    if had != wanted:
+        return f"holds {had['source']}:{had['id']}@{had['revision'] or 'default'}"
+    sizes = remote.sizes if remote else {}
+    broken = [f for f in _files(marker.get("files")) if sizes.get(f.path) != f.size]
+    if broken:
+        return f"{len(broken)} file(s) missing or truncated, e.g. {broken[0].path}"
+    return ""
+
+
+def _files(raw: object) -> tuple[HubFile, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(
+        HubFile(str(f["path"]), int(f["size"]))
+        for f in raw
+        if isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int)
+    )
+
+
+def request(op: str, spec: ModelSource, env: dict[str, str]) -> bytes:
+    """The JSON request ``hubfetch.py`` reads on stdin; ``env`` may hold tokens, so it never goes in argv."""
+    body = {
+        "op": op,
+        "source": spec.source,
+        "id": spec.id,
+        "revision": spec.revision,
+        "dest": spec.dest,
+        "env": env,
+    }
+    return json.dumps(body).encode()
+
+
+def script() -> str:
+    """The host-side program, sent as text."""
+    return resources.files("orchestrator").joinpath("hubfetch.py").read_text()
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # listing | progress | done | error | output (a line that is not an event)
+    data: dict[str, Any]
+
+    @property
+    def message(self) -> str:
+        return str(self.data.get("message", ""))
+
+    def listing(self) -> Listing:
+        return Listing(str(self.data.get("commit", "")), _files(self.data.get("files")))
+
+
+def parse_event(line: str) -> Event:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return Event("output", {"message": line})
+    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
+        return Event("output", {"message": line})
+    return Event(data["event"], data)
+
+
+def outcome(lines: list[str]) -> Event:
+    """The last ``done``, ``listing`` or ``error`` event of a run, or an error made of its last output."""
+    events = [parse_event(line) for line in lines if line.strip()]
+    final = [e for e in events if e.kind in ("done", "listing", "error")]
+    if final:
+        return final[-1]
+    tail = [e.message for e in events if e.kind == "output"][-3:]
+    return Event("error", {"message": " | ".join(tail) or "hubfetch ended without an answer"})
