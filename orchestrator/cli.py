@@ -30,6 +30,7 @@ from .facts import UnitState
 from .gpu import Check
 from .health import Probe
 from .load import Loaded, Target, load
+from .model import Deployment
 from .plan import TargetPlan, plan_target
 from .secrets import refs as secret_refs
 from .secrets import resolve
@@ -508,10 +509,19 @@ def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
         "since": f.unit.active_since,
         "restarts": f.unit.n_restarts,
         "revision": f.current_revision,
+        "vllm": _vllm_version(run, t.deployment, f),
         "ready": bool(ready and ready.ready),
         "detail": "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
         **(preflight.gpu_status(t.deployment, run.probe) if run.probe else {}),
     }
+
+
+def _vllm_version(run: deploy.HostRun, dep: Deployment, f: facts.DeploymentFacts) -> str:
+    """The vLLM the deployment runs: the pinned package's version, else what its launcher reports."""
+    if f.vllm_version:
+        return f.vllm_version
+    own = run.probe.deployments.get(dep.name) if run.probe else None
+    return own.vllm_version if own and own.vllm_version else ""
 
 
 def _status_table(rows: list[dict[str, Any]]) -> Table:
@@ -521,6 +531,7 @@ def _status_table(rows: list[dict[str, Any]]) -> Table:
         "deployment",
         "state",
         "rev",
+        "vLLM",
         "ready",
         "restarts",
         "GPUs (used/total MiB, util)",
@@ -531,7 +542,7 @@ def _status_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         if "error" in r:
             table.add_row(
-                r["host"], r["deployment"], "[red]error[/red]", "", "", "", "", "", escape(r["error"])
+                r["host"], r["deployment"], "[red]error[/red]", "", "", "", "", "", "", escape(r["error"])
             )
             continue
         ready = "[green]yes[/green]" if r["ready"] else "[red]no[/red]"
@@ -548,6 +559,7 @@ def _status_table(rows: list[dict[str, Any]]) -> Table:
             r["deployment"],
             r["state"],
             str(r["revision"] or "-"),
+            r["vllm"] or "-",
             ready,
             str(r["restarts"]),
             gpus,

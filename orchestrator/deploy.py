@@ -105,6 +105,7 @@ class Session:
         self.loaded = loaded
         self.reporter = reporter or QuietReporter()
         self.runs: dict[str, HostRun] = {}
+        self.failed: list[Result] = []  # targets whose plan could not be made
         for t in targets:
             if t.host_name not in self.runs:
                 transport = connect(
@@ -147,13 +148,15 @@ class Session:
         }
 
     def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
+        """A plan per target; a target that cannot be planned becomes an error of its own."""
         out: list[TargetPlan] = []
 
         def one(run: HostRun) -> None:
-            try:
-                out.extend(plan_host(run, desired_of, meta=meta))
-            except OrchError as exc:
-                run.error = exc
+            for t in run.targets:
+                try:
+                    out.append(plan_one(run, t, desired_of, meta=meta))
+                except OrchError as exc:
+                    self.failed.append(Result(run.name, t.deployment.name, "error", str(exc)))
 
         parallel(self.live(), one)
         order = {(t.host_name, t.deployment.name): i for i, t in enumerate(self._targets())}
@@ -163,13 +166,13 @@ class Session:
         return [t for run in self.runs.values() for t in run.targets]
 
     def host_errors(self) -> list[Result]:
-        """A result for each target of a host that failed before any change."""
+        """A result for each target that failed before any change (its host, or its own planning)."""
         return [
             Result(run.name, t.deployment.name, "error", str(run.error))
             for run in self.runs.values()
             if run.error is not None
             for t in run.targets
-        ]
+        ] + self.failed
 
     def execute(self, plans: list[TargetPlan], *, gate: bool = True, restore: bool = True) -> list[Result]:
         """Carry out the plans, host by host in parallel; restore the last good revision on failure."""
@@ -311,19 +314,14 @@ def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
     )
 
 
-def plan_host(run: HostRun, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
-    out = []
-    for t in run.targets:
-        desired = desired_of(run, t)
-        known = run.facts.get(t.deployment.name, DeploymentFacts())
-        known = replace(known, hub_listing=hub_listing(run, t.deployment.name, desired, known))
-        out.append(
-            plan_target(host=run.name, deployment=t.deployment.name, desired=desired, facts=known, meta=meta)
-        )
-    return out
+def plan_one(run: HostRun, t: Target, desired_of: DesiredOf, *, meta: dict[str, Any]) -> TargetPlan:
+    desired = desired_of(run, t)
+    known = run.facts.get(t.deployment.name, DeploymentFacts())
+    known = replace(known, hub_listing=hub_listing(run, desired, known))
+    return plan_target(host=run.name, deployment=t.deployment.name, desired=desired, facts=known, meta=meta)
 
 
-def hub_listing(run: HostRun, name: str, desired: Desired, known: DeploymentFacts) -> hub.Listing | None:
+def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.Listing | None:
     """Ask the hub, from the host, what a due download holds.
 
     None when no download is due, or when vLLM (whose Python runs the hub client) is not there yet.
@@ -339,7 +337,7 @@ def hub_listing(run: HostRun, name: str, desired: Desired, known: DeploymentFact
     command = commands.hub_fetch(desired.python, hub.script(), request, sudo=run.host.sudo, label=label)
     answer = hub.outcome(run.transport.run(command, timeout=300, check=False).stdout.splitlines())
     if answer.kind != "listing":
-        raise HostError(run.name, f"{name}: model {spec.describe()}: {answer.message}")
+        raise HostError(run.name, f"model {spec.describe()}: {answer.message}")
     return answer.listing()
 
 

@@ -64,7 +64,7 @@ class FetchModel:
         size = (
             f"{len(self.listing.files)} file(s), {self.listing.total / 2**20:.1f} MiB"
             if self.listing
-            else "size known once vLLM's venv exists"
+            else "size not known yet"
         )
         return f"fetch {self.spec.describe()} into {self.spec.dest} ({size}; {self.reason})"
 

