@@ -7,46 +7,8 @@
 # call carries the last chunk (.device-stage/c6) and orch's own wheels (.device-orch/wheels).
 # Everything it sees goes to $OUT: summary.txt, and every command's output in gpu-e2e.tar.gz.
 set -uo pipefail
-OUT=${OUT:-/tmp/orch-gpu-e2e}; R=$OUT/r; mkdir -p "$R"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 COLUMNS=160
-T0=$(date +%s.%N)
-since() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-note() { echo "[$(since) s] $*" | tee -a "$OUT/summary.txt"; }
-step() {  # step NAME CMD...: run, keep output, note exit code and duration
-  local name=$1; shift; local t; t=$(date +%s.%N)
-  "$@" >"$R/$name.txt" 2>&1; local rc=$?
-  note "$name: exit $rc in $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
-  return $rc
-}
-
-# --- stage: vLLM wheels, orch, supervisord, the tiny model
-step assemble bash .device-stage/c6/assemble.sh
-step pip-orch python3 -m pip install -q --no-index --find-links .device-orch/wheels --target /tmp/orchsite \
-  fabric paramiko jinja2 pydantic pyyaml tenacity rich httpx prometheus_client
-step pip-supervisor python3 -m pip install -q --no-index --find-links .device-orch/wheels --target /tmp/supsite supervisor
-mkdir -p /etc/supervisor/conf.d
-cat >/etc/supervisor/supervisord.conf <<'CONF'
-[unix_http_server]
-file=/run/supervisor.sock
-[supervisord]
-logfile=/var/log/supervisord.log
-pidfile=/run/supervisord.pid
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[supervisorctl]
-serverurl=unix:///run/supervisor.sock
-[include]
-files = /etc/supervisor/conf.d/*.conf
-CONF
-cat >/usr/local/bin/supervisorctl <<'SH'
-#!/bin/sh
-PYTHONPATH=/tmp/supsite exec python3 -m supervisor.supervisorctl -c /etc/supervisor/supervisord.conf "$@"
-SH
-chmod +x /usr/local/bin/supervisorctl
-PYTHONPATH=/tmp/supsite python3 -m supervisor.supervisord -c /etc/supervisor/supervisord.conf
-step tiny-model env PYTHONPATH=/tmp/site python3 tests/testbed/make_tiny_model.py /tmp/models/tiny
-export PYTHONPATH=/tmp/orchsite:$PWD
-ORCH="python3 -m orchestrator"
+OUT=${OUT:-/tmp/orch-gpu-e2e}
+source benchmarks/gpu_stage.sh
 nvidia-smi >"$R/nvsmi-before.txt" 2>&1
 
 # --- the site: this machine, supervisord, GPU 0
