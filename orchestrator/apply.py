@@ -31,7 +31,7 @@ from .plan import (
     UploadModel,
     WriteFile,
 )
-from .render import ROLES, Desired, Layout, Role, parse_env
+from .render import ROLES, Desired, Layout, Role
 from .runners import UnitState
 from .transport import Transport
 from .upload import MANIFEST
@@ -94,7 +94,7 @@ def run_changes(
             upload_model(transport, change, sudo=sudo, progress=progress)
             continue
         if isinstance(change, FetchModel):
-            fetch_model(transport, change, plan.desired, sudo=sudo, progress=progress)
+            fetch_model(transport, plan.desired, sudo=sudo, progress=progress)
             continue
         timeout = INSTALL_TIMEOUT_S if isinstance(change, InstallVllm) else COMMAND_TIMEOUT_S
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
@@ -134,19 +134,10 @@ def upload_model(
 
 
 def fetch_model(
-    transport: Transport,
-    change: FetchModel,
-    desired: Desired,
-    *,
-    sudo: bool,
-    progress: Progress = _no_progress,
+    transport: Transport, desired: Desired, *, sudo: bool, progress: Progress = _no_progress
 ) -> None:
     """Download the model on the host with the hub's client, reporting its progress as it comes."""
-    env_file = desired.file("env")
-    env = parse_env(env_file.content) if env_file else {}
-    request = hub.request("fetch", change.spec, env)
-    label = f"fetch {change.spec.describe()}"
-    command = commands.hub_fetch(desired.python, hub.script(), request, sudo=sudo, label=label)
+    command = hub.command("fetch", desired, sudo=sudo)
     lines: list[str] = []
 
     def on_line(line: str) -> None:
@@ -160,7 +151,7 @@ def fetch_model(
     final = hub.outcome(lines)
     if code != 0 or final.kind != "done":
         message = final.message if final.kind == "error" else f"ended with exit code {code}"
-        raise CommandError(transport.name, command=label, exit_code=code, stderr=message)
+        raise CommandError(transport.name, command=command.describe(), exit_code=code, stderr=message)
 
 
 def _leftovers(output: str) -> list[str]:

@@ -331,10 +331,7 @@ def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.L
         return None
     if desired.vllm is not None and not known.vllm_version:
         return None  # the venv whose Python runs the hub client does not exist yet
-    env_file = desired.file("env")
-    request = hub.request("probe", spec, render.parse_env(env_file.content) if env_file else {})
-    label = f"list {spec.describe()}"
-    command = commands.hub_fetch(desired.python, hub.script(), request, sudo=run.host.sudo, label=label)
+    command = hub.command("probe", desired, sudo=run.host.sudo)
     answer = hub.outcome(run.transport.run(command, timeout=300, check=False).stdout.splitlines())
     if answer.kind != "listing":
         raise HostError(run.name, f"model {spec.describe()}: {answer.message}")

@@ -10,12 +10,15 @@ of the answers.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
+from . import commands
 from .model import ModelSource
+from .render import Desired, parse_env
 from .upload import RemoteFiles
 
 MARKER = ".orch-model.json"
@@ -83,9 +86,21 @@ def request(op: str, spec: ModelSource, env: dict[str, str]) -> bytes:
     return json.dumps(body).encode()
 
 
+@functools.cache
 def script() -> str:
-    """The host-side program, sent as text."""
+    """The host-side program, sent as text (read once from the package)."""
     return resources.files("orchestrator").joinpath("hubfetch.py").read_text()
+
+
+def command(op: Literal["probe", "fetch"], desired: Desired, *, sudo: bool) -> commands.Command:
+    """Run ``hubfetch.py`` for the desired hub model, with the deployment's env (tokens included) on stdin."""
+    spec = desired.fetch
+    if spec is None:
+        raise ValueError("the desired state has no hub model")
+    env_file = desired.file("env")
+    body = request(op, spec, parse_env(env_file.content) if env_file else {})
+    label = f"{'list' if op == 'probe' else 'fetch'} {spec.describe()}"
+    return commands.hub_fetch(desired.python, script(), body, sudo=sudo, label=label)
 
 
 @dataclass(frozen=True)

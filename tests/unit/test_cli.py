@@ -94,3 +94,25 @@ def test_unknown_limit_host() -> None:
     proc = orch("plan", "--offline", "playbooks/day3.yml", "--limit", "nosuch")
     assert proc.returncode == 1
     assert "--limit names unknown host 'nosuch'" in proc.stderr
+
+
+def test_transfer_bar() -> None:
+    from orchestrator.cli import transfer_bar
+
+    gib = 2**30
+    assert transfer_bar(0, 4 * gib, width=8) == "[........]   0%  0.00/4.00 GiB"
+    assert transfer_bar(gib, 4 * gib, width=8) == "[##......]  25%  1.00/4.00 GiB"
+    assert transfer_bar(5 * gib, 4 * gib, width=8) == "[########] 100%  5.00/4.00 GiB"
+    assert transfer_bar(gib // 2, 0) == "0.50 GiB"
+
+
+def test_offline_plan_of_a_hub_model(tmp_path: Path) -> None:
+    (tmp_path / "inv.yml").write_text("hosts:\n  h1: {address: 192.0.2.1}\n")
+    (tmp_path / "pb.yml").write_text(
+        "inventory: inv.yml\ndeployments:\n  - name: q\n    hosts: [h1]\n    accelerator: cpu\n"
+        "    model: {source: hf, id: Qwen/Qwen2.5-0.5B, dest: /models/q}\n"
+    )
+    proc = orch("plan", "--offline", tmp_path / "pb.yml", env={"COLUMNS": "200"})
+    assert proc.returncode == 2, proc.stderr
+    assert "fetch hf:Qwen/Qwen2.5-0.5B into /models/q (size not known yet; not fetched yet)" in proc.stdout
+    assert "vllm serve /models/q" in proc.stdout
