@@ -27,23 +27,30 @@ and ``vllm/benchmarks/lib/endpoint_request_func.py``:
   delays are rescaled so the last one falls at ``num_requests / request_rate``
   (as vLLM's ``get_request`` does); ``concurrency`` caps requests in flight, and
   a request's clock starts when it gets a slot.
+
+The client reads the stream as vLLM's does: aiohttp, connections kept alive and
+read to the end of each stream, each read taking whatever bytes the socket holds,
+a token chunk stamped as its event is parsed. Requests alternating between this
+client and vLLM's within one run measure the same (benchmarks/bench_vs_vllm.md);
+the httpx client used before added about 200 ms to each TTFT under load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import itertools
 import json
 import math
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from rich.table import Table
 
 FORMAT = "orch-bench/1"
@@ -243,6 +250,50 @@ def stream_error(chunk: Mapping[str, Any]) -> str | None:
     return str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
 
+class SSEDecoder:
+    """The ``data`` of each server-sent event, as the stream's bytes arrive in pieces of any size.
+
+    An event ends at a blank line; its ``data:`` lines are joined with newlines, and events
+    without one (comments, keep-alives) are skipped. ``flush`` gives an event the stream ended
+    without its blank line.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._pending = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        """The data of the events that ``data`` completes."""
+        text = self._pending + self._decoder.decode(data)
+        held = ""
+        if "\r" in text:  # CR LF or CR ends a line too; a CR last may be half of a CR LF: hold it
+            if text.endswith("\r"):
+                text, held = text[:-1], "\r"
+            text = _lf(text)
+        *events, pending = text.split("\n\n")
+        self._pending = pending + held
+        return [payload for event in events if (payload := event_data(event)) is not None]
+
+    def flush(self) -> list[str]:
+        """The data of an event left unterminated when the stream ended."""
+        event = _lf(self._pending + self._decoder.decode(b"", final=True)).strip("\n")
+        self._pending = ""
+        payload = event_data(event)
+        return [] if payload is None else [payload]
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def event_data(event: str) -> str | None:
+    """The data of one event's lines (None when it has no ``data`` field)."""
+    if event.startswith("data: ") and "\n" not in event:
+        return event[6:]  # the usual event, one line
+    lines = [line[5:].removeprefix(" ") for line in event.split("\n") if line.startswith("data:")]
+    return "\n".join(lines) if lines else None
+
+
 def percentile(ordered: Sequence[float], q: float) -> float:
     """The q-th percentile of sorted values, interpolated linearly (numpy's default)."""
     rank = (len(ordered) - 1) * q / 100
@@ -295,31 +346,24 @@ def distinct_errors(outcomes: Iterable[RequestOutcome], limit: int = MAX_ERRORS)
 # --- the I/O part ----------------------------------------------------------------------------------------
 
 
-def run_bench(
-    cfg: BenchConfig,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> BenchResult:
+def run_bench(cfg: BenchConfig, *, on_progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Run the load test to the end and summarize it (blocking; see ``run_bench_async``)."""
-    return asyncio.run(run_bench_async(cfg, on_progress=on_progress, transport=transport))
+    return asyncio.run(run_bench_async(cfg, on_progress=on_progress))
 
 
 async def run_bench_async(
-    cfg: BenchConfig,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
+    cfg: BenchConfig, *, on_progress: Callable[[int, int], None] | None = None
 ) -> BenchResult:
     """Send ``cfg.num_requests`` streamed requests and summarize them; failures are counted, not raised."""
     if cfg.num_requests < 1 or cfg.concurrency < 1:
         raise ValueError("num_requests and concurrency must be at least 1")
-    limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-    async with httpx.AsyncClient(
-        base_url=cfg.base_url, transport=transport, limits=limits, timeout=httpx.Timeout(cfg.timeout_s)
-    ) as client:
+    # As vLLM's bench: one pooled connection per request in flight, kept alive between requests, and
+    # proxy settings from the environment. The deadline is each request's own (measure_request's).
+    connector = aiohttp.TCPConnector(limit=cfg.concurrency, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True) as session:
         started, t0 = datetime.now(UTC), time.perf_counter()
-        outcomes = await _dispatch(client, cfg, on_progress)
+        outcomes = await _dispatch(session, cfg, on_progress)
         duration = time.perf_counter() - t0
     return summarize(
         cfg, outcomes, duration_s=duration, started=started, finished=started + timedelta(seconds=duration)
@@ -327,7 +371,7 @@ async def run_bench_async(
 
 
 async def _dispatch(
-    client: httpx.AsyncClient, cfg: BenchConfig, on_progress: Callable[[int, int], None] | None
+    session: aiohttp.ClientSession, cfg: BenchConfig, on_progress: Callable[[int, int], None] | None
 ) -> list[RequestOutcome]:
     slots = asyncio.Semaphore(cfg.concurrency)
     done = 0
@@ -335,7 +379,7 @@ async def _dispatch(
     async def one(prompt: str) -> RequestOutcome:
         nonlocal done
         async with slots:
-            outcome = await measure_request(client, cfg, prompt)
+            outcome = await measure_request(session, cfg, prompt)
         done += 1
         if on_progress is not None:
             on_progress(done, cfg.num_requests)
@@ -349,62 +393,78 @@ async def _dispatch(
     return list(await asyncio.gather(*tasks))
 
 
-async def measure_request(client: httpx.AsyncClient, cfg: BenchConfig, prompt: str) -> RequestOutcome:
+async def measure_request(session: aiohttp.ClientSession, cfg: BenchConfig, prompt: str) -> RequestOutcome:
     """Send one streamed request and time its token chunks; every failure becomes an outcome."""
     sent = time.perf_counter()
     try:
         async with asyncio.timeout(cfg.timeout_s):
-            return await _stream(client, cfg, prompt, sent)
+            return await _stream(session, cfg, prompt, sent)
     except TimeoutError:
         return RequestOutcome(ok=False, error=f"timed out after {cfg.timeout_s:g} s")
-    except (httpx.HTTPError, httpx.StreamError) as exc:
+    except aiohttp.ClientError as exc:
         return RequestOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
     except (ValueError, LookupError, TypeError, AttributeError) as exc:  # a chunk not JSON, or malformed
         return RequestOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
 
 
-async def _stream(client: httpx.AsyncClient, cfg: BenchConfig, prompt: str, sent: float) -> RequestOutcome:
-    stamps: list[float] = []
-    usage: dict[str, Any] = {}
-    body = request_body(cfg, prompt)
-    async with client.stream("POST", request_path(cfg), json=body, headers=headers(cfg)) as resp:
-        if resp.status_code != 200:
-            text = (await resp.aread()).decode(errors="replace").strip()
-            return RequestOutcome(ok=False, error=f"HTTP {resp.status_code}: {text[:200]}")
-        async for data in _sse_data(resp):
+async def _stream(
+    session: aiohttp.ClientSession, cfg: BenchConfig, prompt: str, sent: float
+) -> RequestOutcome:
+    url = cfg.base_url.rstrip("/") + request_path(cfg)
+    async with session.post(url, json=request_body(cfg, prompt), headers=headers(cfg)) as resp:
+        if resp.status != 200:
+            text = (await resp.read()).decode(errors="replace").strip()
+            return RequestOutcome(ok=False, error=f"HTTP {resp.status}: {text[:200]}")
+        events, reading = SSEDecoder(), _Reading(sent)
+        # Whatever bytes the socket has, as they come (vLLM's iter_any); each event is timed when read.
+        async for data in resp.content.iter_any():
+            if not reading.take(events.feed(data)):
+                return reading.outcome()
+        reading.take(events.flush())
+    return reading.outcome()
+
+
+@dataclass
+class _Reading:
+    """One stream's token timestamps and usage so far; ``take`` says whether to read on."""
+
+    sent: float
+    stamps: list[float] = field(default_factory=list)
+    usage: Mapping[str, Any] = field(default_factory=dict)
+    error: str = ""
+    finished: bool = False
+
+    def take(self, payloads: Iterable[str]) -> bool:
+        for data in payloads:
+            if self.finished:
+                break  # past [DONE]: read to the end only so the connection can be kept
+            if data == "[DONE]":
+                self.finished = True
+                continue
             chunk = json.loads(data)
             if not isinstance(chunk, dict):
                 raise ValueError(f"stream chunk is not an object: {data[:100]}")
             if (message := stream_error(chunk)) is not None:
-                return RequestOutcome(ok=False, error=f"error in stream: {message[:200]}")
+                self.error = f"error in stream: {message[:200]}"
+                return False
             if is_token_chunk(chunk):
-                stamps.append(time.perf_counter())
-            usage = chunk.get("usage") or usage
-    return _outcome(sent, stamps, usage)
+                self.stamps.append(time.perf_counter())
+            self.usage = chunk.get("usage") or self.usage
+        return True
 
-
-async def _sse_data(resp: httpx.Response) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, up to ``[DONE]``."""
-    async for line in resp.aiter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (":"), event/id fields
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            return
-        yield data
-
-
-def _outcome(sent: float, stamps: Sequence[float], usage: Mapping[str, Any]) -> RequestOutcome:
-    if not stamps:
-        return RequestOutcome(ok=False, error="the stream carried no token")
-    return RequestOutcome(
-        ok=True,
-        ttft_s=stamps[0] - sent,
-        itl_s=tuple(b - a for a, b in itertools.pairwise(stamps)),
-        e2e_s=stamps[-1] - sent,
-        output_tokens=int(usage.get("completion_tokens") or len(stamps)),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-    )
+    def outcome(self) -> RequestOutcome:
+        if self.error:
+            return RequestOutcome(ok=False, error=self.error)
+        if not self.stamps:
+            return RequestOutcome(ok=False, error="the stream carried no token")
+        return RequestOutcome(
+            ok=True,
+            ttft_s=self.stamps[0] - self.sent,
+            itl_s=tuple(b - a for a, b in itertools.pairwise(self.stamps)),
+            e2e_s=self.stamps[-1] - self.sent,
+            output_tokens=int(self.usage.get("completion_tokens") or len(self.stamps)),
+            prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
+        )
 
 
 # --- vLLM's own result file ------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""The load test against a scripted streaming server (httpx.MockTransport), and its pure arithmetic."""
+"""The load test against a real streaming HTTP server on 127.0.0.1, and its pure arithmetic."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import astuple, replace
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-import httpx
 import pytest
 from rich.console import Console
 
@@ -17,11 +20,13 @@ from orchestrator.bench import (
     BenchConfig,
     BenchResult,
     RequestOutcome,
+    SSEDecoder,
     Stats,
     arrival_offsets,
     build_prompts,
     change_pct,
     compare,
+    event_data,
     format_compare,
     format_table,
     from_vllm_json,
@@ -38,10 +43,119 @@ T1 = datetime(2026, 11, 24, 7, 0, 2, tzinfo=UTC)
 # The real `vllm bench serve` result captured on the GPU test bed (shared/fixtures/vllm-0.26-gpu-tp2).
 VLLM_RESULT = """{"date": "20261124-073114", "endpoint_type": "openai", "backend": "openai", "label": null, "model_id": "qwen2.5-14b", "tokenizer_id": "/models/qwen14b-shape", "num_prompts": 100, "request_rate": "inf", "burstiness": 1.0, "max_concurrency": 32, "duration": 4.548431011000048, "completed": 7, "failed": 93, "total_input_tokens": 7, "total_output_tokens": 896, "request_throughput": 1.5389922333813597, "request_goodput": null, "output_throughput": 196.99100587281404, "total_token_throughput": 198.52999810619542, "max_output_tokens_per_s": 252.0, "max_concurrent_requests": 7, "rtfx": 0.0, "mean_ttft_ms": 206.5768804285426, "median_ttft_ms": 220.97350299998197, "std_ttft_ms": 34.86310042682416, "p99_ttft_ms": 232.00858269994114, "mean_tpot_ms": 32.513500119235154, "median_tpot_ms": 32.42012107086597, "std_tpot_ms": 0.30920997300836645, "p99_tpot_ms": 33.0503997844094, "mean_itl_ms": 32.51350286276723, "median_itl_ms": 27.534208000020044, "std_itl_ms": 9.971641113194455, "p99_itl_ms": 68.31397207999089}"""
 
-Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+# An event is sent after its delay (seconds): a chunk object, a raw data string, or raw bytes as they are.
+Event = tuple[float, dict[str, object] | str | bytes]
 
 
-# --- a scripted server ------------------------------------------------------------------------------------
+# --- a scripted server: real sockets, real HTTP/1.1 with chunked streaming ----------------------------
+
+
+@dataclass
+class Reply:
+    """What the server answers one request with: an event stream, an error status, or a dropped connection."""
+
+    events: list[Event] = field(default_factory=list)
+    status: int = 200
+    text: str = ""
+    drop: bool = False
+    tail: float = 0.0  # seconds between [DONE] and the end of the body
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    peer: tuple[str, int]
+
+
+class Server(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 (a thread per connection); ``script(n)`` answers the n-th request (1-based)."""
+
+    daemon_threads = True
+
+    def __init__(self, script: Callable[[int], Reply]) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.script = script
+        self.seen: list[Seen] = []
+        self.in_flight = self.peak = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that gave up (a timeout test) leaves a broken pipe behind: not the test's business
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, chunked streaming, as uvicorn serves vLLM
+    disable_nagle_algorithm = True
+    server: Server
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.seen.append(Seen(self.path, dict(self.headers), body, self.client_address))
+            n = len(self.server.seen)
+            self.server.in_flight += 1
+            self.server.peak = max(self.server.peak, self.server.in_flight)
+        try:
+            self.answer(self.server.script(n))
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def answer(self, reply: Reply) -> None:
+        if reply.drop:
+            self.close_connection = True
+            return
+        if reply.status != 200:
+            data = reply.text.encode()
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for delay, event in [*reply.events, (0, "[DONE]")]:
+            if delay:
+                time.sleep(delay)
+            self.chunk(event if isinstance(event, bytes) else sse(event))
+        time.sleep(reply.tail)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Callable[[int], Reply]], Server]]:
+    """Start a scripted server (stopped after the test): ``server = serve(script)``."""
+    started: list[Server] = []
+
+    def start(script: Callable[[int], Reply]) -> Server:
+        server = Server(script)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def sse(event: dict[str, object] | str) -> bytes:
+    return f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode()
 
 
 def text_chunk(text: str, *, chat: bool = False, finish: str | None = None) -> dict[str, object]:
@@ -54,27 +168,15 @@ def usage_chunk(prompt: int, completion: int) -> dict[str, object]:
     return {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
 
 
-def sse_response(events: list[tuple[float, dict[str, object] | str]]) -> httpx.Response:
-    """A 200 event stream sending each event after its delay (seconds), then ``[DONE]``."""
-
-    async def body() -> AsyncIterator[bytes]:
-        for delay, event in events:
-            if delay:
-                await asyncio.sleep(delay)
-            data = event if isinstance(event, str) else json.dumps(event)
-            yield f"data: {data}\n\n".encode()
-        yield b"data: [DONE]\n\n"
-
-    return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
-
-
-def steady(
-    ttft: float, gap: float, tokens: int, *, usage: bool = True
-) -> list[tuple[float, dict[str, object] | str]]:
+def steady(ttft: float, gap: float, tokens: int, *, usage: bool = True) -> Reply:
     """A completion stream: first token after ``ttft``, the others ``gap`` apart, then usage."""
-    events: list[tuple[float, dict[str, object] | str]] = [(ttft, text_chunk(" a"))]
+    events: list[Event] = [(ttft, text_chunk(" a"))]
     events += [(gap, text_chunk(" b")) for _ in range(tokens - 1)]
-    return [*events, (0, usage_chunk(16, tokens))] if usage else events
+    return Reply([*events, (0, usage_chunk(16, tokens))] if usage else events)
+
+
+def at(server: Server, **changes: Any) -> BenchConfig:
+    return replace(CFG, base_url=server.url, **changes)
 
 
 def ms(value: float | None) -> float:
@@ -82,27 +184,22 @@ def ms(value: float | None) -> float:
     return value
 
 
-def transport(handler: Handler) -> httpx.MockTransport:
-    return httpx.MockTransport(handler)
-
-
 # --- timing against the scripted server -----------------------------------------------------------------
 
 
-def test_latencies_and_throughput_come_out_as_scripted() -> None:
-    async def handle(request: httpx.Request) -> httpx.Response:
-        return sse_response(steady(0.05, 0.02, 4))
+def test_latencies_and_throughput_come_out_as_scripted(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: steady(0.05, 0.02, 4))
 
-    result = run_bench(CFG, transport=transport(handle))
+    result = run_bench(at(server))
 
     assert (result.completed, result.failed, result.errors) == (3, 0, ())
-    assert 50 <= ms(result.ttft.median) < 65
-    assert 20 <= ms(result.itl.median) < 30
+    assert 50 <= ms(result.ttft.median) < 75
+    assert 20 <= ms(result.itl.median) < 35
     assert result.itl.count == 3 * 3
-    assert 20 <= ms(result.tpot.mean) < 30
-    assert 110 <= ms(result.e2el.mean) < 135
+    assert 20 <= ms(result.tpot.mean) < 35
+    assert 110 <= ms(result.e2el.mean) < 150
     # Strictly one at a time: the run lasts three requests, end to end.
-    assert 0.33 <= result.duration_s < 0.5
+    assert 0.33 <= result.duration_s < 0.55
     assert result.total_output_tokens == 12
     assert result.total_input_tokens == 48
     assert result.output_throughput == pytest.approx(12 / result.duration_s)
@@ -110,61 +207,50 @@ def test_latencies_and_throughput_come_out_as_scripted() -> None:
     assert result.request_throughput == pytest.approx(3 / result.duration_s)
 
 
-def test_concurrency_caps_requests_in_flight_and_shortens_the_run() -> None:
-    in_flight, peak = 0, 0
+def test_concurrency_caps_requests_in_flight_on_kept_connections(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: replace(steady(0.03, 0.01, 3), tail=0.01))
 
-    async def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
+    result = run_bench(at(server, num_requests=6, concurrency=2))
 
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal in_flight
-            for delay, event in steady(0.03, 0.01, 3):
-                await asyncio.sleep(delay)
-                yield f"data: {json.dumps(event)}\n\n".encode()
-            in_flight -= 1
-            yield b"data: [DONE]\n\n"
-
-        return httpx.Response(200, content=body())
-
-    result = run_bench(replace(CFG, num_requests=6, concurrency=2), transport=transport(handle))
-
-    assert peak == 2
+    assert server.peak == 2
     assert result.completed == 6
-    assert 0.15 <= result.duration_s < 0.3  # three rounds of ~50 ms
+    assert 0.18 <= result.duration_s < 0.33  # three rounds of ~60 ms
+    # Each stream is read to its end, past [DONE], so its connection serves the next request
+    # (as vLLM's client does); a client that stops at [DONE] closes it and connects anew.
+    assert len({s.peer for s in server.seen}) == 2
 
 
-def test_the_request_is_streamed_with_usage_and_vllm_extras() -> None:
-    seen: list[httpx.Request] = []
+def test_the_request_is_streamed_with_usage_and_vllm_extras(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: steady(0, 0, 2))
 
-    async def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return sse_response(steady(0, 0, 2))
+    run_bench(at(server, num_requests=1, api_key="k"))
 
-    run_bench(replace(CFG, num_requests=1, api_key="k"), transport=transport(handle))
-
-    request = seen[0]
-    body = json.loads(request.content)
-    assert request.url == "http://h:8000/v1/completions"
-    assert request.headers["authorization"] == "Bearer k"
-    assert body["model"] == "tiny"
-    assert body["stream"] is True
-    assert body["stream_options"] == {"include_usage": True}
-    assert body["max_tokens"] == 4
-    assert body["ignore_eos"] is True
-    assert len(body["prompt"].split()) == 16
+    [seen] = server.seen
+    assert seen.path == "/v1/completions"
+    assert seen.headers["Authorization"] == "Bearer k"
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.body["model"] == "tiny"
+    assert seen.body["stream"] is True
+    assert seen.body["stream_options"] == {"include_usage": True}
+    assert seen.body["max_tokens"] == 4
+    assert seen.body["ignore_eos"] is True
+    assert len(seen.body["prompt"].split()) == 16
 
 
-def test_chat_role_preamble_is_not_the_first_token() -> None:
-    seen: list[dict[str, object]] = []
+def test_no_api_key_no_authorization_header(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: steady(0, 0, 2))
 
-    async def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        role: dict[str, object] = {
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-        }
-        return sse_response(
+    run_bench(at(server, num_requests=1))
+
+    assert "Authorization" not in server.seen[0].headers
+
+
+def test_chat_role_preamble_is_not_the_first_token(serve: Callable[..., Server]) -> None:
+    role: dict[str, object] = {
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+    }
+    server = serve(
+        lambda n: Reply(
             [
                 (0, role),
                 (0.04, text_chunk("x", chat=True)),
@@ -172,55 +258,75 @@ def test_chat_role_preamble_is_not_the_first_token() -> None:
                 (0, usage_chunk(5, 2)),
             ]
         )
+    )
 
-    cfg = replace(CFG, num_requests=1, endpoint="chat", ignore_eos=False, prompt="hello")
-    result = run_bench(cfg, transport=transport(handle))
+    result = run_bench(at(server, num_requests=1, endpoint="chat", ignore_eos=False, prompt="hello"))
 
-    assert seen[0]["messages"] == [{"role": "user", "content": "hello"}]
-    assert "ignore_eos" not in seen[0]
+    assert server.seen[0].path == "/v1/chat/completions"
+    assert server.seen[0].body["messages"] == [{"role": "user", "content": "hello"}]
+    assert "ignore_eos" not in server.seen[0].body
     assert ms(result.ttft.mean) >= 40
     assert result.itl.count == 1
     assert ms(result.tpot.mean) == pytest.approx(ms(result.e2el.mean) - ms(result.ttft.mean))
 
 
-def test_without_usage_chunk_tokens_are_counted_by_chunk() -> None:
-    async def handle(request: httpx.Request) -> httpx.Response:
-        return sse_response(steady(0, 0, 5, usage=False))
+def test_an_event_split_across_reads_is_timed_when_it_completes(serve: Callable[..., Server]) -> None:
+    first = sse(text_chunk(" a"))
+    server = serve(
+        lambda n: Reply(
+            [
+                (0.02, first[:9]),
+                (0.04, first[9:-1]),  # all but the blank line that ends the event
+                (0.04, b"\n"),  # the first token is complete at 100 ms
+                (0.08, b": a comment, then a token and the usage in one write\n\n" + sse(text_chunk(" b"))),
+                (0, sse(usage_chunk(16, 2))),
+            ]
+        )
+    )
 
-    result = run_bench(replace(CFG, num_requests=2), transport=transport(handle))
+    result = run_bench(at(server, num_requests=1))
+
+    assert (result.completed, result.errors) == (1, ())
+    assert 100 <= ms(result.ttft.mean) < 160  # not at 20 ms (first bytes), nor at 180 (next event)
+    assert 60 <= ms(result.itl.mean) < 100
+    assert result.total_output_tokens == 2
+
+
+def test_without_usage_chunk_tokens_are_counted_by_chunk(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: steady(0, 0, 5, usage=False))
+
+    result = run_bench(at(server, num_requests=2))
 
     assert result.total_output_tokens == 10
     assert result.total_input_tokens == 0
 
 
-def test_failures_are_counted_with_their_errors() -> None:
-    calls = 0
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        match calls:
+def test_failures_are_counted_with_their_errors(serve: Callable[..., Server]) -> None:
+    def script(n: int) -> Reply:
+        match n:
             case 1:
-                return httpx.Response(500, text='{"error": "EngineDeadError"}')
+                return Reply(status=500, text='{"error": "EngineDeadError"}')
             case 2:
-                raise httpx.ConnectError("connection refused", request=request)
+                return Reply(drop=True)
             case 3:
-                return sse_response([(0, {"error": {"message": "engine died", "code": 500}})])
+                return Reply([(0, {"error": {"message": "engine died", "code": 500}})])
             case 4:
-                return sse_response([(0, usage_chunk(3, 0))])
+                return Reply([(0, usage_chunk(3, 0))])
             case 5:
-                return sse_response([(0, "not json")])
+                return Reply([(0, "not json")])
             case 6:
-                return httpx.Response(500, text='{"error": "EngineDeadError"}')
+                return Reply(status=500, text='{"error": "EngineDeadError"}')
             case _:
-                return sse_response(steady(0, 0, 2))
+                return steady(0, 0, 2)
 
-    result = run_bench(replace(CFG, num_requests=8), transport=transport(handle))
+    server = serve(script)
+
+    result = run_bench(at(server, num_requests=8))
 
     assert (result.completed, result.failed) == (2, 6)
     assert result.errors == (
         'HTTP 500: {"error": "EngineDeadError"}',
-        "ConnectError: connection refused",
+        "ServerDisconnectedError: Server disconnected",
         "error in stream: engine died",
         "the stream carried no token",
         "JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
@@ -228,41 +334,88 @@ def test_failures_are_counted_with_their_errors() -> None:
     assert result.total_output_tokens == 4
 
 
-def test_a_request_past_its_timeout_fails() -> None:
-    async def handle(request: httpx.Request) -> httpx.Response:
-        return sse_response(steady(1.0, 0, 2))
+def test_a_server_that_is_not_there_fails_every_request() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
 
-    result = run_bench(replace(CFG, num_requests=1, timeout_s=0.05), transport=transport(handle))
+    result = run_bench(replace(CFG, base_url=f"http://127.0.0.1:{port}", num_requests=2))
+
+    assert (result.completed, result.failed) == (0, 2)
+    assert result.errors[0].startswith("ClientConnectorError: Cannot connect to host 127.0.0.1")
+
+
+def test_a_request_past_its_timeout_fails(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: steady(1.0, 0, 2))
+
+    result = run_bench(at(server, num_requests=1, timeout_s=0.05))
 
     assert result.failed == 1
     assert result.errors == ("timed out after 0.05 s",)
     assert result.ttft == Stats(0, 0.0, 0.0, 0.0, 0.0)
 
 
-def test_progress_is_reported_per_request() -> None:
+def test_progress_is_reported_per_request(serve: Callable[..., Server]) -> None:
     ticks: list[tuple[int, int]] = []
+    server = serve(lambda n: steady(0, 0, 2))
 
-    async def handle(request: httpx.Request) -> httpx.Response:
-        return sse_response(steady(0, 0, 2))
-
-    run_bench(CFG, on_progress=lambda done, total: ticks.append((done, total)), transport=transport(handle))
+    run_bench(at(server), on_progress=lambda done, total: ticks.append((done, total)))
 
     assert ticks == [(1, 3), (2, 3), (3, 3)]
 
 
-def test_request_rate_spreads_arrivals() -> None:
-    async def handle(request: httpx.Request) -> httpx.Response:
-        return sse_response(steady(0, 0, 2))
+def test_request_rate_spreads_arrivals(serve: Callable[..., Server]) -> None:
+    server = serve(lambda n: steady(0, 0, 2))
 
-    result = run_bench(
-        replace(CFG, num_requests=5, concurrency=5, request_rate=50), transport=transport(handle)
-    )
+    result = run_bench(at(server, num_requests=5, concurrency=5, request_rate=50))
 
     assert result.completed == 5
     assert result.duration_s >= 0.1 - 0.002  # the last arrival falls at 5 / 50 s
 
 
 # --- the pure parts -------------------------------------------------------------------------------------
+
+
+def test_sse_events_are_cut_at_blank_lines_whatever_the_reads() -> None:
+    stream = b'data: {"a": 1}\n\n: ping\n\nevent: x\ndata: one\ndata:two\n\ndata: [DONE]\n\n'
+    expected = ['{"a": 1}', "one\ntwo", "[DONE]"]
+
+    whole = SSEDecoder()
+    assert [*whole.feed(stream), *whole.flush()] == expected
+    for size in (1, 2, 3, 7):
+        decoder, got = SSEDecoder(), []
+        for i in range(0, len(stream), size):
+            got += decoder.feed(stream[i : i + size])
+        assert [*got, *decoder.flush()] == expected, size
+
+
+def test_sse_decoder_keeps_utf8_and_crlf_split_between_reads() -> None:
+    decoder = SSEDecoder()
+    data = "data: é\r\n\r\ndata: x\r\ndata: y\r\n\r\n".encode()
+    cut = data.index("é".encode()) + 1  # between the two bytes of é
+    crlf = data.index(b"x\r") + 2  # between the CR and the LF that end the line "data: x"
+
+    assert decoder.feed(data[:cut]) == []
+    assert decoder.feed(data[cut:crlf]) == ["é"]
+    assert decoder.feed(data[crlf:]) == ["x\ny"]
+
+
+def test_sse_decoder_flushes_an_event_the_stream_did_not_end() -> None:
+    decoder = SSEDecoder()
+
+    assert decoder.feed(b'data: {"a": 1}\n\ndata: {"b"') == ['{"a": 1}']
+    assert decoder.feed(b": 2}\n") == []
+    assert decoder.flush() == ['{"b": 2}']
+    assert decoder.flush() == []
+
+
+def test_event_data_reads_only_data_fields() -> None:
+    assert event_data("data: x") == "x"
+    assert event_data("data:x") == "x"
+    assert event_data("data:  x") == " x"  # one space after the colon is dropped, no more
+    assert event_data("id: 3\ndata: x") == "x"
+    assert event_data(": comment") is None
+    assert event_data("") is None
 
 
 def test_arrivals_are_poisson_rescaled_to_n_over_rate_and_seeded() -> None:
