@@ -193,11 +193,12 @@ def test_latencies_and_throughput_come_out_as_scripted(serve: Callable[..., Serv
     result = run_bench(at(server))
 
     assert (result.completed, result.failed, result.errors) == (3, 0, ())
-    assert 50 <= ms(result.ttft.median) < 75
-    assert 20 <= ms(result.itl.median) < 35
+    # The server sleeps 50 ms, then 20 ms between tokens; timers and the loop add jitter both ways.
+    assert 45 <= ms(result.ttft.median) < 75
+    assert 16 <= ms(result.itl.median) < 35
     assert result.itl.count == 3 * 3
-    assert 20 <= ms(result.tpot.mean) < 35
-    assert 110 <= ms(result.e2el.mean) < 150
+    assert 16 <= ms(result.tpot.mean) < 35
+    assert 100 <= ms(result.e2el.mean) < 150
     # Strictly one at a time: the run lasts three requests, end to end.
     assert 0.33 <= result.duration_s < 0.55
     assert result.total_output_tokens == 12
