@@ -29,10 +29,13 @@ class Command:
 
 
 def qpath(path: str) -> str:
-    """Quote a host path; ``~/x`` stays relative to the login user's home."""
+    """Quote a host path; ``~/x`` stays relative to the login user's home.
+
+    A path starting with ``-`` becomes ``./-…``: the same file, never read as an option.
+    """
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
+    return shlex.quote("./" + path if path.startswith("-") else path)
 
 
 def write_file(path: str, *, mode: int, sudo: bool, content: bytes) -> Command:
@@ -111,7 +114,7 @@ def read_files(paths: dict[str, str]) -> str:
     parts = []
     for key, path in paths.items():
         q = qpath(path)
-        parts.append(f'if [ -f {q} ]; then echo "{MARK}file {key}"; base64 -w0 {q}; echo; fi')
+        parts.append(f"if [ -f {q} ]; then echo {shlex.quote(f'{MARK}file {key}')}; base64 -w0 {q}; echo; fi")
     return "; ".join(parts)
 
 
@@ -145,8 +148,10 @@ def list_revisions(state_dir: str, *, sudo: bool) -> Command:
 
 def installed_version(spec: VllmInstall) -> str:
     """Print the installed version of the pinned package in its venv (nothing when absent)."""
-    py = f"import importlib.metadata as m\ntry: print(m.version({spec.package!r}))\nexcept Exception: pass\n"
-    return f"{shlex.quote(spec.venv + '/bin/python')} -c {shlex.quote(py)} 2>/dev/null"
+    # The package name travels as an argument, never inside the program's source.
+    py = "import importlib.metadata as m, sys\ntry: print(m.version(sys.argv[1]))\nexcept Exception: pass\n"
+    python, package = shlex.quote(spec.venv + "/bin/python"), shlex.quote(spec.package)
+    return f"{python} -c {shlex.quote(py)} {package} 2>/dev/null"
 
 
 def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
@@ -158,11 +163,13 @@ def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
     index += [f"--find-links {shlex.quote(u)}" for u in spec.find_links]
     pin = shlex.quote(f"{spec.package}=={spec.version}")
     remove = (
-        f"; {venv}/bin/pip uninstall -q -y {' '.join(map(shlex.quote, spec.remove))}" if spec.remove else ""
+        f"; {venv}/bin/pip uninstall -q -y -- {' '.join(map(shlex.quote, spec.remove))}"
+        if spec.remove
+        else ""
     )
     script = (
-        f"set -e; [ -x {venv}/bin/python ] || {shlex.quote(spec.python)} -m venv {venv}; "
-        f"log=$(mktemp); {venv}/bin/pip install --disable-pip-version-check -q {' '.join(index)} {pin} "
+        f"set -e; [ -x {venv}/bin/python ] || {shlex.quote(spec.python)} -m venv -- {venv}; "
+        f"log=$(mktemp); {venv}/bin/pip install --disable-pip-version-check -q {' '.join(index)} -- {pin} "
         f'>"$log" 2>&1 || {{ tail -20 "$log" >&2; rm -f "$log"; exit 1; }}; rm -f "$log"{remove}'
     )
     return Command(script, sudo=sudo, label=f"pip install {spec.package}=={spec.version} into {spec.venv}")
@@ -170,7 +177,7 @@ def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
 
 def place_upload(tmp: str, dest: str, *, sudo: bool) -> Command:
     """Move an uploaded temp file into the model folder (creating folders), world-readable."""
-    script = f"install -D -m 0644 {shlex.quote(tmp)} {shlex.quote(dest)} && rm -f {shlex.quote(tmp)}"
+    script = f"install -D -m 0644 -- {shlex.quote(tmp)} {shlex.quote(dest)} && rm -f -- {shlex.quote(tmp)}"
     return Command(script, sudo=sudo, label=f"place {dest}")
 
 
