@@ -121,7 +121,7 @@ class Systemd:
         base = "journalctl --user" if self.scope == "user" else "journalctl"
         prefix = USER_ENV if self.scope == "user" else ""
         follow_flag = " -f" if follow else ""
-        return f"{prefix}{base} -u {shlex.quote(unit)} -n {lines} --no-pager -o short-iso{follow_flag}"
+        return f"{prefix}{base} -u {shlex.quote(unit)} -n {int(lines)} --no-pager -o short-iso{follow_flag}"
 
 
 # supervisorctl status words → (ActiveState, SubState), in systemd's terms.
@@ -148,7 +148,7 @@ class Supervisord:
         return f"{self.conf_dir}/{program(unit)}.conf"
 
     def state(self, unit: str) -> str:
-        name = program(unit)
+        name = _program_word(unit)
         return (
             f'echo "SupervisorStatus=$(supervisorctl status {name} 2>&1 | head -1)"; '
             f"[ -f {shlex.quote(self.conf_path(unit))} ] && echo UnitFileState=enabled"
@@ -164,11 +164,11 @@ class Supervisord:
         return UnitState("loaded", active, sub, enabled, main_pid=pid, active_since=m.group(3) or "")
 
     def main_pid(self, unit: str) -> str:
-        return f"supervisorctl pid {program(unit)} 2>/dev/null | grep -xE '[0-9]+' || echo 0"
+        return f"supervisorctl pid {_program_word(unit)} 2>/dev/null | grep -xE '[0-9]+' || echo 0"
 
     def reload(self, unit: str) -> str:
         # Only this program's group: `update` alone would apply anyone's pending changes.
-        return f"supervisorctl reread >/dev/null && supervisorctl update {program(unit)}"
+        return f"supervisorctl reread >/dev/null && supervisorctl update {_program_word(unit)}"
 
     def enable(self, unit: str) -> str:
         return "true"  # autostart=true in the program's config
@@ -177,14 +177,14 @@ class Supervisord:
         return "true"  # removing the config and reloading removes the program
 
     def start(self, unit: str) -> str:
-        name = program(unit)
+        name = _program_word(unit)
         return f"supervisorctl status {name} | grep -q RUNNING || supervisorctl start {name}"
 
     def stop(self, unit: str) -> str:
-        return f"supervisorctl stop {program(unit)} >/dev/null || true"
+        return f"supervisorctl stop {_program_word(unit)} >/dev/null || true"
 
     def logs(self, unit: str, *, lines: int, follow: bool) -> str:
-        return f"tail -n {lines}{' -F' if follow else ''} {shlex.quote(log_path(unit))}"
+        return f"tail -n {int(lines)}{' -F' if follow else ''} -- {shlex.quote(log_path(unit))}"
 
 
 def program(unit: str) -> str:
@@ -194,6 +194,11 @@ def program(unit: str) -> str:
 
 def log_path(unit: str) -> str:
     return f"/var/log/{program(unit)}.log"
+
+
+def _program_word(unit: str) -> str:
+    """The program name as one shell word (supervisorctl reads options only before its action)."""
+    return shlex.quote(program(unit))
 
 
 def runner_for(name: RunnerName, scope: Scope, *, conf_dir: str | None = None) -> Runner:
