@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -59,7 +60,7 @@ def _section(q: FactQuery) -> str:
     installed += [upload.remote_script(q.model_dir, q.model_record)] if q.model_dir else []
     return "; ".join(
         [
-            f'echo "{MARK}dep {layout.name}"',
+            f"echo {shlex.quote(f'{MARK}dep {layout.name}')}",
             commands.read_files({"unit": layout.unit_path, "env": layout.env_path}),
             f'echo "{MARK}show"',
             layout.runner.state(q.unit),
