@@ -70,8 +70,9 @@ class HostProbe:
 
 
 def launcher_python(dep: Deployment) -> str:
+    """The launcher's Python as shell words (the venv's path quoted)."""
     if dep.venv:
-        return f"{dep.venv}/bin/python"
+        return shlex.quote(f"{dep.venv}/bin/python")
     return "python3" if dep.launcher.kind == "api_server" else '"$(head -1 "$(command -v vllm)" | cut -c3-)"'
 
 
@@ -112,7 +113,7 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
     main_pid = render.Layout.of(host, dep.name).runner.main_pid(dep.unit_name)
     return "; ".join(
         [
-            f'echo "{MARK}dep {dep.name}"',
+            f"echo {shlex.quote(f'{MARK}dep {dep.name}')}",
             f'echo "{MARK}mainpid"',
             f"{main_pid} 2>/dev/null",
             f'echo "{MARK}launcher"',
@@ -122,7 +123,7 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
             f'echo "{MARK}model"',
             f"test -d {model} && echo dir",
             f'echo "{MARK}config"',
-            f"base64 -w0 {model}/config.json 2>/dev/null; echo",
+            f"base64 -w0 -- {model}/config.json 2>/dev/null; echo",
         ]
     )
 
