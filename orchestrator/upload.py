@@ -134,9 +134,9 @@ def remote_script(dest: str, record: str) -> str:
     d = shlex.quote(dest)
     return (
         f'echo "{MARK}files"; '
-        f"[ -d {d} ] && (cd {d} && find . -path ./.cache -prune -o -type f ! -name {shlex.quote(record)} "
+        f"[ -d {d} ] && (cd -- {d} && find . -path ./.cache -prune -o -type f ! -name {shlex.quote(record)} "
         '-printf "%P\\t%s\\n"); '
-        f'echo "{MARK}recorded"; cat {d}/{shlex.quote(record)} 2>/dev/null; echo'
+        f'echo "{MARK}recorded"; cat -- {d}/{shlex.quote(record)} 2>/dev/null; echo'
     )
 
 
