@@ -1,8 +1,9 @@
 """The one exception tree of orch.
 
 Every error a user can meet derives from OrchError and renders as one line.
-Third-party errors (YAML, Pydantic, Paramiko, httpx) are translated where they
-enter, with ``raise ... from exc``; the CLI catches OrchError alone.
+Third-party errors (YAML, Pydantic, Paramiko, httpx, prometheus_client, the
+controller's filesystem) are translated where they enter, with
+``raise ... from exc``; the CLI catches OrchError alone.
 
     OrchError
     ├── ConfigError          bad playbook or inventory (file:line)
@@ -12,7 +13,9 @@ enter, with ``raise ... from exc``; the CLI catches OrchError alone.
     │   ├── HostKeyError         the host key is unknown or does not match
     │   ├── CommandError         a remote command exited non-zero
     │   └── GateError            the readiness gate failed (carries the journal tail)
-    └── RevisionError        a requested revision does not exist
+    ├── RevisionError        a requested revision does not exist
+    ├── AnswerError          a server's HTTP answer is unusable (unreachable, not the expected format)
+    └── OutputError          a file orch writes on the controller could not be written (names the path)
 """
 
 from __future__ import annotations
@@ -39,6 +42,24 @@ class SecretError(OrchError):
 
 class RevisionError(OrchError):
     """A revision asked for does not exist on a host."""
+
+
+class AnswerError(OrchError):
+    """A server's HTTP answer could not be used: no connection, an error status, or the wrong format."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{url}: {reason}")
+
+
+class OutputError(OrchError):
+    """A file orch writes on the controller (``--out``, ``--save``) could not be written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: cannot write: {reason}")
 
 
 class HostError(OrchError):

@@ -3,13 +3,14 @@
 Ready means ``/health`` is 200, ``/v1/models`` lists the served name, and a
 one-token chat completion succeeds both plain and streamed (``/health`` alone
 answers 200 while a dead engine fails every request). The gate polls with
-tenacity until an overall deadline, and stops early when the unit crashes.
+tenacity until an overall deadline, and stops early when the unit crashes. Whatever a
+server answers (HTML, the wrong JSON, a reset, an endless or enormous body) is a
+not-ready probe with a one-line reason, never an exception (httpio bounds every read).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import httpx
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from . import httpio
+from .errors import AnswerError
 from .runners import UnitState
 
 
@@ -49,44 +52,75 @@ Progress = Callable[[float, UnitState, Probe], None]
 
 
 def probe(client: httpx.Client, ep: Endpoint) -> Probe:
-    """One pass over the four checks; the first that fails names the stage."""
-    try:
-        return _probe(client, ep)
-    except httpx.HTTPError as exc:
-        return Probe(False, "connect", _http_reason(exc))
+    """One pass over the four checks; the first that fails names the stage.
 
-
-def _probe(client: httpx.Client, ep: Endpoint) -> Probe:
-    health = client.get(f"{ep.base_url}/health")
-    if health.status_code != 200:
-        return Probe(False, "health", f"/health answered {health.status_code}")
-    models = client.get(f"{ep.base_url}/v1/models", headers=ep.headers())
-    if models.status_code != 200:
-        return Probe(False, "models", f"/v1/models answered {models.status_code}")
-    ids = [m.get("id") for m in models.json().get("data", [])]
-    if ep.served_name not in ids:
-        return Probe(False, "models", f"/v1/models lists {ids}, not {ep.served_name!r}")
-    plain = client.post(
-        f"{ep.base_url}/v1/chat/completions", json=_chat(ep, stream=False), headers=ep.headers()
-    )
-    if plain.status_code != 200 or not plain.json().get("choices"):
-        return Probe(False, "chat", f"chat completion answered {plain.status_code}: {_snippet(plain.text)}")
-    return _probe_stream(client, ep)
-
-
-def _probe_stream(client: httpx.Client, ep: Endpoint) -> Probe:
-    body = _chat(ep, stream=True)
-    with client.stream("POST", f"{ep.base_url}/v1/chat/completions", json=body, headers=ep.headers()) as resp:
-        if resp.status_code != 200:
-            resp.read()
-            return Probe(False, "stream", f"streamed chat answered {resp.status_code}: {_snippet(resp.text)}")
-        events = [line[5:].strip() for line in resp.iter_lines() if line.startswith("data:")]
-    if not events or events[-1] != "[DONE]":
-        return Probe(False, "stream", "streamed chat did not end with data: [DONE]")
-    chunks = [json.loads(e) for e in events[:-1]]
-    if not any(c.get("choices") for c in chunks):
-        return Probe(False, "stream", "streamed chat sent no choices")
+    Never raises for what a server does: every unusable answer (no connection, HTML, the
+    wrong JSON, a reset, a body too large or too slow) is a not-ready probe with a one-line reason.
+    """
+    for stage, check in _CHECKS:
+        try:
+            detail = check(client, ep)
+        except AnswerError as exc:
+            where = "connect" if isinstance(exc.__cause__, httpio.CONNECT_ERRORS) else stage
+            return Probe(False, where, f"{exc.url.removeprefix(ep.base_url)}: {exc.reason}")
+        if detail:
+            return Probe(False, stage, httpio.one_line(detail))
     return Probe(True, "ready")
+
+
+def _health(client: httpx.Client, ep: Endpoint) -> str:
+    answer = httpio.fetch(client, "GET", f"{ep.base_url}/health")
+    return "" if answer.status == 200 else f"/health answered {answer.status}"
+
+
+def _models(client: httpx.Client, ep: Endpoint) -> str:
+    answer = httpio.fetch(client, "GET", f"{ep.base_url}/v1/models", headers=ep.headers())
+    if answer.status != 200:
+        return f"/v1/models answered {answer.status}"
+    listing = httpio.loads(answer.body, url=answer.url)
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        return f"/v1/models answered no list of models: {httpio.snippet(answer.body)}"
+    ids = [m.get("id") for m in data if isinstance(m, dict)]
+    if ep.served_name not in ids:
+        return f"/v1/models lists {httpio.snippet(repr(ids))}, not {ep.served_name!r}"
+    return ""
+
+
+def _chat_plain(client: httpx.Client, ep: Endpoint) -> str:
+    url = f"{ep.base_url}/v1/chat/completions"
+    answer = httpio.fetch(client, "POST", url, json_body=_chat(ep, stream=False), headers=ep.headers())
+    if answer.status != 200:
+        return f"chat completion answered {answer.status}: {httpio.snippet(answer.body)}"
+    reply = httpio.loads(answer.body, url=url)
+    if not isinstance(reply, dict) or not reply.get("choices"):
+        return f"chat completion answered {answer.status} without choices: {httpio.snippet(answer.body)}"
+    return ""
+
+
+def _chat_stream(client: httpx.Client, ep: Endpoint) -> str:
+    url = f"{ep.base_url}/v1/chat/completions"
+    answer = httpio.fetch(client, "POST", url, json_body=_chat(ep, stream=True), headers=ep.headers())
+    if answer.status != 200:
+        return f"streamed chat answered {answer.status}: {httpio.snippet(answer.body)}"
+    events = [line[5:].strip() for line in answer.text.splitlines() if line.startswith("data:")]
+    if not events or events[-1] != "[DONE]":
+        return "streamed chat did not end with data: [DONE]"
+    chunks = [httpio.loads(e, url=url) for e in events[:-1]]
+    odd = next((e for e, c in zip(events, chunks, strict=False) if not isinstance(c, dict)), None)
+    if odd is not None:
+        return f"streamed chat sent a chunk that is not an object: {httpio.snippet(odd)}"
+    if not any(c.get("choices") for c in chunks):
+        return "streamed chat sent no choices"
+    return ""
+
+
+_CHECKS: tuple[tuple[str, Callable[[httpx.Client, Endpoint], str]], ...] = (
+    ("health", _health),
+    ("models", _models),
+    ("chat", _chat_plain),
+    ("stream", _chat_stream),
+)
 
 
 def _chat(ep: Endpoint, *, stream: bool) -> dict[str, object]:
@@ -96,19 +130,6 @@ def _chat(ep: Endpoint, *, stream: bool) -> dict[str, object]:
         "max_tokens": 1,
         "stream": stream,
     }
-
-
-def _snippet(text: str, limit: int = 160) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= limit else one[:limit] + "…"
-
-
-def _http_reason(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _died(state: UnitState, baseline: UnitState) -> bool:
