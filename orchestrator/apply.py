@@ -1,7 +1,8 @@
 """Executes a plan's changes on one host; it makes no decisions of its own.
 
-``run_changes`` runs everything but the revision record, which ``record``
-writes once the readiness gate has passed.
+``command_for`` gives the one command of each change; ``run_changes`` runs
+the changes that touch the live deployment, in order. The revision records
+(``Abandon``, ``RecordRevision``) are run by ``converge`` around them.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import io
 import json
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import commands, facts, hub
+from . import commands, facts, hub, state
 from .commands import Command
 from .errors import CommandError
 from .plan import (
+    Abandon,
     Change,
     DaemonReload,
     Disable,
@@ -77,19 +79,34 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
         case Stop(unit=unit):
             return commands.stop(runner, unit, sudo=sudo)
         case Restart(unit=unit):
-            return commands.restart(runner, unit, sudo=sudo)
+            cmd = commands.restart(runner, unit, sudo=sudo)
+            return replace(cmd, script=f"{state.restarting(layout.state_dir)}; {cmd.script}")
         case RecordRevision():
-            return commands.record_revision(layout.state_dir, sudo=sudo, tar=revision_tar(change))
+            keep = ("by", "verb", "created")
+            meta: dict[str, object] = {k: change.meta[k] for k in keep if k in change.meta}
+            tar = revision_tar(change)
+            return state.begin(
+                layout.state_dir, tar=tar, meta={**meta, "previous": change.previous}, sudo=sudo
+            )
+        case Abandon(revision=revision, outcome=outcome):
+            return state.abandon(layout.state_dir, revision, outcome, sudo=sudo)
     raise AssertionError(f"unknown change {change!r}")
 
 
 def run_changes(
-    transport: Transport, plan: TargetPlan, *, sudo: bool, progress: Progress = _no_progress
+    transport: Transport,
+    plan: TargetPlan,
+    *,
+    sudo: bool,
+    progress: Progress = _no_progress,
+    before: Callable[[Change], None] = lambda change: None,
 ) -> Applied:
+    """Run the live changes in order (``before`` is called ahead of each: a lock check, a failpoint)."""
     after, restarted, leftovers = UnitState(), False, []
     for change in plan.changes:
-        if isinstance(change, RecordRevision):
+        if isinstance(change, RecordRevision | Abandon):
             continue
+        before(change)
         if isinstance(change, UploadModel):
             upload_model(transport, change, sudo=sudo, progress=progress)
             continue
@@ -159,16 +176,6 @@ def _leftovers(output: str) -> list[str]:
         if line.startswith(commands.LEFT_MARK):
             return line[len(commands.LEFT_MARK) :].split()
     return []
-
-
-def record(transport: Transport, plan: TargetPlan, *, sudo: bool) -> int | None:
-    """Write the plan's revision record, if it has one; returns the new revision number."""
-    for change in plan.changes:
-        if isinstance(change, RecordRevision):
-            command = command_for(change, layout=plan.desired.layout, sudo=sudo)
-            out = transport.run(command, timeout=COMMAND_TIMEOUT_S).stdout
-            return int(out.strip().splitlines()[-1])
-    return None
 
 
 def revision_tar(change: RecordRevision) -> bytes:

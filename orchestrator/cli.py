@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,20 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import __version__, bench, commands, deploy, facts, health, metrics, monitoring, preflight, render
+from . import (
+    __version__,
+    bench,
+    commands,
+    deploy,
+    facts,
+    failpoints,
+    health,
+    metrics,
+    monitoring,
+    preflight,
+    render,
+    state,
+)
 from .diagnose import diagnose
 from .errors import ConfigError, OrchError
 from .facts import UnitState
@@ -79,6 +93,13 @@ def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--offline", action="store_true", help="render only; no SSH")
     if verb in ("apply", "rollback", "destroy"):
         sp.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+        sp.add_argument(
+            "--lock-timeout",
+            type=duration,
+            default=0.0,
+            metavar="DURATION",
+            help="wait this long (30s, 5m, 1h) for another verb's lock on a host instead of failing at once",
+        )
     if verb in ("apply", "rollback"):
         sp.add_argument("--no-rollback", action="store_true", help="keep a failed state for debugging")
         sp.add_argument("--force", action="store_true", help="apply even when preflight finds errors")
@@ -186,6 +207,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return _plan_offline(targets, deploy.renderer(loaded, secrets_of), as_json=args.json)
     with deploy.Session(loaded, targets) as session:
         session.gather(with_preflight=True)
+        if not args.json:
+            _show_notices(session)
         plans = session.plans(deploy.rendered(loaded, secrets_of), meta={})
         errors = session.host_errors()
         checks = session.preflight()
@@ -339,10 +362,13 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.Desir
     targets = _targets(loaded, args)
     reporter = RichReporter()
     with deploy.Session(loaded, targets, reporter=reporter) as session:
+        session.lock(verb, wait_s=args.lock_timeout)
         session.gather(with_preflight=verb != "destroy")
+        _show_notices(session)
         plans = session.plans(desired_of, meta=deploy.manifest_meta(loaded, verb=verb))
         errors = session.host_errors()
         checks = session.preflight()
+        failpoints.reach("after-facts")
         _show_plans(plans, errors, as_json=False, checks=checks)
         if not any(p.changed for p in plans):
             out.print("[green]Nothing to do.[/green]")
@@ -362,6 +388,24 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.Desir
         with reporter.live():
             results = session.execute(plans, restore=not args.no_rollback)
     return _summary([*results, *errors])
+
+
+def _show_notices(session: deploy.Session) -> None:
+    for host, dep, text in session.notices():
+        err.print(f"[yellow]![/yellow] {escape(host)} {escape(dep)}: {escape(text)}")
+
+
+def duration(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``1h`` → seconds (argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 30s, 5m or 1h)") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value
 
 
 def _summary(results: list[deploy.Result]) -> int:
@@ -483,8 +527,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[dict[str, Any]], list[deploy.Result]]:
     with deploy.Session(loaded, targets) as session:
         session.gather(with_preflight=True)
-        rows: list[dict[str, Any]] = []
-        deploy.parallel(session.live(), lambda run: rows.extend(_status_row(run, t) for t in run.targets))
+        rows = session.collect(lambda run: [_status_row(run, t) for t in run.targets])
         errors = session.host_errors()
     order = {(t.host_name, t.deployment.name): i for i, t in enumerate(targets)}
     rows.sort(key=lambda r: order[(r["host"], r["deployment"])])
@@ -509,11 +552,33 @@ def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
         "since": f.unit.active_since,
         "restarts": f.unit.n_restarts,
         "revision": f.current_revision,
+        "runs": _runs(f),
+        "pending": None if f.pending is None else {**asdict(f.pending), "note": f.pending.describe()},
+        "locked_by": f.locked_by.describe() if f.locked_by else None,
         "vllm": _vllm_version(run, t.deployment, f),
         "ready": bool(ready and ready.ready),
-        "detail": "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
+        "detail": "; ".join(
+            x
+            for x in (
+                f.pending.describe() if f.pending else "",
+                f"in progress: {f.locked_by.describe()}" if f.locked_by else "",
+                "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
+            )
+            if x
+        ),
         **(preflight.gpu_status(t.deployment, run.probe) if run.probe else {}),
     }
+
+
+def _runs(f: facts.DeploymentFacts) -> str:
+    """Which revision's configuration the server runs, as far as the records can tell."""
+    if not f.unit.running:
+        return "nothing"
+    if f.pending is None:
+        return f"revision {f.current_revision}" if f.current_revision else "unrecorded files"
+    if f.pending.restarted:
+        return f"revision {f.pending.revision}, not confirmed by a readiness gate"
+    return f"revision {f.pending.previous}" if f.pending.previous else "unrecorded files"
 
 
 def _vllm_version(run: deploy.HostRun, dep: Deployment, f: facts.DeploymentFacts) -> str:
@@ -558,7 +623,7 @@ def _status_table(rows: list[dict[str, Any]]) -> Table:
             r["host"],
             r["deployment"],
             r["state"],
-            str(r["revision"] or "-"),
+            str(r["revision"] or "-") + (f" ({r['pending']['revision']} pending)" if r["pending"] else ""),
             r["vllm"] or "-",
             ready,
             str(r["restarts"]),
@@ -572,31 +637,32 @@ def _status_table(rows: list[dict[str, Any]]) -> Table:
 def cmd_revisions(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
-    rows: list[dict[str, Any]] = []
     with deploy.Session(loaded, targets) as session:
 
-        def one(run: deploy.HostRun) -> None:
+        def one(run: deploy.HostRun) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
             for t in run.targets:
                 layout = render.Layout.of(run.host, t.deployment.name)
-                text = run.run(commands.list_revisions(layout.state_dir, sudo=run.host.sudo))
-                revs, current = facts.parse_revisions(text)
-                rows.extend(_revision_row(run.name, t.deployment.name, r, current) for r in revs)
+                text = run.run(state.list_revisions(layout.state_dir, sudo=run.host.sudo))
+                revs, st = state.parse_revisions(text)
+                rows += [_revision_row(run.name, t.deployment.name, r, st) for r in revs]
+            return rows
 
-        _each_host(session, one)
+        rows = session.collect(one)
         errors = session.host_errors()
     rows.sort(key=lambda r: (r["host"], r["deployment"], r["revision"]))
     if args.json:
         out.print_json(data={"revisions": rows, "errors": [_result_json(e) for e in errors]})
     else:
         table = Table()
-        for col in ("host", "deployment", "revision", "current", "created", "by", "source"):
+        for col in ("host", "deployment", "revision", "state", "created", "by", "source"):
             table.add_column(col)
         for r in rows:
             table.add_row(
                 r["host"],
                 r["deployment"],
                 str(r["revision"]),
-                "*" if r["current"] else "",
+                escape(r["state"]),
                 r["created"],
                 r["by"],
                 r["source"],
@@ -605,22 +671,25 @@ def cmd_revisions(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else EXIT_OK
 
 
-def _revision_row(host: str, dep: str, rev: facts.RevisionInfo, current: int | None) -> dict[str, Any]:
+def _revision_row(host: str, dep: str, rev: state.RevisionInfo, st: state.StateFacts) -> dict[str, Any]:
     m = rev.manifest
+    if rev.number == st.current:
+        status = "current"
+    elif st.pending is not None and rev.number == st.pending.revision:
+        status = "pending: " + st.pending.describe()
+    else:
+        status = rev.outcome or ""
     return {
         "host": host,
         "deployment": dep,
         "revision": rev.number,
-        "current": rev.number == current,
+        "current": rev.number == st.current,
+        "state": status,
         "created": m.get("created", ""),
         "by": m.get("by", ""),
         "source": m.get("source", ""),
         "playbook_digest": m.get("playbook_digest", ""),
     }
-
-
-def _each_host(session: deploy.Session, fn: Callable[[deploy.HostRun], None]) -> None:
-    deploy.parallel(session.live(), lambda run: _guarded(fn, run)())
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -646,7 +715,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if args.follow:
             _follow(session, one)
         else:
-            _each_host(session, one)
+            session.each(one)
         errors = session.host_errors()
     for e in errors:
         err.print(f"[red]✗ {escape(e.host)}[/red]: {escape(e.message)}")

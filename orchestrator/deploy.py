@@ -1,101 +1,52 @@
 """The fixed stages of every verb that changes hosts, across hosts in parallel.
 
-connect → gather facts (one round trip per host) → desired state → plan →
-(the CLI confirms) → execute → readiness gate → record a revision, or restore
-the last good revision when the gate fails. ``apply`` and ``rollback`` differ
-only in where the desired state comes from.
+connect → lock (changing verbs) → gather facts (one round trip per host) → desired state →
+plan → (the CLI confirms) → execute each target (``converge``) → release. ``apply``,
+``rollback`` and ``destroy`` differ only in where the desired state comes from.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import socket
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from . import __version__, commands, facts, hub, preflight, render, secrets, upload
-from .apply import record, revision_contents, run_changes
-from .errors import GateError, HostError, OrchError, RevisionError
-from .facts import DeploymentFacts, UnitState
+from . import __version__, failpoints, hub, preflight, render, state, upload
+from .converge import api_address, deployment, endpoint, execute, gather_host, journal_tail, revision_desired
+from .errors import HostError, OrchError, RevisionError
+from .facts import DeploymentFacts
 from .gpu import Check
-from .health import Endpoint, Outcome, Probe, wait_ready
+from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, parallel
 from .load import Loaded, Target
-from .model import Deployment, Host
 from .plan import TargetPlan, plan_target
-from .render import Desired, TemplateSource, TemplateSources
-from .transport import Transport, connect
+from .render import Desired
+from .sources import templates_for
+from .transport import Result as CommandResult
+from .transport import connect
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
-T = TypeVar("T")
-
-
-class Reporter(Protocol):
-    def event(self, host: str, deployment: str, text: str) -> None: ...
-
-    def gate(self, host: str, deployment: str, elapsed: float, state: UnitState, probe: Probe) -> None: ...
-
-    def progress(self, host: str, deployment: str, what: str, done: int, total: int) -> None: ...
-
-
-class QuietReporter:
-    def event(self, host: str, deployment: str, text: str) -> None:
-        return None
-
-    def progress(self, host: str, deployment: str, what: str, done: int, total: int) -> None:
-        return None
-
-    def gate(self, host: str, deployment: str, elapsed: float, state: UnitState, probe: Probe) -> None:
-        return None
-
-
-@dataclass
-class HostRun:
-    """One host's connection, its targets, and what was learnt about it."""
-
-    name: str
-    host: Host
-    targets: list[Target]
-    transport: Transport
-    facts: dict[str, DeploymentFacts] = field(default_factory=dict)
-    probe: preflight.HostProbe | None = None
-    error: OrchError | None = None
-
-    def run(self, command: commands.Command, *, timeout: float | None = 120) -> str:
-        return self.transport.run(command, timeout=timeout).stdout
-
-
-@dataclass(frozen=True)
-class Result:
-    """How one deployment on one host ended."""
-
-    host: str
-    deployment: str
-    status: str  # unchanged | applied | failed | rolled-back | error
-    message: str = ""
-    revision: int | None = None
-    journal: str = ""
-    elapsed_s: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("unchanged", "applied")
+__all__ = [
+    "HostRun",
+    "LockError",
+    "Result",
+    "Session",
+    "api_address",
+    "deployment",
+    "endpoint",
+    "journal_tail",
+    "parallel",
+]
 
 
 DesiredOf = Callable[[HostRun, Target], Desired]
+R = TypeVar("R")
 
 
-def parallel(items: Iterable[T], fn: Callable[[T], Any]) -> None:
-    """Run ``fn`` on every item at once; each ``fn`` handles its own errors."""
-    batch = list(items)
-    if not batch:
-        return
-    with ThreadPoolExecutor(max_workers=min(32, len(batch))) as pool:
-        for future in [pool.submit(fn, item) for item in batch]:
-            future.result()
+class LockError(OrchError):
+    """Another verb holds a deployment's lock on a host (names the holder)."""
 
 
 class Session:
@@ -106,6 +57,7 @@ class Session:
         self.reporter = reporter or QuietReporter()
         self.runs: dict[str, HostRun] = {}
         self.failed: list[Result] = []  # targets whose plan could not be made
+        self._rank = {(t.host_name, t.deployment.name): i for i, t in enumerate(targets)}
         for t in targets:
             if t.host_name not in self.runs:
                 transport = connect(
@@ -119,10 +71,73 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         for run in self.runs.values():
+            run.release()
             run.transport.close()
 
     def live(self) -> list[HostRun]:
         return [r for r in self.runs.values() if r.error is None]
+
+    def each(self, fn: Callable[[HostRun], None]) -> None:
+        """``fn`` on every live host at once; an exception marks that host failed and spares the others."""
+
+        def call(run: HostRun) -> list[None]:
+            fn(run)
+            return []
+
+        self.collect(call)
+
+    def collect(self, fn: Callable[[HostRun], list[R]]) -> list[R]:
+        """``fn`` on every live host at once; their lists joined in host order (a failed host adds none)."""
+        runs, values = self.live(), []
+        for run, outcome in zip(runs, parallel(runs, fn), strict=True):
+            if isinstance(outcome, BaseException):
+                run.error = as_error(run.name, outcome)
+            else:
+                values += outcome
+        return values
+
+    def lock(self, verb: str, *, wait_s: float = 0) -> None:
+        """Take every target's lock on its host, for the rest of the session, before anything is read.
+
+        Raises LockError naming the holders when another verb holds any (after releasing what was taken);
+        an unreachable host is marked failed like in ``gather``.
+        """
+        holder = state.Holder(
+            f"{getpass.getuser()}@{socket.gethostname()}",
+            os.getpid(),
+            verb,
+            datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
+        )
+        busy: list[str] = []
+
+        def one(run: HostRun) -> None:
+            dirs = [render.Layout.of(run.host, t.deployment.name).state_dir for t in run.targets]
+            command = state.lock(dirs, holder=holder, wait_s=wait_s, sudo=run.host.sudo)
+            held = run.transport.hold(command, until=state.LOCKED, timeout=wait_s * len(dirs) + 60)
+            if not isinstance(held, CommandResult):
+                run.lock = held
+            elif held.exit_code == state.LOCK_CONFLICT:
+                busy.extend(_busy(run, held.stdout, wait_s))
+            else:
+                stderr = held.stderr.strip().splitlines()[-1:] or [f"exit code {held.exit_code}"]
+                raise HostError(run.name, f"cannot take the lock: {stderr[0]}")
+
+        # The first host alone, then the rest together: two verbs started at once over the same hosts
+        # meet on the first one, so exactly one goes on (the other fails, or waits, there).
+        ordered = sorted(self.live(), key=lambda r: r.name)
+        first = ordered[0] if ordered else None
+        if first is not None:
+            try:
+                one(first)
+            except OrchError as exc:
+                first.error = exc
+        if not busy:
+            self.each(lambda run: None if run is first else one(run))
+        failpoints.reach("after-lock")
+        if busy:
+            for run in self.runs.values():
+                run.release()
+            raise LockError("; ".join(busy))
 
     def gather(self, *, with_preflight: bool = False) -> None:
         """Facts (and preflight's) of every host in one command each, in parallel.
@@ -131,12 +146,20 @@ class Session:
         """
 
         def one(run: HostRun) -> None:
-            try:
-                run.facts, run.probe = gather_host(run, with_preflight=with_preflight)
-            except OrchError as exc:
-                run.error = exc
+            run.facts, run.probe = gather_host(run, with_preflight=with_preflight)
 
-        parallel(self.live(), one)
+        self.each(one)
+
+    def notices(self) -> list[tuple[str, str, str]]:
+        """What a person must know before anything else: interrupted verbs, and verbs running now."""
+        out: list[tuple[str, str, str]] = []
+        for run in self.live():
+            for name, f in run.facts.items():
+                if f.pending is not None:
+                    out.append((run.name, name, f.pending.describe()))
+                if f.locked_by is not None and run.lock is None:
+                    out.append((run.name, name, f"in progress now: {f.locked_by.describe()}"))
+        return out
 
     def preflight(self) -> dict[tuple[str, str], list[Check]]:
         """Preflight verdicts per (host, deployment), from what ``gather`` read."""
@@ -148,22 +171,26 @@ class Session:
         }
 
     def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
-        """A plan per target; a target that cannot be planned becomes an error of its own."""
-        out: list[TargetPlan] = []
+        """A plan per target, in the targets' order; a target that cannot be planned fails on its own."""
+        runs = self.live()
 
-        def one(run: HostRun) -> None:
+        def one(run: HostRun) -> list[TargetPlan | Result]:
+            out: list[TargetPlan | Result] = []
             for t in run.targets:
                 try:
                     out.append(plan_one(run, t, desired_of, meta=meta))
                 except OrchError as exc:
-                    self.failed.append(Result(run.name, t.deployment.name, "error", str(exc)))
+                    out.append(Result(run.name, t.deployment.name, "error", str(exc)))
+            return out
 
-        parallel(self.live(), one)
-        order = {(t.host_name, t.deployment.name): i for i, t in enumerate(self._targets())}
-        return sorted(out, key=lambda p: order[(p.host, p.deployment)])
-
-    def _targets(self) -> list[Target]:
-        return [t for run in self.runs.values() for t in run.targets]
+        plans: list[TargetPlan] = []
+        for run, outcome in zip(runs, parallel(runs, one), strict=True):
+            if isinstance(outcome, BaseException):
+                run.error = as_error(run.name, outcome)
+                continue
+            plans += [p for p in outcome if isinstance(p, TargetPlan)]
+            self.failed += [r for r in outcome if isinstance(r, Result)]
+        return sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)])
 
     def host_errors(self) -> list[Result]:
         """A result for each target that failed before any change (its host, or its own planning)."""
@@ -175,148 +202,40 @@ class Session:
         ] + self.failed
 
     def execute(self, plans: list[TargetPlan], *, gate: bool = True, restore: bool = True) -> list[Result]:
-        """Carry out the plans, host by host in parallel; restore the last good revision on failure."""
-        results: list[Result] = []
-        by_host: dict[str, list[TargetPlan]] = {}
-        for p in plans:
-            by_host.setdefault(p.host, []).append(p)
+        """Carry out the plans, hosts in parallel, a host's targets in order; results in the plans' order."""
+        hosts = list(dict.fromkeys(p.host for p in plans))
 
-        def one(host: str) -> None:
+        def one(host: str) -> list[Result]:
             run = self.runs[host]
-            for p in by_host[host]:
-                results.append(self._execute_one(run, p, gate=gate, restore=restore))
+            mine = [p for p in plans if p.host == host]
+            return [execute(run, p, self.reporter, gate=gate, restore=restore) for p in mine]
 
-        parallel(by_host, one)
-        return results
-
-    def _execute_one(self, run: HostRun, p: TargetPlan, *, gate: bool, restore: bool) -> Result:
-        dep = _deployment(run, p.deployment)
-        if not p.changed:
-            return Result(run.name, dep.name, "unchanged", revision=p.facts.current_revision)
-        try:
-            return self._converge(run, dep, p, gate=gate)
-        except GateError as exc:
-            self.reporter.event(run.name, dep.name, f"FAILED: {exc}")
-            if not restore:
-                return Result(run.name, dep.name, "failed", str(exc), journal=exc.journal)
-            return self._restore(run, dep, p, exc)
-        except OrchError as exc:
-            return Result(run.name, dep.name, "failed", str(exc))
-
-    def _converge(self, run: HostRun, dep: Deployment, p: TargetPlan, *, gate: bool) -> Result:
-        for change in p.changes:
-            self.reporter.event(run.name, dep.name, change.summary())
-        applied = run_changes(
-            run.transport,
-            p,
-            sudo=run.host.sudo,
-            progress=lambda what, done, total: self.reporter.progress(run.name, dep.name, what, done, total),
-        )
-        if applied.leftovers:
-            self.reporter.event(
-                run.name, dep.name, f"WARNING: processes outlived the stop: {' '.join(applied.leftovers)}"
-            )
-        elapsed = None
-        if gate and not dep.readiness.enabled and applied.restarted:
-            self.reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
-        if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
-            outcome = self._gate(run, dep, p.desired, applied.after)
-            elapsed = outcome.elapsed_s
-        revision = record(run.transport, p, sudo=run.host.sudo)
-        if revision is not None:
-            self.reporter.event(run.name, dep.name, f"recorded revision {revision}")
-        return Result(
-            run.name, dep.name, "applied", revision=revision or p.facts.current_revision, elapsed_s=elapsed
-        )
-
-    def _gate(self, run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState) -> Outcome:
-        env_file = desired.file("env")
-        ep = endpoint(run.host, dep, env_file.content if env_file else "")
-        runner = desired.layout.runner
-        state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
-
-        def unit_state() -> UnitState:
-            return facts.parse_unit_state(run.run(state_cmd, timeout=30), runner)
-
-        outcome = wait_ready(
-            ep,
-            timeout_s=dep.readiness.timeout_s,
-            interval_s=dep.readiness.interval_s,
-            request_timeout_s=dep.readiness.request_timeout_s,
-            unit_state=unit_state,
-            baseline=baseline,
-            on_progress=lambda e, s, pr: self.reporter.gate(run.name, dep.name, e, s, pr),
-        )
-        if not outcome.ready:
-            raise GateError(
-                run.name, f"{dep.name}: {outcome.reason}", journal=journal_tail(run, dep, desired)
-            )
-        self.reporter.event(run.name, dep.name, f"ready after {outcome.elapsed_s:.1f}s")
-        return outcome
-
-    def _restore(self, run: HostRun, dep: Deployment, failed: TargetPlan, cause: GateError) -> Result:
-        """Return to the revision that was current before the failed change (or to nothing)."""
-        good = failed.facts.current_revision
-        target = next(t for t in run.targets if t.deployment.name == dep.name)
-        what = f"revision {good}" if good is not None else "no deployment (first apply failed)"
-        self.reporter.event(run.name, dep.name, f"rolling back to {what}")
-        try:
-            desired = (
-                revision_desired(run, target, good, origin=f"restore of {good}")
-                if good is not None
-                else render.absent(dep, run.host)
-            )
-            fresh = gather_host(run)[0][dep.name]
-            p = plan_target(host=run.name, deployment=dep.name, desired=desired, facts=fresh)
-            self._converge(run, dep, p, gate=True)
-        except OrchError as exc:
-            msg = f"{cause}; rollback to {what} FAILED too: {exc}"
-            return Result(run.name, dep.name, "failed", msg, journal=cause.journal)
-        msg = f"{cause}; rolled back to {what}"
-        return Result(run.name, dep.name, "rolled-back", msg, revision=good, journal=cause.journal)
+        done: dict[tuple[str, str], Result] = {}
+        for host, outcome in zip(hosts, parallel(hosts, one), strict=True):
+            if isinstance(outcome, BaseException):
+                error = str(as_error(host, outcome))
+                outcome = [Result(host, p.deployment, "failed", error) for p in plans if p.host == host]
+            done.update({(r.host, r.deployment): r for r in outcome})
+        return [done[(p.host, p.deployment)] for p in plans]
 
 
-def _deployment(run: HostRun, name: str) -> Deployment:
-    return next(t.deployment for t in run.targets if t.deployment.name == name)
-
-
-def api_address(host: Host) -> str:
-    return "127.0.0.1" if host.connection == "local" else host.address
-
-
-def endpoint(host: Host, dep: Deployment, env_text: str) -> Endpoint:
-    """Where the deployment answers, with the API key its env file gives the server (if any)."""
-    api_key = render.parse_env(env_text).get(secrets.API_KEY_VAR)
-    return Endpoint(f"http://{api_address(host)}:{dep.port}", dep.served_name, api_key)
-
-
-PREFLIGHT_MARK = f"{commands.MARK}preflight\n"
-
-
-def gather_host(
-    run: HostRun, *, with_preflight: bool = False
-) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
-    """One round trip: the deployments' facts, and optionally what preflight judges."""
-    command = facts.gather([fact_query(run.host, t.deployment) for t in run.targets], sudo=run.host.sudo)
-    if with_preflight:
-        extra = preflight.script(run.host, [t.deployment for t in run.targets])
-        command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
-    head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
-    runner = render.Layout.of(run.host, "").runner
-    return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None
-
-
-def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
-    spec = dep.fetch
-    record = upload.MANIFEST if spec is None or spec.source == "upload" else hub.MARKER
-    return facts.FactQuery(
-        render.Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
-    )
+def _busy(run: HostRun, output: str, wait_s: float) -> list[str]:
+    names = {render.Layout.of(run.host, t.deployment.name).state_dir: t.deployment.name for t in run.targets}
+    waited = f" after waiting {wait_s:g}s" if wait_s > 0 else ""
+    hint = "" if wait_s > 0 else "; wait for it with --lock-timeout DURATION"
+    out = []
+    for path, holder in state.parse_busy(output):
+        name = next((n for d, n in names.items() if path.endswith(d.removeprefix("~/"))), path)
+        who = holder.describe() if holder else "another orch verb"
+        out.append(f"{run.name}: {name} is locked by {who}{waited}{hint}")
+    return out or [f"{run.name}: locked by another orch verb{waited}{hint}"]
 
 
 def plan_one(run: HostRun, t: Target, desired_of: DesiredOf, *, meta: dict[str, Any]) -> TargetPlan:
     desired = desired_of(run, t)
     known = run.facts.get(t.deployment.name, DeploymentFacts())
+    if run.lock is not None:
+        known = replace(known, locked_by=None)  # that is this verb
     known = replace(known, hub_listing=hub_listing(run, desired, known))
     return plan_target(host=run.name, deployment=t.deployment.name, desired=desired, facts=known, meta=meta)
 
@@ -336,38 +255,6 @@ def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.L
     if answer.kind != "listing":
         raise HostError(run.name, f"model {spec.describe()}: {answer.message}")
     return answer.listing()
-
-
-def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 40) -> str:
-    cmd = commands.logs(desired.layout.runner, dep.unit_name, sudo=run.host.sudo, lines=lines)
-    try:
-        return run.transport.run(cmd, timeout=30, check=False).stdout
-    except HostError:
-        return ""
-
-
-def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) -> Desired:
-    layout = render.Layout.of(run.host, target.deployment.name)
-    files = facts.parse_revision(
-        run.run(commands.read_revision(layout.state_dir, number, sudo=run.host.sudo))
-    )
-    contents = revision_contents(files)
-    if len(contents) != 2:
-        raise RevisionError(f"{run.name}: {target.deployment.name} has no revision {number}")
-    keys = frozenset(render.parse_env(contents["env"]))
-    return render.from_revision(target.deployment, run.host, contents, secret_keys=keys, origin=origin)
-
-
-def templates_for(loaded: Loaded, dep: Deployment) -> TemplateSources:
-    def read(override: str | None, default: str) -> TemplateSource:
-        path = loaded.resolve(override) if override else TEMPLATE_DIR / default
-        return TemplateSource(str(path), path.read_text())
-
-    return TemplateSources(
-        unit=read(dep.templates.unit, "vllm.service.j2"),
-        env=read(dep.templates.env, "vllm.env.j2"),
-        supervisor=read(dep.templates.supervisor, "vllm.supervisor.j2"),
-    )
 
 
 def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[[Target], Desired]:
@@ -409,14 +296,18 @@ def manifest_meta(loaded: Loaded, **extra: Any) -> dict[str, Any]:
 
 
 def from_revisions(to: int | None) -> DesiredOf:
-    """The desired state of a rollback: revision ``to``, or the one before the current."""
+    """The desired state of a rollback: revision ``to``, or the last one before the current that served."""
 
     def desired_of(run: HostRun, target: Target) -> Desired:
         name = target.deployment.name
-        current = run.facts.get(name, DeploymentFacts()).current_revision
+        known = run.facts.get(name, DeploymentFacts())
+        current = known.current_revision
         if current is None:
             raise RevisionError(f"{run.name}: {name} has no recorded revision to roll back from")
-        number = to if to is not None else current - 1
+        if to is not None and to in known.never_current:
+            raise RevisionError(f"{run.name}: {name} revision {to} never served (failed or interrupted)")
+        earlier = [n for n in range(current - 1, 0, -1) if n not in known.never_current]
+        number = to if to is not None else (earlier[0] if earlier else 0)
         if number < 1:
             raise RevisionError(f"{run.name}: {name} has no revision before {current}")
         return revision_desired(run, target, number, origin=f"rollback to {number}")

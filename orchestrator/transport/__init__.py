@@ -8,11 +8,11 @@ from pathlib import Path
 from ..commands import Command
 from ..errors import UnreachableError
 from ..model import Host, Inventory
-from .base import Result, Transport
+from .base import Held, Result, Transport
 from .local import LocalTransport
 from .ssh import SSHTransport
 
-__all__ = ["Result", "Transport", "connect"]
+__all__ = ["Held", "Result", "Transport", "connect"]
 
 
 def connect(name: str, host: Host, *, inventory: Inventory, inventory_path: Path) -> Transport:
@@ -48,6 +48,9 @@ class Unavailable:
         raise self.error
 
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
+        raise self.error
+
+    def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
         raise self.error
 
     def close(self) -> None:

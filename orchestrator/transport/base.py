@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,50 @@ class Transport(Protocol):
         """
         ...
 
+    def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
+        """Start a command that keeps running for the rest of the verb (a lock holder).
+
+        Returns a ``Held`` once the command prints the line ``until``; the command's whole
+        ``Result`` if it ends first. While held, a heartbeat line goes to its stdin every few
+        seconds; releasing (or losing the connection) closes its stdin.
+        """
+        ...
+
     def close(self) -> None: ...
+
+
+class Held(Protocol):
+    """A command kept running by ``Transport.hold``."""
+
+    def alive(self) -> bool:
+        """Whether the command still runs (so whatever it holds is still held)."""
+        ...
+
+    def release(self) -> None: ...
+
+
+class Heartbeat:
+    """Sends a line every ``interval`` seconds through ``send`` until stopped or a send fails."""
+
+    def __init__(self, send: Callable[[], None], interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._stop = threading.Event()
+        self.failed = False
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="orch-heartbeat")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._send()
+            except (OSError, EOFError, ValueError):
+                self.failed = True
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._interval + 1)
 
 
 def shell_of(command: Command) -> str:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..commands import Command
 from ..errors import CommandError, HostError
-from .base import Result, checked, shell_of
+from ..state import HEARTBEAT_S
+from .base import Heartbeat, Held, Result, checked, shell_of
 
 
 class LocalTransport:
@@ -57,5 +60,55 @@ class LocalTransport:
             size = local.stat().st_size
             progress(size, size)
 
+    def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-c", shell_of(command)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        seen: list[str] = []
+        try:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line == until:
+                    return ProcessHold(proc)
+                seen.append(line)
+        finally:
+            timer.cancel()
+        code = proc.wait()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        return Result("\n".join(seen), err, code)
+
     def close(self) -> None:
         return None
+
+
+class ProcessHold:
+    """A local command held open; stdin gets the heartbeat, closing it releases the command."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._beat = Heartbeat(self._send, HEARTBEAT_S)
+
+    def _send(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(b"\n")
+        self._proc.stdin.flush()
+
+    def alive(self) -> bool:
+        return not self._beat.failed and self._proc.poll() is None
+
+    def release(self) -> None:
+        self._beat.stop()
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

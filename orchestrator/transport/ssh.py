@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,9 +21,12 @@ from fabric import Config, Connection
 from ..commands import Command
 from ..errors import CommandError, HostKeyError, UnreachableError
 from ..model import Host
-from .base import LineWriter, Result, checked, shell_of
+from ..state import HEARTBEAT_S
+from .base import Heartbeat, Held, LineWriter, Result, checked, shell_of
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
+# A transfer that moves no byte for this long has stalled (a frozen or partitioned host).
+STALL_S = 30.0
 
 
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -87,9 +91,10 @@ class SSHTransport:
         return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
 
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
-        with self._translated(Command(f"sftp put {remote}"), None):
+        with self._translated(Command(f"sftp put {remote}"), STALL_S):
             self._conn.open()
             sftp = self._conn.client.open_sftp()
+            sftp.get_channel().settimeout(STALL_S)  # a frozen host fails the copy instead of hanging it
             try:
                 sftp.put(str(local), remote, callback=progress)
             finally:
@@ -107,6 +112,23 @@ class SSHTransport:
             for line in stdout:
                 on_line(line.rstrip("\n"))
             return int(stdout.channel.recv_exit_status())
+
+    def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
+        with self._translated(command, timeout):
+            self._conn.open()
+            channel = self._conn.client.get_transport().open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(shell_of(command))
+            seen: list[str] = []
+            for raw in channel.makefile("rb"):
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line == until:
+                    channel.settimeout(None)
+                    return ChannelHold(channel)
+                seen.append(line)
+            code = channel.recv_exit_status()
+            err = channel.makefile_stderr("rb").read().decode(errors="replace")
+        return Result("\n".join(seen), err, code)
 
     def _invoke(self, command: Command, *, timeout: float | None = None, **kwargs: object) -> Result:
         with self._translated(command, timeout):
@@ -146,6 +168,26 @@ class SSHTransport:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class ChannelHold:
+    """A command held open on its own SSH channel; stdin gets the heartbeat, EOF releases it."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+        self._beat = Heartbeat(lambda: self._channel.sendall(b"\n"), HEARTBEAT_S)
+
+    def alive(self) -> bool:
+        return not (self._beat.failed or self._channel.closed or self._channel.exit_status_ready())
+
+    def release(self) -> None:
+        self._beat.stop()
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self._channel.shutdown_write()
+            deadline = time.monotonic() + 5
+            while not self._channel.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._channel.close()
 
 
 def _connect_kwargs(key_file: Path | None, timeout: float) -> dict[str, object]:

@@ -1,0 +1,249 @@
+"""Carry out one deployment's plan on one host, under the verb's lock, so that its records never lie.
+
+    (forget a stale pending revision) → record the new revision as pending → provision, write files,
+    reload → mark the restart as begun, restart → readiness gate → make the revision current
+                                                               ↘ gate failed: restore, mark it failed
+
+A restore returns to what ran before this verb and nothing else: the revision
+that was current, or the unrecorded files that were there, or — only when this
+verb created the deployment — nothing. Reads of the host that a restore needs
+(facts, a revision's files) live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from . import commands, facts, failpoints, hub, preflight, render, secrets, state, upload
+from .apply import Applied, command_for, revision_contents, run_changes
+from .errors import GateError, HostError, OrchError, RevisionError
+from .facts import DeploymentFacts, UnitState
+from .health import Endpoint, Outcome, wait_ready
+from .hostrun import HostRun, Reporter, Result
+from .load import Target
+from .model import Deployment, Host
+from .plan import Abandon, Change, RecordRevision, Restart, TargetPlan, WriteFile, plan_target
+from .render import Desired
+
+PREFLIGHT_MARK = f"{commands.MARK}preflight\n"
+
+
+def execute(run: HostRun, p: TargetPlan, reporter: Reporter, *, gate: bool, restore: bool) -> Result:
+    """One target's plan, start to end; every failure becomes the target's Result."""
+    dep = deployment(run, p.deployment)
+    if not p.changed:
+        return Result(run.name, dep.name, "unchanged", revision=p.facts.current_revision)
+    pending: list[int] = []
+    try:
+        return _converge(run, dep, p, reporter, gate=gate, pending=pending)
+    except GateError as exc:
+        reporter.event(run.name, dep.name, f"FAILED: {exc}")
+        if not restore:
+            kept = f"; revision {pending[0]} stays pending (--no-rollback)" if pending else ""
+            return Result(run.name, dep.name, "failed", f"{exc}{kept}", journal=exc.journal)
+        return _restore(run, dep, p, exc, reporter, pending=pending[0] if pending else None)
+    except OrchError as exc:
+        return Result(run.name, dep.name, "failed", str(exc))
+
+
+def _converge(
+    run: HostRun, dep: Deployment, p: TargetPlan, reporter: Reporter, *, gate: bool, pending: list[int]
+) -> Result:
+    sudo, state_dir = run.host.sudo, p.desired.layout.state_dir
+    run.check_lock()
+    for change in p.changes:  # the records come first: nothing live changes before they are written
+        if isinstance(change, Abandon | RecordRevision):
+            out = run.run(command_for(change, layout=p.desired.layout, sudo=sudo), timeout=120)
+        if isinstance(change, RecordRevision):
+            pending.append(_number(run, out))
+            reporter.event(run.name, dep.name, f"revision {pending[0]} recorded as pending")
+            failpoints.reach("after-pending")
+    for change in p.changes:
+        reporter.event(run.name, dep.name, change.summary())
+    applied = run_changes(
+        run.transport,
+        p,
+        sudo=sudo,
+        progress=lambda what, done, total: reporter.progress(run.name, dep.name, what, done, total),
+        before=_before(run),
+    )
+    _warn_leftovers(run, dep, applied, reporter)
+    failpoints.reach("after-restart")
+    elapsed = None
+    if gate and not dep.readiness.enabled and applied.restarted:
+        reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
+    if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
+        elapsed = _gate(run, dep, p.desired, applied.after, reporter).elapsed_s
+    failpoints.reach("before-commit")
+    if not pending:
+        return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, elapsed_s=elapsed)
+    try:
+        run.check_lock()
+        run.run(state.commit(state_dir, pending[0], sudo=sudo))
+    except OrchError as exc:
+        message = f"revision {pending[0]} serves but could not be made current ({exc}); apply again"
+        return Result(run.name, dep.name, "failed", message, elapsed_s=elapsed)
+    reporter.event(run.name, dep.name, f"revision {pending[0]} is current")
+    return Result(run.name, dep.name, "applied", revision=pending[0], elapsed_s=elapsed)
+
+
+def _before(run: HostRun) -> Callable[[Change], None]:
+    """Ahead of each live change: the lock is still ours; the failpoints between writes and the restart."""
+    writes = [0]
+
+    def check(change: Change) -> None:
+        run.check_lock()
+        if isinstance(change, WriteFile):
+            writes[0] += 1
+            if writes[0] == 2:
+                failpoints.reach("between-writes")
+        if isinstance(change, Restart):
+            failpoints.reach("before-restart")
+
+    return check
+
+
+def _number(run: HostRun, output: str) -> int:
+    last = (output.strip().splitlines() or [""])[-1]
+    if not last.isdigit():
+        raise HostError(run.name, f"recording the pending revision printed {output[-200:]!r}")
+    return int(last)
+
+
+def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: Reporter) -> None:
+    if applied.leftovers:
+        survivors = " ".join(applied.leftovers)
+        reporter.event(run.name, dep.name, f"WARNING: processes outlived the stop: {survivors}")
+
+
+def _gate(
+    run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState, reporter: Reporter
+) -> Outcome:
+    env_file = desired.file("env")
+    ep = endpoint(run.host, dep, env_file.content if env_file else "")
+    runner = desired.layout.runner
+    state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
+
+    def unit_state() -> UnitState:
+        return facts.parse_unit_state(run.run(state_cmd, timeout=30), runner)
+
+    def progress(elapsed: float, unit: UnitState, probe: object) -> None:
+        reporter.gate(run.name, dep.name, elapsed, unit, probe)  # type: ignore[arg-type]
+        failpoints.reach("during-gate")
+
+    outcome = wait_ready(
+        ep,
+        timeout_s=dep.readiness.timeout_s,
+        interval_s=dep.readiness.interval_s,
+        request_timeout_s=dep.readiness.request_timeout_s,
+        unit_state=unit_state,
+        baseline=baseline,
+        on_progress=progress,
+    )
+    if not outcome.ready:
+        raise GateError(run.name, f"{dep.name}: {outcome.reason}", journal=journal_tail(run, dep, desired))
+    reporter.event(run.name, dep.name, f"ready after {outcome.elapsed_s:.1f}s")
+    return outcome
+
+
+def _restore(
+    run: HostRun,
+    dep: Deployment,
+    failed: TargetPlan,
+    cause: GateError,
+    reporter: Reporter,
+    *,
+    pending: int | None,
+) -> Result:
+    """Return to what ran before this verb; mark the failed revision as never current."""
+    good = failed.facts.current_revision
+    target = next(t for t in run.targets if t.deployment.name == dep.name)
+    before = dict(failed.facts.files) if len(failed.facts.files) == 2 else None
+    if good is not None:
+        what = f"revision {good}"
+    elif before:
+        what = "the files that were there before (no revision recorded)"
+    else:
+        what = "no deployment (this verb created it)"
+    reporter.event(run.name, dep.name, f"rolling back to {what}")
+    try:
+        if good is not None:
+            desired = revision_desired(run, target, good, origin=f"restore of {good}")
+        elif failed.facts.files:
+            desired = render.from_revision(
+                dep,
+                run.host,
+                dict(failed.facts.files),
+                secret_keys=failed.desired.secret_keys,
+                origin="restore",
+            )
+        else:
+            desired = render.absent(dep, run.host)
+        fresh = replace(gather_host(run)[0][dep.name], pending=None)
+        p = plan_target(host=run.name, deployment=dep.name, desired=desired, facts=fresh)
+        _converge(run, dep, p, reporter, gate=True, pending=[])
+        if pending is not None:
+            outcome = f"failed: {cause}"
+            run.run(state.abandon(desired.layout.state_dir, pending, outcome, sudo=run.host.sudo))
+    except OrchError as exc:
+        msg = f"{cause}; rollback to {what} FAILED too: {exc}"
+        return Result(run.name, dep.name, "failed", msg, journal=cause.journal)
+    msg = f"{cause}; rolled back to {what}"
+    return Result(run.name, dep.name, "rolled-back", msg, revision=good, journal=cause.journal)
+
+
+def deployment(run: HostRun, name: str) -> Deployment:
+    return next(t.deployment for t in run.targets if t.deployment.name == name)
+
+
+def api_address(host: Host) -> str:
+    return "127.0.0.1" if host.connection == "local" else host.address
+
+
+def endpoint(host: Host, dep: Deployment, env_text: str) -> Endpoint:
+    """Where the deployment answers, with the API key its env file gives the server (if any)."""
+    api_key = render.parse_env(env_text).get(secrets.API_KEY_VAR)
+    return Endpoint(f"http://{api_address(host)}:{dep.port}", dep.served_name, api_key)
+
+
+def gather_host(
+    run: HostRun, *, with_preflight: bool = False
+) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
+    """One round trip: the deployments' facts, and optionally what preflight judges."""
+    command = facts.gather([fact_query(run.host, t.deployment) for t in run.targets], sudo=run.host.sudo)
+    if with_preflight:
+        extra = preflight.script(run.host, [t.deployment for t in run.targets])
+        command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
+    head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
+    runner = render.Layout.of(run.host, "").runner
+    return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None
+
+
+def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
+    spec = dep.fetch
+    record = upload.MANIFEST if spec is None or spec.source == "upload" else hub.MARKER
+    return facts.FactQuery(
+        render.Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
+    )
+
+
+def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 40) -> str:
+    cmd = commands.logs(desired.layout.runner, dep.unit_name, sudo=run.host.sudo, lines=lines)
+    try:
+        return run.transport.run(cmd, timeout=30, check=False).stdout
+    except HostError:
+        return ""
+
+
+def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) -> Desired:
+    """The desired state that revision ``number`` on this host describes."""
+    layout = render.Layout.of(run.host, target.deployment.name)
+    files = state.parse_revision(run.run(state.read_revision(layout.state_dir, number, sudo=run.host.sudo)))
+    contents = revision_contents(files)
+    if len(contents) != 2:
+        raise RevisionError(
+            f"{run.name}: {target.deployment.name} has no revision {number} (or it is damaged)"
+        )
+    keys = frozenset(render.parse_env(contents["env"]))
+    return render.from_revision(target.deployment, run.host, contents, secret_keys=keys, origin=origin)
