@@ -56,6 +56,7 @@ from rich.table import Table
 
 FORMAT = "orch-bench/1"
 MAX_ERRORS = 5
+MAX_EVENT_CHARS = 1 << 20  # a token chunk is a few hundred bytes
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
 # Common one-token English words, so a prompt of N words is about N tokens.
 _WORDS_TEXT = (
@@ -273,6 +274,8 @@ class SSEDecoder:
             text = _lf(text)
         *events, pending = text.split("\n\n")
         self._pending = pending + held
+        if len(self._pending) > MAX_EVENT_CHARS:  # a body that never ends an event must not fill memory
+            raise ValueError(f"a stream event longer than {MAX_EVENT_CHARS} characters")
         return [payload for event in events if (payload := event_data(event)) is not None]
 
     def flush(self) -> list[str]:
@@ -404,7 +407,8 @@ async def measure_request(session: aiohttp.ClientSession, cfg: BenchConfig, prom
         return RequestOutcome(ok=False, error=f"timed out after {cfg.timeout_s:g} s")
     except aiohttp.ClientError as exc:
         return RequestOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
-    except (ValueError, LookupError, TypeError, AttributeError) as exc:  # a chunk not JSON, or malformed
+    # A chunk not JSON (or nested past the parser's depth), or JSON of the wrong shape.
+    except (ValueError, LookupError, TypeError, AttributeError, RecursionError) as exc:
         return RequestOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
 
 

@@ -15,8 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from . import httpio
+from .errors import AnswerError
 
 # Logical metric -> names across vLLM versions, newest first.
 # gpu_cache_usage_perc and gpu_prefix_cache_* were deprecated in 0.9.2;
@@ -38,6 +42,8 @@ NAMES: Mapping[str, tuple[str, ...]] = {
     "e2e_latency": ("vllm:e2e_request_latency_seconds",),
 }
 QUANTILES = (0.5, 0.9, 0.99)
+# vLLM's /metrics is ~50 KiB for one model; a few hundred LoRA adapters stay well below this.
+MAX_METRICS_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -80,17 +86,32 @@ class MetricsSummary:
         return data
 
 
-def parse_families(text: str) -> dict[str, Metric]:
+def scrape(
+    url: str, *, timeout_s: float = 10, transport: httpx.BaseTransport | None = None
+) -> MetricsSummary:
+    """GET a ``/metrics`` URL and summarize it; every failure is one AnswerError naming the URL."""
+    with httpx.Client(timeout=timeout_s, transport=transport) as client:
+        answer = httpio.fetch(client, "GET", url, limit=MAX_METRICS_BYTES)
+    if answer.status != 200:
+        raise AnswerError(url, f"answered {answer.status}: {httpio.snippet(answer.body)}")
+    return summarize(answer.text, source=url)
+
+
+def parse_families(text: str, *, source: str = "/metrics") -> dict[str, Metric]:
     """Metric families of a Prometheus text exposition, by family name.
 
-    prometheus_client drops a counter's ``_total`` suffix from the family name.
+    prometheus_client drops a counter's ``_total`` suffix from the family name. Text it cannot
+    parse (an HTML error page, JSON) is an AnswerError naming ``source``.
     """
-    return {family.name: family for family in text_string_to_metric_families(text)}
+    try:
+        return {family.name: family for family in text_string_to_metric_families(text)}
+    except ValueError as exc:
+        raise AnswerError(source, f"not Prometheus text ({httpio.one_line(str(exc))[:120]})") from exc
 
 
-def summarize(text: str) -> MetricsSummary:
-    """Summarize the text of a vLLM ``/metrics`` response."""
-    families = parse_families(text)
+def summarize(text: str, *, source: str = "/metrics") -> MetricsSummary:
+    """Summarize the text of a vLLM ``/metrics`` response (``source`` names it in errors)."""
+    families = parse_families(text, source=source)
     found = {key: name for key in NAMES if (name := _find(families, key)) is not None}
 
     def get(key: str) -> Metric | None:
@@ -195,10 +216,17 @@ def _buckets(family: Metric) -> list[tuple[float, float]]:
     """Cumulative (upper bound, count) pairs summed over label sets, sorted by bound."""
     counts: dict[float, float] = {}
     for sample in family.samples:
-        if sample.name == family.name + "_bucket":
-            bound = float(sample.labels["le"])
+        if sample.name == family.name + "_bucket" and (bound := _bound(sample.labels.get("le"))) is not None:
             counts[bound] = counts.get(bound, 0.0) + sample.value
     return sorted(counts.items())
+
+
+def _bound(le: str | None) -> float | None:
+    """A bucket's upper bound; None for a bucket without a number there (skipped)."""
+    try:
+        return float(le) if le is not None else None
+    except ValueError:
+        return None
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -211,10 +239,11 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     if len(buckets) < 2 or not math.isinf(buckets[-1][0]):
         return None
     observations = buckets[-1][1]
-    if observations == 0:
+    if observations <= 0 or not math.isfinite(observations):
         return None
     rank = q * observations
-    index = next(i for i, (_, count) in enumerate(buckets) if count >= rank)
+    # Buckets that are not cumulative (a broken exporter) may hold no count >= rank: use the last.
+    index = next((i for i, (_, count) in enumerate(buckets) if count >= rank), len(buckets) - 1)
     if index == len(buckets) - 1:
         return buckets[-2][0]
     return _interpolate(buckets, index, rank)

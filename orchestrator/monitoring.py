@@ -7,7 +7,8 @@ labels ``deployment``, ``host``, ``revision`` and ``served_name``.
 ``grafana_dashboard`` builds the dashboard JSON over vLLM's V1 metric names
 (see shared VLLM_FACTS.md), filtered by the ``deployment`` and ``host``
 template variables. ``metric_names`` lists the metrics a dashboard queries, so
-a test can hold them against a real ``/metrics`` capture.
+a test can hold them against a real ``/metrics`` capture. ``files`` gives the three files
+``orch monitoring --out`` writes (outputs.py writes them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import yaml
 
 TARGETS_FILE = "targets.json"
+PROMETHEUS_FILE = "prometheus.yml"
+DASHBOARD_FILE = "grafana-dashboard.json"
 VLLM_JOB = "vllm"
 GPU_JOB = "gpu"
 # A file_sd label that routes each target group to its job; labels starting "__" are dropped after relabeling.
@@ -41,6 +44,17 @@ class MonitorTarget:
     port: int
     revision: int | None
     served_name: str
+
+
+def files(targets: Sequence[MonitorTarget], *, gpu_exporter_port: int | None = None) -> dict[str, str]:
+    """File name → text of everything ``orch monitoring`` writes into its ``--out`` folder."""
+    prom, targets_json = prometheus_config(targets, gpu_exporter_port=gpu_exporter_port)
+    dashboard = grafana_dashboard(include_gpu=gpu_exporter_port is not None)
+    return {
+        PROMETHEUS_FILE: prom,
+        TARGETS_FILE: targets_json,
+        DASHBOARD_FILE: json.dumps(dashboard, indent=2) + "\n",
+    }
 
 
 # --- Prometheus ------------------------------------------------------------------------------------------

@@ -335,6 +335,31 @@ def test_failures_are_counted_with_their_errors(serve: Callable[..., Server]) ->
     assert result.total_output_tokens == 4
 
 
+def test_hostile_streams_are_failed_requests_with_one_line_errors(serve: Callable[..., Server]) -> None:
+    def script(n: int) -> Reply:
+        match n:
+            case 1:
+                return Reply([(0, b"data: " + b"[" * 100_000 + b"\n\n")])  # nested past the parser
+            case 2:
+                return Reply([(0, b"data: \xff\xfe\n\n")])  # not UTF-8
+            case 3:
+                return Reply([(0, b"x" * 65536)] * 20)  # an event that never ends
+            case _:
+                return Reply([(0, b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>")])
+
+    result = run_bench(at(serve(script), num_requests=4, concurrency=1))
+
+    assert (result.completed, result.failed) == (0, 4)
+    assert [e.split(":")[0] for e in result.errors] == [
+        "RecursionError",
+        "UnicodeDecodeError",
+        "ValueError",
+        "the stream carried no token",
+    ]
+    assert result.errors[2] == "ValueError: a stream event longer than 1048576 characters"
+    assert all("\n" not in e for e in result.errors)
+
+
 def test_a_server_that_is_not_there_fails_every_request() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

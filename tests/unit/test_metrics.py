@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from orchestrator.metrics import HistogramSummary, histogram_quantile, summarize
+from orchestrator.errors import AnswerError
+from orchestrator.metrics import HistogramSummary, MetricsSummary, histogram_quantile, scrape, summarize
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-0.26-gpu-tp2"
 REAL = (FIXTURES / "metrics.txt").read_text()
@@ -159,3 +162,79 @@ def test_real_cpu_server_capture() -> None:
     assert m.request_success["length"] >= 1
     assert m.ttft is not None and m.ttft.count == sum(m.request_success.values())
     assert m.running == 0 and m.waiting == 0
+
+
+# ---------------------------------------------------------------- what a /metrics may really answer
+
+
+def _refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("[Errno 111] Connection refused")
+
+
+def _endless() -> Iterator[bytes]:
+    while True:
+        yield b"#" * 65536
+
+
+HTML = "<!DOCTYPE html>\n<html><body>502 Bad Gateway</body></html>\n"
+URL = "http://gpu-a:8000/metrics"
+E2E = "vllm:e2e_request_latency_seconds"
+
+
+def _scrape(handler: Callable[[httpx.Request], httpx.Response]) -> MetricsSummary:
+    return scrape(URL, timeout_s=1, transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (HTML, "/metrics: not Prometheus text (invalid metric name:<!DOCTYPE html>)"),
+        ('{"detail": "Not Found"}', '/metrics: not Prometheus text (Invalid labels: "detail": "Not Found")'),
+        ("Not Found\n", "/metrics: not Prometheus text (could not convert string to float: 'Found')"),
+    ],
+)
+def test_text_that_is_not_prometheus_is_one_answer_error(text: str, reason: str) -> None:
+    with pytest.raises(AnswerError) as info:
+        summarize(text)
+    assert str(info.value) == reason
+
+
+@pytest.mark.parametrize(
+    "histogram",
+    [
+        f'{E2E}_bucket{{le="1"}} NaN\n{E2E}_bucket{{le="+Inf"}} NaN\n',  # no count: no quantile
+        f'{E2E}_bucket{{le="abc"}} 1\n{E2E}_bucket{{le="+Inf"}} 1\n',  # a bound that is not a number
+        f"{E2E}_bucket{{}} 1\n",  # no bound at all
+        f'{E2E}_bucket{{le="1"}} 5\n{E2E}_bucket{{le="+Inf"}} 2\n',  # not cumulative
+    ],
+)
+def test_broken_histograms_summarize_without_error(histogram: str) -> None:
+    m = summarize(f"# TYPE {E2E} histogram\n{histogram}")
+    assert m.e2e_latency is not None
+
+
+def test_scrape_the_real_capture() -> None:
+    m = _scrape(lambda request: httpx.Response(200, text=REAL))
+    assert m.models == ("qwen2.5-14b",)
+
+
+@pytest.mark.parametrize(
+    ("handler", "reason"),
+    [
+        (
+            lambda r: httpx.Response(200, text=HTML),
+            f"{URL}: not Prometheus text (invalid metric name:<!DOCTYPE",
+        ),
+        (lambda r: httpx.Response(404, text=HTML), f"{URL}: answered 404: <!DOCTYPE html> <html><body>502"),
+        (_refused, f"{URL}: cannot connect: [Errno 111] Connection refused"),
+        (lambda r: httpx.Response(200, content=_endless()), f"{URL}: answer larger than 32 MiB"),
+        (lambda r: httpx.Response(200, content=b"vllm:x \xff\xfe\n"), f"{URL}: not Prometheus text"),
+    ],
+)
+def test_scrape_failures_are_one_answer_error(
+    handler: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    with pytest.raises(AnswerError) as info:
+        _scrape(handler)
+    assert str(info.value).startswith(reason)
+    assert "\n" not in str(info.value)
