@@ -1,28 +1,39 @@
 """Pure rendering: (deployment, host, secrets, templates) → the files a host should hold.
 
-No I/O: template sources come in as text, secrets as already-resolved values.
+No I/O: template sources come in as text, secrets as already-resolved values. Templates
+run in Jinja's immutable sandbox and cannot read files (no include, import or extends), so
+rendering a playbook's template runs no code of its author on the controller.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import shlex
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from types import TracebackType
+from typing import Any, Literal
 
 import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel
 
 from .errors import ConfigError
+from .masking import Masker, env_secrets
 from .model import ArgValue, Deployment, Host, ModelSource, VllmInstall
+from .quoting import env_quote as env_quote
+from .quoting import parse_env as parse_env
+from .quoting import systemd_quote as systemd_quote
 from .runners import Runner, RunnerName, Supervisord, log_path, program, runner_for
+from .secrets import refs
 from .upload import UploadSpec
 
 Role = Literal["unit", "env"]
 ROLES: tuple[Role, ...] = ("env", "unit")
 UNIT_MODE = 0o644
 ENV_MODE = 0o600
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+MAX_RENDERED = 1 << 20  # a rendered file larger than this is a template's mistake
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,12 @@ class DesiredFile:
 
 @dataclass(frozen=True)
 class Desired:
-    """The files of one deployment on one host; ``None`` files mean 'absent'."""
+    """The files of one deployment on one host; ``None`` files mean 'absent'.
+
+    ``secret_keys`` name the env variables that hold secrets, ``secret_values`` are their values
+    (plan masks them wherever a diff shows them), ``plain_keys``, when known, the env variables
+    that hold none (any other key of an env file is masked as if secret).
+    """
 
     layout: Layout
     unit_name: str
@@ -97,6 +113,8 @@ class Desired:
     upload: UploadSpec | None = None
     fetch: ModelSource | None = None  # a hub download (hf, modelscope)
     python: str = "python3"  # the host's Python that runs hub downloads: the deployment's venv
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
+    plain_keys: frozenset[str] | None = None
 
     @property
     def present(self) -> bool:
@@ -120,22 +138,6 @@ class TemplateSources:
 
     def for_runner(self, runner: RunnerName) -> TemplateSource:
         return self.supervisor if runner == "supervisord" else self.unit
-
-
-def systemd_quote(word: str) -> str:
-    """Quote one ExecStart= argument so systemd passes it through verbatim.
-
-    systemd expands ``%`` specifiers and ``$VAR`` even in quotes, so both are doubled.
-    """
-    escaped = word.replace("%", "%%").replace("$", "$$")
-    if _SAFE_WORD.match(word):
-        return escaped
-    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def env_quote(value: str) -> str:
-    """Quote a value for an EnvironmentFile= (double quotes, shell-style escapes)."""
-    return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
 
 
 def argv(dep: Deployment) -> list[str]:
@@ -196,8 +198,12 @@ def render(
     templates: TemplateSources,
     upload: UploadSpec | None = None,
 ) -> Desired:
-    """Render the unit and env file of ``dep`` for ``host``."""
+    """Render the unit and env file of ``dep`` for ``host``.
+
+    An error in a template is one ConfigError naming its file, with no secret in its message.
+    """
     layout = Layout.of(host, dep.name)
+    hide = Masker.build(secrets.values())
     context: dict[str, object] = {
         "deployment": dep,
         "host": host,
@@ -208,9 +214,10 @@ def render(
         "program": program(dep.unit_name),
         "log_file": log_path(dep.unit_name),
     }
+    unit = templates.for_runner(host.runner)
     files = (
-        DesiredFile("env", layout.env_path, _render(templates.env, context), ENV_MODE),
-        DesiredFile("unit", layout.unit_path, _render(templates.for_runner(host.runner), context), UNIT_MODE),
+        DesiredFile("env", layout.env_path, _render(templates.env, context, hide), ENV_MODE),
+        DesiredFile("unit", layout.unit_path, _render(unit, context, hide), UNIT_MODE),
     )
     return Desired(
         layout,
@@ -221,7 +228,14 @@ def render(
         upload=upload,
         fetch=dep.fetch,
         python=venv_python(dep),
+        secret_values=tuple(secrets.values()),
+        plain_keys=plain_keys(dep),
     )
+
+
+def plain_keys(dep: Deployment) -> frozenset[str]:
+    """The env variables of ``dep`` that hold no secret."""
+    return frozenset(key for key, _ in environment(dep, {}))
 
 
 def venv_python(dep: Deployment) -> str:
@@ -229,23 +243,72 @@ def venv_python(dep: Deployment) -> str:
 
 
 def absent(dep: Deployment, host: Host) -> Desired:
-    """The desired state of a destroyed deployment."""
-    return Desired(Layout.of(host, dep.name), dep.unit_name, None)
+    """The desired state of a destroyed deployment (plan masks the secrets of the files it removes)."""
+    layout = Layout.of(host, dep.name)
+    return Desired(layout, dep.unit_name, None, frozenset(refs(dep)), plain_keys=plain_keys(dep))
 
 
 def from_revision(
     dep: Deployment, host: Host, contents: dict[Role, str], *, secret_keys: frozenset[str], origin: str
 ) -> Desired:
-    """The desired state that an earlier revision's files describe."""
+    """The desired state that an earlier revision's files describe.
+
+    ``secret_keys``: the revision's env keys that may hold secrets. Those the deployment declares
+    as plain env hold none; the values of the others are read back from the env file, to be masked.
+    """
     layout = Layout.of(host, dep.name)
     files = (
         DesiredFile("env", layout.env_path, contents["env"], ENV_MODE),
         DesiredFile("unit", layout.unit_path, contents["unit"], UNIT_MODE),
     )
-    return Desired(layout, dep.unit_name, files, secret_keys, origin)
+    plain = plain_keys(dep)
+    keys = (secret_keys - plain) | frozenset(refs(dep))
+    values = tuple(env_secrets(contents["env"], keys))
+    return Desired(layout, dep.unit_name, files, keys, origin, secret_values=values, plain_keys=plain)
 
 
-_ENV = jinja2.Environment(
+class _NoFiles(jinja2.BaseLoader):
+    """Refuses every name: ``include``, ``import`` and ``extends`` cannot reach a file."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str | None, None]:
+        raise jinja2.TemplateNotFound(template, f"{template!r}: include, import and extends are not allowed")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, narrowed to the data of orch's models and to sizes a file can have."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, BaseModel) and not _model_attribute(type(obj), attr):
+            return False  # Pydantic's own methods include parse_file, which reads a file
+        return super().is_safe_attribute(obj, attr, value)
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 1024:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*" and _repeats(left, right) > MAX_RENDERED:
+            raise SecurityError("the product is too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _model_attribute(cls: type[BaseModel], attr: str) -> bool:
+    """A field, or a property or method that orch's models define (not one Pydantic defines)."""
+    if attr in cls.model_fields:
+        return True
+    return any(attr in vars(k) for k in cls.__mro__ if issubclass(k, BaseModel) and k is not BaseModel)
+
+
+def _repeats(left: Any, right: Any) -> int:
+    """How many items ``left * right`` makes when it repeats a string or a sequence; 0 otherwise."""
+    for seq, n in ((left, right), (right, left)):
+        if isinstance(seq, str | list | tuple) and isinstance(n, int):
+            return len(seq) * n
+    return 0
+
+
+_ENV = _Sandbox(
+    loader=_NoFiles(),
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,
@@ -258,23 +321,35 @@ _ENV.filters["shquote"] = shlex.quote
 _ENV.filters["shjoin"] = shlex.join
 
 
-def _render(source: TemplateSource, context: dict[str, object]) -> str:
+def _render(source: TemplateSource, context: Mapping[str, object], hide: Masker) -> str:
     try:
-        return _ENV.from_string(source.text).render(context)
+        text = _ENV.from_string(source.text).render(context)
     except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"template syntax: {exc.message}", file=source.name, line=exc.lineno) from None
-    except jinja2.TemplateError as exc:
-        raise ConfigError(f"template: {exc.message}", file=source.name) from None
+        message = _one_line(f"template syntax: {exc.message}", hide)
+        raise ConfigError(message, file=source.name, line=exc.lineno) from None
+    except Exception as exc:  # the template's own code failed: its error, never a traceback
+        what = "template" if isinstance(exc, jinja2.TemplateError) else f"template: {type(exc).__name__}"
+        line = _template_line(exc.__traceback__)
+        raise ConfigError(_one_line(f"{what}: {exc}", hide), file=source.name, line=line) from None
+    if len(text) > MAX_RENDERED:
+        raise ConfigError(f"template: the rendered file is over {MAX_RENDERED} characters", file=source.name)
+    return text
 
 
-def parse_env(text: str) -> dict[str, str]:
-    """Read back an env file written by ``env_quote`` (the subset of systemd's syntax orch writes)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep or key.startswith("#"):
-            continue
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = re.sub(r'\\(["\\$`])', r"\1", value[1:-1])
-        out[key.strip()] = value
-    return out
+def _one_line(message: str, hide: Masker) -> str:
+    return " ".join(hide.text(message).split())
+
+
+def _template_line(tb: TracebackType | None) -> int | None:
+    """The template line that failed: Jinja rewrites the traceback so template frames carry it."""
+    line = None
+    for frame in _frames(tb):
+        if frame.tb_frame.f_code.co_filename == "<template>":
+            line = frame.tb_lineno
+    return line
+
+
+def _frames(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next

@@ -12,7 +12,6 @@ from orchestrator.load import load
 from orchestrator.model import Deployment, Host
 from orchestrator.render import (
     Layout,
-    TemplateSource,
     TemplateSources,
     argv,
     env_quote,
@@ -20,6 +19,7 @@ from orchestrator.render import (
     render,
     systemd_quote,
 )
+from orchestrator.sources import shipped
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -104,11 +104,8 @@ def test_user_scope_layout() -> None:
 
 
 def sources() -> TemplateSources:
-    t = deploy.TEMPLATE_DIR
     return TemplateSources(
-        unit=TemplateSource("u", (t / "vllm.service.j2").read_text()),
-        env=TemplateSource("e", (t / "vllm.env.j2").read_text()),
-        supervisor=TemplateSource("s", (t / "vllm.supervisor.j2").read_text()),
+        unit=shipped("vllm.service.j2"), env=shipped("vllm.env.j2"), supervisor=shipped("vllm.supervisor.j2")
     )
 
 
