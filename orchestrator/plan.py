@@ -13,12 +13,12 @@ from typing import Any
 from . import hub, upload
 from .facts import DeploymentFacts
 from .hub import Listing
+from .masking import MASK as MASK
+from .masking import SECRET_NAME as SECRET_NAME
+from .masking import Masker
 from .model import ModelSource, VllmInstall
 from .render import ROLES, Desired, DesiredFile, Role
 from .upload import FileSum, UploadSpec
-
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIAL)", re.I)
-MASK = "***"
 
 
 @dataclass(frozen=True)
@@ -270,6 +270,7 @@ def _absent(desired: Desired, facts: DeploymentFacts) -> list[Change]:
 
 def _diffs(host: str, desired: Desired, facts: DeploymentFacts) -> list[FileDiff]:
     out: list[FileDiff] = []
+    hide = masker(desired, facts)
     for role in ROLES:
         want = desired.file(role)
         old = facts.files.get(role)
@@ -277,18 +278,27 @@ def _diffs(host: str, desired: Desired, facts: DeploymentFacts) -> list[FileDiff
         if old == new:
             continue
         path = want.path if want else desired.layout.path(role)
-        out.append(_diff(host, role, path, old, new, desired.secret_keys))
+        out.append(_diff(host, role, path, old, new, hide))
     return out
 
 
-def _diff(
-    host: str, role: Role, path: str, old: str | None, new: str | None, keys: frozenset[str]
-) -> FileDiff:
-    a = mask(old or "", keys) if role == "env" else old or ""
-    b = mask(new or "", keys) if role == "env" else new or ""
+def masker(desired: Desired, facts: DeploymentFacts) -> Masker:
+    """What hides secrets in a target's diffs: the desired secret values, and the secret values
+    that both env files (the host's and the desired one) hold."""
+    want = desired.file("env")
+    return Masker.build(
+        desired.secret_values,
+        env_texts=(facts.files.get("env"), want.content if want else None),
+        secret_keys=desired.secret_keys,
+        plain_keys=desired.plain_keys,
+    )
+
+
+def _diff(host: str, role: Role, path: str, old: str | None, new: str | None, hide: Masker) -> FileDiff:
+    show = hide.env if role == "env" else hide.text
     lines = difflib.unified_diff(
-        a.splitlines(keepends=True),
-        b.splitlines(keepends=True),
+        _lines(show(old or "")),
+        _lines(show(new or "")),
         fromfile=f"{host}:{path}" if old is not None else "/dev/null",
         tofile=f"{host}:{path} (desired)" if new is not None else "/dev/null",
     )
@@ -296,13 +306,11 @@ def _diff(
     return FileDiff(role, path, text, secret_only=not text)
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as the host reads them: ended by \\n alone (\\r or U+2028 stay inside a line)."""
+    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+
+
 def mask(env_text: str, secret_keys: frozenset[str]) -> str:
     """Replace the values of secret variables in env-file text with ***."""
-    out = []
-    for line in env_text.splitlines(keepends=True):
-        key, sep, _ = line.partition("=")
-        if sep and (key.strip() in secret_keys or SECRET_NAME.search(key)):
-            out.append(f"{key}={MASK}\n")
-        else:
-            out.append(line)
-    return "".join(out)
+    return Masker(secret_keys=secret_keys).env(env_text)
