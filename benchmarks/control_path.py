@@ -40,6 +40,8 @@ def site(tb: Testbed, n: int, d: Path) -> Path:
     lines = [f"known_hosts: {tb.known_hosts_path}", f"defaults:\n  ssh_key: {tb.key_path}", "hosts:"]
     lines += [f"  th{h.index}:\n    address: {h.address}\n    groups: [bench]" for h in hosts]
     (d / "inventory.yml").write_text("\n".join(lines) + "\n")
+    # Template overrides are files below the playbook's folder: the stand-in unit is copied there.
+    (d / "idle.service.j2").write_text((ROOT / "benchmarks/templates/idle.service.j2").read_text())
     (d / "pb.yml").write_text(
         "inventory: inventory.yml\n"
         "deployments:\n"
@@ -49,7 +51,7 @@ def site(tb: Testbed, n: int, d: Path) -> Path:
         "    accelerator: cpu\n"
         "    launcher: {kind: api_server, venv: /opt/vllm}\n"
         "    readiness: {enabled: false}\n"
-        f"    templates: {{unit: {ROOT / 'benchmarks/templates/idle.service.j2'}}}\n"
+        "    templates: {unit: idle.service.j2}\n"
     )
     return d / "pb.yml"
 

@@ -263,13 +263,15 @@ def test_become_sudo_manages_system_units(site: dict[str, Any]) -> None:
         f"known_hosts: {tb.known_hosts_path}\nhosts:\n  th1-sudo:\n    address: {h1.address}\n"
         f"    user: deploy\n    become: true\n    ssh_key: {tb.key_path}\n"
     )
+    # Template overrides are files below the playbook's folder: the stand-in unit is copied there.
     idle = Path(__file__).resolve().parents[2] / "benchmarks" / "templates" / "idle.service.j2"
+    (d / "idle.service.j2").write_text(idle.read_text())
     pb = d / "pb.yml"
     pb.write_text(
         "inventory: inventory.yml\ndeployments:\n  - name: viasudo\n    hosts: [th1-sudo]\n"
         "    model: /srv/models/tiny\n    accelerator: cpu\n    port: 8009\n"
         "    launcher: {kind: api_server, venv: /opt/vllm}\n"
-        f"    readiness: {{enabled: false}}\n    templates: {{unit: {idle}}}\n    env: {{HF_HOME: /tmp/hf}}\n"
+        "    readiness: {enabled: false}\n    templates: {unit: idle.service.j2}\n    env: {HF_HOME: /tmp/hf}\n"
     )
     try:
         assert orch("plan", pb).returncode == 2
