@@ -62,7 +62,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, body, "text/event-stream")
         message = {"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "length"}
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        return self.send(200, json.dumps(dict(base, object="chat.completion", choices=[message], usage=usage)))
+        return self.send(
+            200, json.dumps(dict(base, object="chat.completion", choices=[message], usage=usage))
+        )
 
 
 ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
