@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import commands, facts, hub, preflight, upload
+from orchestrator import commands, facts, hub, preflight, state, upload
 from orchestrator.commands import MARK, Command
 from orchestrator.model import Deployment, Host, Launcher, ModelSource, VllmInstall
 from orchestrator.render import Desired, Layout
@@ -151,6 +151,17 @@ def command_builders(value: str) -> list[tuple[str, Command | str]]:
             (f"{name} restart", commands.restart(r, unit, sudo=False)),
             (f"{name} main_pid", r.main_pid(unit)),
         ]
+    holder = state.Holder(by=value, pid=1, verb=value, since=value)
+    out += [
+        ("state.lock", state.lock([value, f"~/{value}"], holder=holder, wait_s=0, sudo=False)),
+        ("state.begin", state.begin(value, tar=b"", meta={"by": value}, sudo=False)),
+        ("state.restarting", state.restarting(value)),
+        ("state.commit", state.commit(value, 1, sudo=False)),
+        ("state.abandon", state.abandon(value, 1, value, sudo=False)),
+        ("state.facts_section", state.facts_section(value)),
+        ("state.read_revision", state.read_revision(value, 1, sudo=False)),
+        ("state.list_revisions", state.list_revisions(value, sudo=False)),
+    ]
     for name in ("record_revision", "read_revision", "list_revisions"):  # while they live here
         if hasattr(commands, name):
             out.append((name, _revision_builder(name)(value)))
