@@ -439,9 +439,20 @@ def write_marker(dest: Path, req: Request, listing: Listing) -> None:
     os.replace(tmp, dest / MARKER)
 
 
+def contained(source: str, listing: Listing) -> Listing:
+    """The listing, when every path stays inside the model folder. The hub is whatever the playbook's
+    HF_ENDPOINT names: a path like ``../../etc/x`` would have a file outside the folder removed
+    (``remove_damaged``) or written."""
+    for f in listing.files:
+        parts = f.path.replace("\\", "/").split("/")
+        if f.path.startswith("/") or ".." in parts or not f.path or "\0" in f.path:
+            raise FetchError(f"{source}: the hub lists {f.path!r}, a path outside the model folder")
+    return listing
+
+
 def fetch(out: Output, hub: Hub, req: Request) -> None:
     dest = Path(req.dest)
-    listing = hub.listing()
+    listing = contained(req.source, hub.listing())
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -463,7 +474,7 @@ def run(out: Output, req: Request) -> None:
     hub = HUBS[req.source](req)
     try:
         if req.op == "probe":
-            out.emit("listing", **hub.listing().as_json())
+            out.emit("listing", **contained(req.source, hub.listing()).as_json())
         else:
             fetch(out, hub, req)
     except (FetchError, KeyboardInterrupt):

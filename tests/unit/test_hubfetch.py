@@ -420,3 +420,14 @@ def test_interrupted_fetch_is_continued_by_a_rerun(
         assert resumed == [(f"bytes={start}-", 206, BIG_SIZE - start)] and start >= 10 * 1024 * 1024
     else:  # huggingface_hub 1.x+ starts an interrupted file over (its temp names are unique per process)
         assert resumed == [(None, 200, BIG_SIZE)]
+
+
+@pytest.mark.parametrize("path", ["../../etc/shadow", "/etc/shadow", "a/../../b", "..", "", "a\\..\\..\\b"])
+def test_a_listed_path_outside_the_model_folder_is_refused(path: str) -> None:
+    """The hub is whatever the playbook's endpoint names; its listing must not reach outside dest."""
+    from orchestrator import hubfetch
+
+    listing = hubfetch.Listing("c0ffee", (hubfetch.HubFile("config.json", 2), hubfetch.HubFile(path, 0)))
+    with pytest.raises(hubfetch.FetchError, match="a path outside the model folder"):
+        hubfetch.contained("hf", listing)
+    assert hubfetch.contained("hf", hubfetch.Listing("c", (hubfetch.HubFile("sub/a..b", 1),))).files
