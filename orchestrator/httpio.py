@@ -100,7 +100,7 @@ def loads(data: bytes | str, *, url: str) -> Any:
     except RecursionError as exc:
         raise AnswerError(url, "JSON nested too deeply") from exc
     except ValueError as exc:
-        raise AnswerError(url, f"not JSON: {snippet(data)}") from exc
+        raise AnswerError(url, f"not JSON: {snippet(data) or '(an empty body)'}") from exc
 
 
 def snippet(data: bytes | bytearray | str, limit: int = 120) -> str:
