@@ -1,43 +1,27 @@
 """YAML files → validated models, with every error naming its file and line.
 
-YAML is composed into nodes first so each value keeps its line; Pydantic's
-error locations are then mapped back to those lines. Cross-model checks
-(unknown hosts, a GPU or port used twice on one host) happen here too.
+yamlread.py turns a file into plain data and the line of every value, within
+bounds; Pydantic's error locations are then mapped back to those lines.
+Cross-model checks (unknown hosts, a GPU or port used twice on one host)
+happen here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
 from .model import Deployment, Host, Inventory, Playbook
+from .yamlread import Loc, Source, parse_yaml, printable, read_source
 
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Source:
-    """A parsed YAML document: its data and the line of every path in it."""
-
-    file: str
-    data: Any
-    lines: dict[Loc, int]
-
-    def line(self, loc: Loc) -> int | None:
-        """The line of the deepest known prefix of ``loc``."""
-        for end in range(len(loc), -1, -1):
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
-        return None
-
-    def error(self, loc: Loc, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, line=self.line(loc))
+__all__ = ["Loaded", "Loc", "Source", "Target", "load", "load_inventory", "parse_yaml", "read_source"]
 
 
 @dataclass(frozen=True)
@@ -73,45 +57,13 @@ class Loaded:
     def resolve(self, relative: str, *, base: Path | None = None) -> Path:
         """A path from the playbook (or ``base``), relative to that file's folder."""
         root = (base or self.path).parent
-        return (root / Path(relative).expanduser()).resolve()
+        try:
+            return (root / Path(relative).expanduser()).resolve()
+        except RuntimeError as exc:  # ~user of a user that does not exist
+            raise ConfigError(f"cannot resolve {relative!r}: {exc}", file=str(self.path)) from None
 
 
-def parse_yaml(text: str, *, file: str) -> Source:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"invalid YAML: {problem}", file=file, line=line) from exc
-    if node is None:
-        raise ConfigError("the file is empty", file=file, line=1)
-    lines: dict[Loc, int] = {}
-    data = _build(node, (), lines, file)
-    return Source(file=file, data=data, lines=lines)
-
-
-def _build(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str) -> Any:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise ConfigError("a key must be a plain value", file=file, line=key_node.start_mark.line + 1)
-            key = _scalar(key_node)
-            if key in out:
-                raise ConfigError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1)
-            lines[(*loc, key)] = key_node.start_mark.line + 1
-            out[key] = _build(value_node, (*loc, key), lines, file)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*loc, i), lines, file) for i, item in enumerate(node.value)]
-    return _scalar(node)
-
-
-def _scalar(node: yaml.Node) -> Any:
-    loader = yaml.SafeLoader("")
-    return loader.construct_object(node, deep=True)
+# ---------------------------------------------------------------- data → models
 
 
 def validate(source: Source, model: type[BaseModel]) -> Any:
@@ -124,7 +76,11 @@ def validate(source: Source, model: type[BaseModel]) -> Any:
 def _translate(source: Source, exc: ValidationError) -> ConfigError:
     errors = _meaningful(exc.errors())
     first = errors[0]
-    loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and "[" in part))
+    loc: Loc = ()
+    for part in first["loc"]:
+        # Pydantic's own steps (model[ref], function-after[…]) are no keys of the file: skip them.
+        if not (isinstance(part, str) and "[" in part and (*loc, part) not in source.lines):
+            loc = (*loc, part)
     message = _message(first)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return source.error(loc, f"{_dotted(loc)}: {message}{more}" if loc else message + more)
@@ -149,26 +105,22 @@ def _message(error: Any) -> str:
     if error["type"] == "missing":
         return "required field missing"
     msg = str(error["msg"]).replace("Tuple should", "List should")
-    return msg.removeprefix("Value error, ")
+    return printable(msg.removeprefix("Value error, "), limit=300)
 
 
 def _dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = printable(str(part), limit=40)
+        out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
-def read_source(path: Path) -> Source:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
-    return parse_yaml(text, file=str(path))
-
-
 def load_inventory(path: Path) -> Inventory:
-    source = read_source(path)
+    return _inventory(read_source(path))
+
+
+def _inventory(source: Source) -> Inventory:
     if not isinstance(source.data, dict):
         raise source.error((), "an inventory must be a mapping with a hosts: key")
     data = dict(source.data)
@@ -182,10 +134,10 @@ def _with_defaults(source: Source, data: dict[str, Any]) -> Any:
     hosts = data.get("hosts")
     if not isinstance(defaults, dict):
         raise source.error(("defaults",), "defaults must be a mapping")
-    unknown = set(defaults) - set(Host.model_fields)
+    unknown = [key for key in defaults if key not in Host.model_fields]
     if unknown:
-        key = sorted(unknown)[0]
-        raise source.error(("defaults", key), f"defaults.{key}: unknown field")
+        key = unknown[0]
+        raise source.error(("defaults", key), f"defaults.{printable(str(key), 40)}: unknown field")
     if not isinstance(hosts, dict):
         return hosts
     return {name: ({**defaults, **spec} if isinstance(spec, dict) else spec) for name, spec in hosts.items()}
@@ -196,20 +148,30 @@ def load(path: Path, *, inventory_override: Path | None = None) -> Loaded:
     source = read_source(path)
     playbook: Playbook = validate(source, Playbook)
     inventory_path = inventory_override or (path.parent / playbook.inventory).resolve()
-    if inventory_override is None and not inventory_path.is_file():
-        raise source.error(("inventory",), f"inventory: no such file {inventory_path}")
-    inventory = load_inventory(inventory_path)
-    loaded = Loaded(path, playbook, inventory_path, inventory, _digest(source, inventory_path))
+    if inventory_override is None and not _exists(inventory_path, stat.S_ISREG):
+        what = "not a regular file" if _exists(inventory_path, bool) else "no such file"
+        raise source.error(("inventory",), f"inventory: {what} {printable(str(inventory_path))}")
+    inv_source = read_source(inventory_path)
+    digest = hashlib.sha256(source.raw + b"\0" + inv_source.raw).hexdigest()[:16]
+    loaded = Loaded(path, playbook, inventory_path, _inventory(inv_source), digest)
     for loc, message in _cross_check(loaded):
         raise source.error(loc, f"{_dotted(loc)}: {message}")
     return loaded
 
 
-def _digest(source: Source, inventory_path: Path) -> str:
-    import hashlib
+def _exists(path: Path, kind: Callable[[int], Any]) -> bool:
+    """Path.is_file() and is_dir() raise for a name too long; here that is just 'not found'."""
+    try:
+        return bool(kind(path.stat().st_mode))
+    except (OSError, ValueError):
+        return False
 
-    blob = Path(source.file).read_bytes() + b"\0" + inventory_path.read_bytes()
-    return hashlib.sha256(blob).hexdigest()[:16]
+
+def _found(loaded: Loaded, relative: str, kind: Callable[[int], Any]) -> bool:
+    try:
+        return _exists(loaded.resolve(relative), kind)
+    except ConfigError:  # ~user of no such user: not found either, said at the field's line
+        return False
 
 
 def _expand(names: tuple[str, ...], groups: dict[str, list[str]]) -> list[str]:
@@ -235,12 +197,12 @@ def _cross_check(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
                     (f"unknown host or group {ref!r} (inventory {loaded.inventory_path.name})"),
                 )
         local = dep.fetch.local if dep.fetch else None
-        if local is not None and not loaded.resolve(local).is_dir():
-            yield ("deployments", i, "model", "local"), f"no such folder {local}"
+        if local is not None and not _found(loaded, local, stat.S_ISDIR):
+            yield ("deployments", i, "model", "local"), f"no such folder {printable(local)}"
         for field in ("unit", "env", "supervisor"):
             rel = getattr(dep.templates, field)
-            if rel is not None and not loaded.resolve(rel).is_file():
-                yield ("deployments", i, "templates", field), f"template not found: {rel}"
+            if rel is not None and not _found(loaded, rel, stat.S_ISREG):
+                yield ("deployments", i, "templates", field), f"template not found: {printable(rel)}"
     yield from _host_conflicts(loaded)
 
 

@@ -12,10 +12,43 @@ from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic.functional_validators import AfterValidator
+from pydantic.types import AllowInfNan, StrictBool, StrictFloat, StrictInt, StrictStr
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a value that becomes one line of a unit, env or supervisord file may not hold: control
+# characters (a line break would start a new directive), Unicode line separators, lone surrogates
+# (they cannot be written as UTF-8) and bidi overrides (they make a diff read differently).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_NAMES = {"\n": "a line break", "\r": "a carriage return", "\x00": "a NUL", "\t": "a tab"}
+# A value vLLM's parser would read as a flag of its own (--port=1, -O3) rather than as a value.
+_FLAG_LIKE = re.compile(r"^-[A-Za-z-]")
+
+
+def _one_line(value: str) -> str:
+    bad = _UNSAFE.search(value)
+    if bad is not None:
+        char = bad.group()
+        name = _UNSAFE_NAMES.get(char) or f"the character U+{ord(char):04X}"
+        raise ValueError(f"contains {name} at position {bad.start()}: one line of printable text expected")
+    return value
+
+
+def _int64(value: int) -> int:
+    # A validator, not Field(ge=, le=): those would replace each field's own bounds.
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{value} does not fit in 64 bits")
+    return value
+
+
+# Every scalar field uses these: no coercion (true is not 1, 1.5 is not 1, 8000 is not "8000"),
+# and every string is one printable line. tests/unit/test_hostile.py checks no field escapes them.
+Text = Annotated[StrictStr, AfterValidator(_one_line)]
+Int = Annotated[StrictInt, AfterValidator(_int64)]
+Float = Annotated[StrictFloat, AllowInfNan(False)]  # a strict float still takes an int, never a bool
+Bool = StrictBool
 
 # Flags orch derives from typed fields: setting them in extra_args would make two sources of truth.
 OWNED_FLAGS = {
@@ -47,17 +80,17 @@ class Strict(BaseModel):
 class Host(Strict):
     """One machine, as the inventory declares it."""
 
-    address: str = Field(min_length=1)
-    port: int = Field(default=22, ge=1, le=65535)
-    user: str = Field(default="root", min_length=1)
-    ssh_key: str | None = None
-    become: bool = False
+    address: Text = Field(min_length=1)
+    port: Int = Field(default=22, ge=1, le=65535)
+    user: Text = Field(default="root", min_length=1)
+    ssh_key: Text | None = None
+    become: Bool = False
     scope: Literal["system", "user"] = "system"
     connection: Literal["ssh", "local"] = "ssh"
     runner: Literal["systemd", "supervisord"] = "systemd"
-    supervisor_conf_dir: str = "/etc/supervisor/conf.d"
-    groups: tuple[str, ...] = ()
-    vars: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    supervisor_conf_dir: Text = "/etc/supervisor/conf.d"
+    groups: tuple[Text, ...] = ()
+    vars: dict[Text, Text | Int | Float | Bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _supervisord_is_system(self) -> Host:
@@ -80,11 +113,11 @@ class Host(Strict):
 
 
 class Inventory(Strict):
-    known_hosts: str | None = None
+    known_hosts: Text | None = None
     host_key_policy: Literal["strict", "accept-new"] = "strict"
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    defaults: dict[str, object] = Field(default_factory=dict)
-    hosts: dict[Annotated[str, Field(pattern=NAME)], Host] = Field(min_length=1)
+    connect_timeout_s: Float = Field(default=10.0, gt=0)
+    defaults: dict[Text, object] = Field(default_factory=dict)
+    hosts: dict[Annotated[Text, Field(pattern=NAME)], Host] = Field(min_length=1)
 
     def groups(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {"all": list(self.hosts)}
@@ -103,7 +136,7 @@ class Launcher(Strict):
     """
 
     kind: Literal["serve", "api_server"] = "serve"
-    venv: str | None = None
+    venv: Text | None = None
 
     @field_validator("venv")
     @classmethod
@@ -116,16 +149,16 @@ class Launcher(Strict):
 class VllmInstall(Strict):
     """vLLM installed by orch into a venv on the host (pip, pinned), only when the version differs."""
 
-    package: str = Field(default="vllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
-    venv: str
-    python: str = "python3"
-    index_url: str | None = None
-    no_index: bool = False  # only find_links: for hosts that reach no index at all
-    extra_index_urls: tuple[str, ...] = ()
-    find_links: tuple[str, ...] = ()
+    package: Text = Field(default="vllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: Text = Field(pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
+    venv: Text
+    python: Text = "python3"
+    index_url: Text | None = None
+    no_index: Bool = False  # only find_links: for hosts that reach no index at all
+    extra_index_urls: tuple[Text, ...] = ()
+    find_links: tuple[Text, ...] = ()
     # Removed after the install (the CPU wheel: torchvision torchaudio, which break beside its torch).
-    remove: tuple[str, ...] = ()
+    remove: tuple[Text, ...] = ()
 
     @field_validator("venv")
     @classmethod
@@ -148,10 +181,10 @@ class ModelSource(Strict):
     """
 
     source: ModelSourceKind
-    dest: str
-    id: str | None = None
-    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-    local: str | None = None  # upload: a folder on the controller, relative to the playbook
+    dest: Text
+    id: Text | None = None
+    revision: Text | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    local: Text | None = None  # upload: a folder on the controller, relative to the playbook
 
     @field_validator("dest")
     @classmethod
@@ -186,27 +219,27 @@ class ModelSource(Strict):
 
 class Readiness(Strict):
     # Off only where the controller cannot reach the API port; then a start counts as success.
-    enabled: bool = True
-    timeout_s: float = Field(default=1800.0, gt=0)
-    interval_s: float = Field(default=2.0, gt=0)
-    request_timeout_s: float = Field(default=30.0, gt=0)
+    enabled: Bool = True
+    timeout_s: Float = Field(default=1800.0, gt=0)
+    interval_s: Float = Field(default=2.0, gt=0)
+    request_timeout_s: Float = Field(default=30.0, gt=0)
 
 
 class Service(Strict):
     """systemd knobs; the defaults suit model loads of several minutes."""
 
-    timeout_start_s: int = Field(default=1800, ge=1)
-    timeout_stop_s: int = Field(default=120, ge=1)
-    restart_sec: int = Field(default=10, ge=0)
-    start_limit_burst: int = Field(default=5, ge=1)
-    start_limit_interval_s: int = Field(default=900, ge=1)
+    timeout_start_s: Int = Field(default=1800, ge=1)
+    timeout_stop_s: Int = Field(default=120, ge=1)
+    restart_sec: Int = Field(default=10, ge=0)
+    start_limit_burst: Int = Field(default=5, ge=1)
+    start_limit_interval_s: Int = Field(default=900, ge=1)
 
 
 class SecretRef(Strict):
     """Where the controller reads a secret: an environment variable or a file."""
 
-    env: str | None = None
-    file: str | None = None
+    env: Text | None = None
+    file: Text | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -216,16 +249,16 @@ class SecretRef(Strict):
 
 
 class Templates(Strict):
-    unit: str | None = None
-    env: str | None = None
-    supervisor: str | None = None
+    unit: Text | None = None
+    env: Text | None = None
+    supervisor: Text | None = None
 
 
-ArgValue = str | int | float | bool | None
+ArgValue = Text | Int | Float | Bool | None
 # A path or hub id (vLLM's own --model), or a mapping saying where orch gets the model from.
 # The tags hold "[" so that error locations drop them, as they drop Pydantic's own union labels.
 ModelRef = Annotated[
-    Annotated[str, Tag("model[ref]")] | Annotated[ModelSource, Tag("model[source]")],
+    Annotated[Text, Tag("model[ref]")] | Annotated[ModelSource, Tag("model[source]")],
     Discriminator(lambda v: "model[source]" if isinstance(v, dict | ModelSource) else "model[ref]"),
 ]
 
@@ -233,24 +266,24 @@ ModelRef = Annotated[
 class Deployment(Strict):
     """One vLLM server, deployed the same way on each of its hosts."""
 
-    name: str = Field(pattern=NAME)
-    hosts: tuple[str, ...] = Field(min_length=1)
+    name: Text = Field(pattern=NAME)
+    hosts: tuple[Text, ...] = Field(min_length=1)
     model: ModelRef
-    served_model_name: str | None = None
+    served_model_name: Text | None = None
     accelerator: Literal["cuda", "cpu"] = "cuda"
-    gpus: tuple[Annotated[int, Field(ge=0)], ...] = ()
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    pipeline_parallel_size: int = Field(default=1, ge=1)
-    bind: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=1, le=65535)
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = Field(default=None, ge=1)
-    dtype: str | None = None
-    args: dict[str, ArgValue] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-    secrets: dict[str, SecretRef] = Field(default_factory=dict)
+    gpus: tuple[Annotated[Int, Field(ge=0)], ...] = ()
+    tensor_parallel_size: Int = Field(default=1, ge=1)
+    pipeline_parallel_size: Int = Field(default=1, ge=1)
+    bind: Text = "0.0.0.0"
+    port: Int = Field(default=8000, ge=1, le=65535)
+    gpu_memory_utilization: Float = 0.9
+    max_model_len: Int | None = Field(default=None, ge=1)
+    dtype: Text | None = None
+    args: dict[Text, ArgValue] = Field(default_factory=dict)
+    env: dict[Text, Text] = Field(default_factory=dict)
+    secrets: dict[Text, SecretRef] = Field(default_factory=dict)
     api_key: SecretRef | None = None
-    run_as: str | None = None
+    run_as: Text | None = None
     vllm: VllmInstall | None = None
     launcher: Launcher = Field(default_factory=Launcher)
     readiness: Readiness = Field(default_factory=Readiness)
@@ -280,25 +313,30 @@ class Deployment(Strict):
     @field_validator("args")
     @classmethod
     def _args(cls, value: dict[str, ArgValue]) -> dict[str, ArgValue]:
-        for flag in value:
-            if not re.match(r"^--?[a-z0-9][a-z0-9-]*$", flag):
+        for flag, item in value.items():
+            if not re.fullmatch(r"--?[a-z0-9][a-z0-9-]*", flag):
                 raise ValueError(f"argument {flag!r} is not a vllm serve flag like --enforce-eager")
             if flag in OWNED_FLAGS:
                 raise ValueError(f"{flag} is set by the field {OWNED_FLAGS[flag]}, not in args")
+            # vLLM's argparse would take "--port=9999" as a flag of its own, after orch's --port.
+            if isinstance(item, str) and _FLAG_LIKE.match(item):
+                raise ValueError(
+                    f"the value of {flag} looks like a flag ({item!r}): give each flag its own key"
+                )
         return value
 
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            _check_env_entry(key, item)
+        for key in value:
+            _check_env_name(key)
         return value
 
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, value: dict[str, SecretRef]) -> dict[str, SecretRef]:
         for key in value:
-            _check_env_entry(key, "")
+            _check_env_name(key)
         return value
 
     @model_validator(mode="after")
@@ -344,15 +382,14 @@ class Deployment(Strict):
         return self.served_model_name or PurePosixPath(self.model_path).name
 
 
-def _check_env_entry(key: str, value: str) -> None:
-    if not ENV_NAME.match(key):
+def _check_env_name(key: str) -> None:
+    # Values need no check here: Text already keeps each to one printable line.
+    if not ENV_NAME.fullmatch(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
     if key in OWNED_ENV:
         raise ValueError(f"{key} is set by the field {OWNED_ENV[key]}, not in env")
-    if "\n" in value or "\x00" in value:
-        raise ValueError(f"the value of {key} contains a newline or NUL")
 
 
 class Playbook(Strict):
-    inventory: str
+    inventory: Text
     deployments: tuple[Deployment, ...] = Field(min_length=1)

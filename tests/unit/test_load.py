@@ -157,7 +157,7 @@ BAD_PLAYBOOKS = [
     (
         "yaml_syntax",
         "inventory: inv.yml\ndeployments: [\n  - name: a\n",
-        "pb.yml:3: invalid YAML: expected the node content, but found '-'",
+        "pb.yml:3: invalid YAML: did not find expected node content",
     ),
     ("duplicate_key", GOOD + "    port: 1\n    port: 2\n", "pb.yml:9: duplicate key 'port'"),
     (
