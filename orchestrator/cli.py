@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from . import (
     __version__,
@@ -49,8 +50,9 @@ from .plan import TargetPlan, plan_target
 from .secrets import refs as secret_refs
 from .secrets import resolve
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: ':x:' in a file, a path or a message prints as ':x:'.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
@@ -284,7 +286,7 @@ def _show_plan(p: TargetPlan) -> None:
     for d in p.diffs:
         if d.secret_only:
             out.print(f"  {escape(d.path)}: [yellow]secret values change (masked)[/yellow]")
-        for line in d.text.splitlines():
+        for line in d.text.removesuffix("\n").split("\n") if d.text else ():
             out.print(_diff_line(line))
     if not p.changed:
         out.print("  [green]no changes[/green]")
@@ -292,11 +294,17 @@ def _show_plan(p: TargetPlan) -> None:
         out.print(f"  [yellow]~[/yellow] {escape(c.summary())}")
 
 
-def _diff_line(line: str) -> str:
+def _diff_line(line: str) -> Text:
+    """A diff line as the file holds it: no markup or emoji read in it; characters a terminal would act on
+    or not show (ESC, CR, U+2028, zero-width…) appear as escapes, highlighted."""
     style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
     if line.startswith(("+++", "---")):
         style = "bold"
-    return f"[{style}]{escape(line)}[/{style}]" if style else escape(line)
+    shown = Text(style=style)
+    for ch in line:
+        plain = ch.isprintable() or ch == "\t"
+        shown.append(ch if plain else ascii(ch)[1:-1], style="" if plain else "reverse")
+    return shown
 
 
 def _show_checks(checks: list[Check], *, quiet: bool) -> None:

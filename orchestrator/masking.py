@@ -94,8 +94,10 @@ class Masker:
         secret_keys: frozenset[str] = frozenset(),
         plain_keys: frozenset[str] | None = None,
     ) -> Masker:
-        """A masker for ``values`` and the secret values that the env files ``env_texts`` hold."""
-        found = [v for text in env_texts if text for v in env_secrets(text, secret_keys)]
+        """A masker for ``values`` and for the values in the env files ``env_texts`` of every key
+        it hides (a key no longer declared may have held a secret: its value is hidden too)."""
+        keys = cls((), secret_keys, plain_keys)
+        found = [v for text in env_texts if text for k, v in parse_env(text).items() if keys.hides_key(k)]
         forms = {form for v in [*values, *found] if v for form in encodings(v)}
         return cls(tuple(sorted(forms, key=len, reverse=True)), secret_keys, plain_keys)
 

@@ -11,11 +11,14 @@ import os
 import stat
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-from .load import Loaded
 from .model import Deployment
 from .render import TemplateSource, TemplateSources
+
+if TYPE_CHECKING:  # load.py may check overrides with override_problem at load time
+    from .load import Loaded
 
 MAX_TEMPLATE_BYTES = 256 * 1024
 SHIPPED = {"unit": "vllm.service.j2", "env": "vllm.env.j2", "supervisor": "vllm.supervisor.j2"}
