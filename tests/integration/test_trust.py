@@ -146,7 +146,7 @@ def test_failed_gate_restores_only_what_this_apply_changed(site: Site) -> None:
     assert orch("apply", good, "-y").returncode == 0
     bad = site.playbook("restore-bad.yml", "restore", hosts, port=8130, demo="bad", broken=True, timeout=4)
     proc = orch("apply", bad, "-y")
-    assert proc.returncode == 1 and "rolled back to revision 1" in proc.stdout
+    assert proc.returncode == 1 and "rolling back to revision 1" in proc.stderr
     for h in hosts:
         site.assert_truthful(h, "restore", "good")
     states = orch("revisions", good, "--json").stdout
@@ -156,13 +156,13 @@ def test_failed_gate_restores_only_what_this_apply_changed(site: Site) -> None:
 def test_a_first_apply_that_fails_leaves_no_deployment_but_spares_files_it_did_not_write(site: Site) -> None:
     bad = site.playbook("first-bad.yml", "first", ["th1"], port=8131, demo="bad", broken=True, timeout=4)
     proc = orch("apply", bad, "-y")
-    assert proc.returncode == 1 and "no deployment (this verb created it)" in proc.stdout
+    assert proc.returncode == 1 and "rolling back to no deployment (this verb created it)" in proc.stderr
     assert site.truth("th1", "first")["live"] is None
     # Files someone put there by hand (no revision) are restored, not removed, when the first apply fails.
     good = site.playbook("first-good.yml", "first", ["th1"], port=8131, demo="hand")
     assert orch("apply", good, "-y").returncode == 0
     site.sh("th1", "rm -rf /var/lib/orch/first")
     proc = orch("apply", bad, "-y")
-    assert proc.returncode == 1 and "the files that were there before" in proc.stdout
+    assert proc.returncode == 1 and "rolling back to the files that were there before" in proc.stderr
     t = site.truth("th1", "first")
     assert (t["live"], t["process"], t["active"]) == ("hand", "hand", "active")
