@@ -53,13 +53,14 @@ def test_wheel_carries_package_data(installed: Path) -> None:
         "import orchestrator, importlib.resources as r; print(orchestrator.__file__); "
         "root = r.files('orchestrator'); "
         "print(sorted(p.name for p in root.joinpath('templates').iterdir())); "
-        "print(root.joinpath('py.typed').is_file())"
+        "print(root.joinpath('py.typed').is_file()); "
+        "from orchestrator import hub; print('def main' in hub.script())"
     )
     proc = run(installed / "bin" / "python", "-c", code, cwd=installed.parent)
-    where, templates, typed = proc.stdout.splitlines()
+    where, templates, typed, hubfetch = proc.stdout.splitlines()
     assert Path(where).is_relative_to(installed), "the repository's package was imported, not the wheel's"
     assert templates == str(["vllm.env.j2", "vllm.service.j2", "vllm.supervisor.j2"])
-    assert typed == "True"
+    assert typed == hubfetch == "True"  # py.typed, and hubfetch.py read as text to run on hosts
 
 
 @pytest.mark.parametrize("playbook", sorted(p.name for p in (ROOT / "playbooks").glob("*.yml")))
