@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,10 @@ def test_no_payload_runs_on_the_host_or_the_controller(site: dict[str, Any]) -> 
 
     pb = write_playbook(site, "all", accepted)
     for verb in (["validate"], ["plan"], ["plan", "--offline"], ["preflight"], ["status"]):
-        assert_clean_exit(orch(*verb, pb, timeout=300))
+        started = time.monotonic()
+        proc = orch(*verb, pb, timeout=300)
+        print(f"orch {' '.join(verb)}: exit {proc.returncode} after {time.monotonic() - started:.1f} s")
+        assert_clean_exit(proc)
 
     found = site["testbed"].ssh(site["host"], f"ls -d {MARKERS}* 2>/dev/null; true")
     assert found.returncode == 0 and found.stdout.strip() == "", f"payload ran on the host: {found.stdout}"
