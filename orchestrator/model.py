@@ -21,14 +21,14 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a value that becomes one line of a unit, env or supervisord file may not hold: control
 # characters (a line break would start a new directive), Unicode line separators, lone surrogates
 # (they cannot be written as UTF-8) and bidi overrides (they make a diff read differently).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_NAMES = {"\n": "a line break", "\r": "a carriage return", "\x00": "a NUL", "\t": "a tab"}
 # A value vLLM's parser would read as a flag of its own (--port=1, -O3) rather than as a value.
 _FLAG_LIKE = re.compile(r"^-[A-Za-z-]")
 
 
 def _one_line(value: str) -> str:
-    bad = _UNSAFE.search(value)
+    bad = UNSAFE.search(value)
     if bad is not None:
         char = bad.group()
         name = _UNSAFE_NAMES.get(char) or f"the character U+{ord(char):04X}"
