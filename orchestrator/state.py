@@ -44,7 +44,7 @@ class Holder:
     verb: str
     since: str
 
-    def to_json(self) -> str:
+    def tojson_object(self) -> str:
         return json.dumps({"by": self.by, "pid": self.pid, "verb": self.verb, "since": self.since})
 
     def describe(self) -> str:
@@ -52,7 +52,7 @@ class Holder:
 
     @classmethod
     def parse(cls, text: str) -> Holder | None:
-        data = _json(text)
+        data = json_object(text)
         if data is None:
             return None
         pid = data.get("pid")
@@ -104,7 +104,7 @@ def lock(dirs: list[str], *, holder: Holder, wait_s: float, sudo: bool) -> Comma
     args = " ".join(f'"$d{i}"' for i in range(len(quoted)))
     script = (
         f"umask 077; {assign}; mkdir -p {args} || exit 3; "
-        f"{nested} sh -c {shlex.quote(_HOLD)} {shlex.quote(holder.to_json())} {args}; rc=$?; "
+        f"{nested} sh -c {shlex.quote(_HOLD)} {shlex.quote(holder.tojson_object())} {args}; rc=$?; "
         f'if [ "$rc" -eq {LOCK_CONFLICT} ]; then for d in {args}; do '
         f'flock -n "$d/lock" true || {{ echo "{BUSY} $d"; cat "$d/lock.holder" 2>/dev/null; echo; }}; '
         f"done; fi; exit $rc"
@@ -133,7 +133,10 @@ def begin(state_dir: str, *, tar: bytes, meta: dict[str, Any], sudo: bool) -> Co
     record = shlex.quote(json.dumps(meta, sort_keys=True))
     script = (
         f'set -e; umask 077; d={d}; mkdir -p "$d/revisions"; '
-        'n=$(ls "$d/revisions" | grep -E "^[0-9]+$" | sort -n | tail -1); n=$(( ${n:-0} + 1 )); '
+        'n=$(ls "$d/revisions" | grep -E "^[0-9]+$" | sort -n | tail -1); '
+        # a number is never given twice, even when its folder was removed by hand
+        'c=$(grep -xE "[0-9]+" "$d/current" 2>/dev/null || true); [ "${c:-0}" -gt "${n:-0}" ] && n=$c; '
+        'n=$(( ${n:-0} + 1 )); '
         'tmp=$(mktemp -d "$d/.new-XXXXXX"); trap \'rm -rf "$tmp" "$d/pending.tmp"\' EXIT; '
         'tar -x -C "$tmp"; mv "$tmp" "$d/revisions/$n"; '
         f'{{ echo "$n"; printf "%s\\n" {record}; }} >"$d/pending.tmp"; '
@@ -210,7 +213,7 @@ def parse_section(sec: dict[str, list[str]]) -> StateFacts:
     manifest = decode("".join(sec.get("manifest", [])))
     return StateFacts(
         current=int(current) if current.isdigit() else None,
-        manifest=_json(manifest) if manifest else None,
+        manifest=json_object(manifest) if manifest else None,
         pending=pending,
         never_current=failed,
         locked_by=Holder.parse(holder_text) if holder_text else None,
@@ -221,7 +224,7 @@ def _pending(text: str, *, restarted: bool) -> Pending | None:
     first, _, rest = text.strip().partition("\n")
     if not first.strip():
         return None
-    data = _json(rest) or {}
+    data = json_object(rest) or {}
     previous = data.get("previous")
     return Pending(
         revision=int(first) if first.strip().isdigit() else 0,
@@ -259,7 +262,7 @@ class RevisionInfo:
     outcome: str = ""  # why it never became current: failed…, interrupted…; "" otherwise
 
 
-def _json(text: str) -> dict[str, Any] | None:
+def json_object(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -275,7 +278,7 @@ def parse_revisions(output: str) -> tuple[list[RevisionInfo], StateFacts]:
         if not num.isdigit():
             continue
         sec = sections(text)
-        manifest = _json(decode("".join(sec.get("", [])))) or {}
+        manifest = json_object(decode("".join(sec.get("", [])))) or {}
         revs.append(RevisionInfo(int(num), manifest, " ".join(sec.get("outcome", [])).strip()))
     return revs, parse_section(sections(tail))
 
