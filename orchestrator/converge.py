@@ -12,11 +12,12 @@ verb created the deployment — nothing. Reads of the host that a restore needs
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 
 from . import commands, facts, failpoints, hub, preflight, render, secrets, state, upload
-from .apply import Applied, command_for, revision_contents, run_changes
+from .apply import REVISION_FILES, Applied, command_for, revision_contents, run_changes
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .health import Endpoint, Outcome, wait_ready
@@ -93,13 +94,13 @@ def _before(run: HostRun) -> Callable[[Change], None]:
     writes = [0]
 
     def check(change: Change) -> None:
-        run.check_lock()
         if isinstance(change, WriteFile):
             writes[0] += 1
             if writes[0] == 2:
                 failpoints.reach("between-writes")
         if isinstance(change, Restart):
             failpoints.reach("before-restart")
+        run.check_lock()
 
     return check
 
@@ -237,13 +238,19 @@ def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 4
 
 
 def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) -> Desired:
-    """The desired state that revision ``number`` on this host describes."""
-    layout = render.Layout.of(run.host, target.deployment.name)
+    """The desired state that revision ``number`` on this host describes, checked against its checksums."""
+    name = target.deployment.name
+    layout = render.Layout.of(run.host, name)
     files = state.parse_revision(run.run(state.read_revision(layout.state_dir, number, sudo=run.host.sudo)))
     contents = revision_contents(files)
     if len(contents) != 2:
-        raise RevisionError(
-            f"{run.name}: {target.deployment.name} has no revision {number} (or it is damaged)"
-        )
+        raise RevisionError(f"{run.name}: {name} has no revision {number}, or its files are missing")
+    recorded = (state.json_object(files.get("manifest.json", "")) or {}).get("files", {})
+    for role, text in contents.items():
+        if recorded.get(role) != hashlib.sha256(text.encode()).hexdigest():
+            what = REVISION_FILES[role]
+            raise RevisionError(
+                f"{run.name}: {name} revision {number} is damaged: {what} does not match its checksum"
+            )
     keys = frozenset(render.parse_env(contents["env"]))
     return render.from_revision(target.deployment, run.host, contents, secret_keys=keys, origin=origin)

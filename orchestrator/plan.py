@@ -6,6 +6,7 @@ A plan holds only the changes still needed; an empty plan means "no change".
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,14 +124,26 @@ class Stop:
 
 @dataclass(frozen=True)
 class RecordRevision:
-    """Record the desired files as a new revision, once the readiness gate has passed."""
+    """Record the desired files as a new revision: pending before anything changes, current after the gate."""
 
     files: tuple[DesiredFile, ...]
     source: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    previous: int | None = None  # the revision current when the plan was made
 
     def summary(self) -> str:
         return f"record a new revision ({self.source})"
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """Forget a pending revision that an interrupted verb left; it is marked as never current."""
+
+    revision: int
+    outcome: str
+
+    def summary(self) -> str:
+        return f"mark revision {self.revision} as {self.outcome} (it never became current)"
 
 
 Change = (
@@ -145,6 +158,7 @@ Change = (
     | Restart
     | Stop
     | RecordRevision
+    | Abandon
 )
 
 
@@ -199,17 +213,35 @@ def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> 
     writes = [
         WriteFile(f.role, f.path, f.content, f.mode) for f in files if facts.files.get(f.role) != f.content
     ]
-    changes: list[Change] = [*install, *writes]
+    changes: list[Change] = [*_stale(facts), *install, *writes]
     if any(w.role == "unit" for w in writes):
         changes.append(DaemonReload(desired.unit_name))
     if not facts.unit.enabled:
         changes.append(Enable(desired.unit_name))
-    reason = _restart_reason([*install, *writes], facts)
+    reason = _restart_reason([*install, *writes], facts) or _interrupted(facts)
     if reason:
         changes.append(Restart(desired.unit_name, reason))
     if _revision_differs(files, facts):
-        changes.append(RecordRevision(files, desired.origin, meta))
+        changes.append(RecordRevision(files, desired.origin, meta, facts.current_revision))
     return changes
+
+
+def _stale(facts: DeploymentFacts) -> list[Abandon]:
+    """A pending revision left by an interrupted verb is forgotten first (this plan decides anew)."""
+    return [Abandon(facts.pending.revision, "interrupted")] if facts.pending else []
+
+
+def _interrupted(facts: DeploymentFacts) -> str:
+    """Why the server must restart though its files match: an interrupted verb changed them, or restarted it,
+    and no readiness gate has seen what runs since."""
+    p = facts.pending
+    if p is None:
+        return ""
+    recorded = (facts.manifest or {}).get("files", {})
+    live = {role: hashlib.sha256(text.encode()).hexdigest() for role, text in facts.files.items()}
+    if p.restarted or any(recorded.get(role) != digest for role, digest in live.items()):
+        return f"interrupted {p.verb} of revision {p.revision}"
+    return ""
 
 
 def _install(desired: Desired, facts: DeploymentFacts) -> list[InstallVllm]:
@@ -255,7 +287,7 @@ def _revision_differs(files: tuple[DesiredFile, ...], facts: DeploymentFacts) ->
 
 
 def _absent(desired: Desired, facts: DeploymentFacts) -> list[Change]:
-    changes: list[Change] = []
+    changes: list[Change] = [*_stale(facts)]
     if facts.unit.active_state not in ("inactive", "failed") or facts.unit.sub_state == "auto-restart":
         changes.append(Stop(desired.unit_name))
     if facts.unit.enabled:

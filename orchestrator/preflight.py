@@ -17,9 +17,9 @@ from typing import Any
 
 from . import gpu, render
 from .commands import MARK
-from .facts import decode
 from .fit import FitConfigError, estimate_fit
 from .gpu import Check, Gpu, GpuProcess, NvidiaSmiParseError
+from .markers import decode
 from .model import Deployment, Host
 from .runners import RunnerName
 

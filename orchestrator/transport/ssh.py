@@ -58,6 +58,7 @@ class SSHTransport:
     ) -> None:
         self.name = name
         self.accepted_keys: list[str] = []
+        self._opened = False
         self._conn = Connection(
             host.address,
             user=host.user,
@@ -82,7 +83,7 @@ class SSHTransport:
     def _with_stdin(self, command: Command, data: bytes, timeout: float | None) -> Result:
         """Send ``data`` as the whole stdin, then EOF: Paramiko directly, byte-exact and without polling."""
         with self._translated(command, timeout):
-            self._conn.open()
+            self._open()
             stdin, stdout, stderr = self._conn.client.exec_command(shell_of(command), timeout=timeout)
             stdin.write(data)
             stdin.channel.shutdown_write()
@@ -92,7 +93,7 @@ class SSHTransport:
 
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         with self._translated(Command(f"sftp put {remote}"), STALL_S):
-            self._conn.open()
+            self._open()
             sftp = self._conn.client.open_sftp()
             sftp.get_channel().settimeout(STALL_S)  # a frozen host fails the copy instead of hanging it
             try:
@@ -105,7 +106,7 @@ class SSHTransport:
             writer = LineWriter(on_line)
             return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
         with self._translated(command, None):
-            self._conn.open()
+            self._open()
             stdin, stdout, _ = self._conn.client.exec_command(shell_of(command))
             stdin.write(command.stdin)
             stdin.channel.shutdown_write()
@@ -115,7 +116,7 @@ class SSHTransport:
 
     def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
         with self._translated(command, timeout):
-            self._conn.open()
+            self._open()
             channel = self._conn.client.get_transport().open_session(timeout=timeout)
             channel.settimeout(timeout)
             channel.exec_command(shell_of(command))
@@ -132,6 +133,7 @@ class SSHTransport:
 
     def _invoke(self, command: Command, *, timeout: float | None = None, **kwargs: object) -> Result:
         with self._translated(command, timeout):
+            self._open()
             res = self._conn.run(shell_of(command), warn=True, pty=False, timeout=timeout, **kwargs)
         return Result(res.stdout, res.stderr, res.exited)
 
@@ -166,6 +168,16 @@ class SSHTransport:
             return UnreachableError(self.name, f"authentication failed: {text}")
         return UnreachableError(self.name, f"SSH error: {text or type(exc).__name__}")
 
+    def _open(self) -> None:
+        """Connect once; a connection that drops is not opened again behind the verb's back.
+
+        The verb's lock lives on that connection: a new one would carry on without it.
+        """
+        if self._opened and not self._conn.is_connected:
+            raise UnreachableError(self.name, "the connection dropped during the verb")
+        self._conn.open()
+        self._opened = True
+
     def close(self) -> None:
         self._conn.close()
 
@@ -185,7 +197,8 @@ class ChannelHold:
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             self._channel.shutdown_write()
             deadline = time.monotonic() + 5
-            while not self._channel.exit_status_ready() and time.monotonic() < deadline:
+            done = self._channel.exit_status_ready
+            while not (done() or self._channel.closed) and time.monotonic() < deadline:
                 time.sleep(0.02)
         self._channel.close()
 
