@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from . import (
     health,
     metrics,
     monitoring,
+    outputs,
     preflight,
     render,
     state,
@@ -189,7 +189,11 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    secrets_of = {d.name: dict.fromkeys(secret_refs(d), "x") for d in loaded.playbook.deployments}
+    # Validation never reads a secret: a placeholder no template text can be confused with stands in.
+    secrets_of = {
+        d.name: dict.fromkeys(secret_refs(d), "orch-validate-placeholder")
+        for d in loaded.playbook.deployments
+    }
     render_target = deploy.renderer(loaded, secrets_of)
     for t in loaded.targets():
         render_target(t)
@@ -755,11 +759,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     for t in _targets(loaded, args):
         url = f"http://{deploy.api_address(t.host)}:{t.deployment.port}/metrics"
         try:
-            resp = httpx.get(url, timeout=10)
-            resp.raise_for_status()
-            results.append((t, metrics.summarize(resp.text)))
-        except httpx.HTTPError as exc:
-            results.append((t, f"cannot scrape {url}: {exc}"))
+            results.append((t, metrics.scrape(url)))
+        except OrchError as exc:
+            results.append((t, f"cannot scrape: {exc}"))
     if args.json:
         data = [
             {"host": t.host_name, "deployment": t.deployment.name}
@@ -842,7 +844,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     title = f"{target.deployment.name} on {target.host_name}, revision {revision or '-'}"
     out.print(bench.format_table(result, title=title))
     if args.save:
-        args.save.write_text(result.to_json())
+        outputs.write_text(args.save, result.to_json())
         out.print(f"saved {args.save}")
     return EXIT_OK if result.completed else EXIT_ERROR
 
@@ -910,15 +912,9 @@ def cmd_monitoring(args: argparse.Namespace) -> int:
         )
         for t in targets
     ]
-    prom, targets_json = monitoring.prometheus_config(monitored, gpu_exporter_port=args.gpu_exporter_port)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prometheus.yml").write_text(prom)
-    (args.out / "targets.json").write_text(targets_json)
-    dashboard = monitoring.grafana_dashboard(include_gpu=args.gpu_exporter_port is not None)
-    (args.out / "grafana-dashboard.json").write_text(json.dumps(dashboard, indent=2) + "\n")
-    out.print(
-        f"wrote {args.out}/prometheus.yml, targets.json ({len(monitored)} targets), grafana-dashboard.json"
-    )
+    files = monitoring.files(monitored, gpu_exporter_port=args.gpu_exporter_port)
+    written = outputs.write_files(args.out, files)
+    out.print(f"wrote {', '.join(str(p) for p in written)} ({len(monitored)} targets)")
     for e in errors:
         err.print(f"[yellow]warning:[/yellow] {escape(e.host)}: revision unknown: {escape(e.message)}")
     return EXIT_OK
