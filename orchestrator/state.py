@@ -71,7 +71,7 @@ class Pending:
     revision: int
     restarted: bool
     by: str = "?"
-    verb: str = "apply"
+    verb: str = "?"
     started: str = "?"
     previous: int | None = None
 

@@ -79,9 +79,8 @@ class LocalTransport:
                 seen.append(line)
         finally:
             timer.cancel()
-        code = proc.wait()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        return Result("\n".join(seen), err, code)
+        _, err = proc.communicate()
+        return Result("\n".join(seen), err.decode(errors="replace"), proc.returncode)
 
     def close(self) -> None:
         return None
@@ -112,3 +111,6 @@ class ProcessHold:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
