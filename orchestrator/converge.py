@@ -23,6 +23,7 @@ from .facts import DeploymentFacts, UnitState
 from .health import Endpoint, Outcome, wait_ready
 from .hostrun import HostRun, Reporter, Result
 from .load import Target
+from .masking import Masker
 from .model import Deployment, Host
 from .plan import Abandon, Change, RecordRevision, Restart, TargetPlan, WriteFile, plan_target
 from .render import Desired
@@ -230,11 +231,13 @@ def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
 
 
 def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 40) -> str:
+    """The unit's last log lines, secrets masked (a server may log its own arguments or environment)."""
     cmd = commands.logs(desired.layout.runner, dep.unit_name, sudo=run.host.sudo, lines=lines)
     try:
-        return run.transport.run(cmd, timeout=30, check=False).stdout
+        text = run.transport.run(cmd, timeout=30, check=False).stdout
     except HostError:
         return ""
+    return Masker.build(desired.secret_values).text(text)
 
 
 def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) -> Desired:
