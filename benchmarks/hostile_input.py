@@ -72,6 +72,7 @@ def main(n: int) -> None:
     outcomes: list[tuple[Outcome, str]] = []
     broken: list[tuple[Any, list[str]]] = []
     mutations: collections.Counter[str] = collections.Counter()
+    slowest: list[tuple[Outcome, str, Any, float]] = []
 
     @seed(SEED)
     @settings(
@@ -85,16 +86,19 @@ def main(n: int) -> None:
     def one(case: Any) -> None:
         mutations.update(set(case.mutations))
         with tempfile.TemporaryDirectory() as folder:
-            for outcome in run_case(case, Path(folder)):
+            for i, outcome in enumerate(run_case(case, Path(folder))):
                 found = problems(outcome, Path(folder))
                 outcomes.append((outcome, classify(outcome) if not found else "BROKEN"))
+                if outcome.seconds > 0.1:  # run it again: the case's cost, or the machine's?
+                    again = run_case(case, Path(folder))[i].seconds
+                    slowest.append((outcome, outcomes[-1][1], case, again))
                 if found:
                     broken.append((case, found))
 
     start = time.perf_counter()
     one()
     wall = time.perf_counter() - start
-    report(n, outcomes, broken, mutations, wall)
+    report(n, outcomes, broken, mutations, slowest, wall)
 
 
 def report(
@@ -102,6 +106,7 @@ def report(
     outcomes: list[tuple[Outcome, str]],
     broken: list[tuple[Any, list[str]]],
     mutations: collections.Counter[str],
+    slowest: list[tuple[Outcome, str, Any, float]],
     wall: float,
 ) -> None:
     cases_run = len(outcomes) // 2
@@ -124,6 +129,12 @@ def report(
         times = sorted(o.seconds for o, _ in outcomes if o.verb == verb)
         p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
         print(f"| {verb} | {statistics.median(times):.4f} | {p99:.4f} | {times[-1]:.4f} |")
+    print("\n## The slowest runs, and the same case run again\n")
+    print("| seconds | again | verb | mutations | outcome |\n|---:|---:|---|---|---|")
+    for o, c, case, again in sorted(slowest, key=lambda x: -x[0].seconds)[:10]:
+        print(f"| {o.seconds:.3f} | {again:.3f} | {o.verb} | {', '.join(case.mutations)} | {c} |")
+    if not slowest:
+        print("| | | | (no run took over 0.1 s) | |")
     print("\n## Mutation classes drawn (cases with at least one)\n\n| mutation | cases |\n|---|---:|")
     for kind, count in sorted(mutations.items(), key=lambda kv: -kv[1]):
         print(f"| {kind} | {count:,} |")

@@ -34,17 +34,10 @@ deployments:
     model: /models/m
     accelerator: cpu
 """
-BILLION_LAUGHS = textwrap.dedent("""\
-    a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-    b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-    c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-    e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-    f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-    h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-    i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-    """)
+# The classic: nine levels of ten aliases each, a billion "lol"s from 563 bytes.
+BILLION_LAUGHS = "lol0: &l0 lol\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10)
+)
 
 
 def write(tmp: Path, playbook: str | bytes, inventory: str | bytes = INVENTORY) -> Path:
@@ -112,14 +105,27 @@ def test_a_folder_and_a_missing_file(tmp_path: Path) -> None:
     assert refused(tmp_path / "nope.yml").endswith("cannot read: No such file or directory")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate"], ["plan"], ["plan", "--offline"], ["apply", "-y"], ["rollback", "-y"], ["status"],
+        ["revisions"], ["destroy", "-y"], ["preflight"], ["metrics"], ["bench"], ["logs"],
+        ["monitoring", "--out", "out"],
+    ],
+)  # fmt: skip
+def test_every_verb_loads_the_playbook_first(tmp_path: Path, argv: list[str]) -> None:
+    path = write(tmp_path, GOOD.encode() + b"\xff\n")
+    assert refused(path, *argv, line=7).endswith("not UTF-8 text: byte 0xff at offset 102")
+
+
 # ---------------------------------------------------------------- YAML structure
 
 
 def test_billion_laughs_is_refused_in_milliseconds(tmp_path: Path) -> None:
     path = write(tmp_path, BILLION_LAUGHS)
-    assert len(BILLION_LAUGHS) < 700
+    assert len(BILLION_LAUGHS) < 600
     start = time.perf_counter()
-    message = refused(path, line=4)
+    message = refused(path, line=5)
     assert time.perf_counter() - start < 0.1
     assert message.endswith("aliases expand to more than 10,000 values (an alias bomb?)")
 
@@ -314,6 +320,7 @@ def _loose(annotation: Any, metadata: tuple[Any, ...] = ()) -> list[Any]:
 
 
 def test_every_field_is_strict() -> None:
+    assert (_loose(int), _loose(dict[str, model.Int]), _loose(tuple[model.Text, ...])) == ([int], [str], [])
     models = [v for v in vars(model).values() if isinstance(v, type) and issubclass(v, BaseModel)]
     loose = {
         f"{m.__name__}.{name}": _loose(field.annotation, tuple(field.metadata))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from orchestrator.errors import ConfigError
-from orchestrator.load import load
+from orchestrator.load import load, parse_yaml
+from orchestrator.yamlread import MAX_BYTES
 
 INVENTORY = """\
 hosts:
@@ -321,3 +325,113 @@ def test_model_source_forms(tmp_path: Path) -> None:
     path_only = MODEL_AT.format(source="path") + "      dest: /srv/m\n"
     dep = load(write(tmp_path, path_only)).playbook.deployments[0]
     assert (dep.model_path, dep.fetch) == ("/srv/m", None)
+
+
+# ---------------------------------------------------------------- the YAML reader (yamlread.py)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: [0, -1, +5, 0x10, 017, 1_000, 1:30, 1.5, 1e3, 1.0e+3, .inf, -.Inf, 0.]",
+        "a: [true, no, On, ~, null, Null, '', '1', \"2\", 2001-01-02, 2001-01-02 03:04:05, x]",
+        "a: |\n  two\n  lines\nb: >-\n  folded\n  text\nc: !!str 12\nd: !!float 1\ne: ! 12\n",
+    ],
+)
+def test_yaml_typing_is_pyyaml_safe_load(text: str) -> None:
+    assert parse_yaml(text, file="f").data == yaml.safe_load(text)
+
+
+def test_values_pyyaml_cannot_construct_are_text() -> None:
+    # yaml.safe_load raises ConstructorError for these; they are plain words here.
+    assert parse_yaml("a: [=, <<, '!']", file="f").data == {"a": ["=", "<<", "!"]}
+
+
+def test_merge_keys_explicit_wins_first_source_wins_and_lines_follow(tmp_path: Path) -> None:
+    text = textwrap.dedent("""\
+        a: &a {x: 1, y: 1}
+        b: &b {y: 2, z: 2}
+        c:
+          <<: [*a, *b]
+          x: 3
+        """)
+    source = parse_yaml(text, file="f")
+    assert source.data["c"] == {"y": 1, "z": 2, "x": 3}
+    assert list(source.data["c"]) == ["y", "z", "x"]  # merged keys first, as PyYAML orders them
+    assert (source.line(("c", "x")), source.line(("c", "y")), source.line(("c", "z"))) == (5, 1, 2)
+
+
+def test_an_alias_is_a_copy_not_a_shared_object() -> None:
+    data = parse_yaml("a: &a {k: [1]}\nb: *a\n", file="f").data
+    assert data["a"] == data["b"] and data["a"] is not data["b"] and data["a"]["k"] is not data["b"]["k"]
+
+
+def test_merged_deployments_load(tmp_path: Path) -> None:
+    playbook = GOOD.replace("  - name: a", "  - &base\n    name: a") + (
+        "  - <<: *base\n    name: b\n    hosts: [h2]\n"
+    )
+    loaded = load(write(tmp_path, playbook))
+    assert [(t.deployment.name, t.host_name, t.deployment.gpus) for t in loaded.targets()] == [
+        ("a", "h1", (0, 1)),
+        ("b", "h2", (0, 1)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("encode", "expected_ok"),
+    [
+        (lambda s: s.replace("\n", "\r\n").encode(), True),  # Windows line ends
+        (lambda s: b"\xef\xbb\xbf" + s.encode(), True),  # a UTF-8 byte order mark
+        (lambda s: s.replace("  ", "\t", 1).encode(), False),  # a tab as indentation
+    ],
+)
+def test_line_ends_bom_and_tabs(tmp_path: Path, encode: Any, expected_ok: bool) -> None:
+    path = write(tmp_path, GOOD)
+    path.write_bytes(encode(GOOD))
+    if expected_ok:
+        assert load(path).playbook.deployments[0].name == "a"
+    else:
+        with pytest.raises(ConfigError, match=r"pb\.yml:\d+: invalid YAML"):
+            load(path)
+
+
+def test_digest_covers_the_bytes_read(tmp_path: Path) -> None:
+    first = load(write(tmp_path, GOOD)).digest
+    assert load(write(tmp_path, GOOD + "# a comment\n")).digest != first
+    assert load(write(tmp_path, GOOD)).digest == first
+
+
+def near_cap_playbook(tmp: Path) -> Path:
+    """Deployments like playbooks/day4.yml, as many as fit under the byte cap."""
+    one = textwrap.dedent("""\
+          - name: d{i}
+            hosts: [h{i}]
+            model: /models/Qwen2.5-14B-Instruct
+            served_model_name: qwen-{i}
+            gpus: [6, 7]
+            tensor_parallel_size: 2
+            port: 8000
+            gpu_memory_utilization: 0.9
+            max_model_len: 2048
+            launcher: {{venv: /opt/vllm}}
+            args: {{--enable-prefix-caching: true, --shutdown-timeout: 30}}
+            env: {{HF_ENDPOINT: "https://hf-mirror.com", HF_HOME: /data/hf}}
+            secrets: {{HF_TOKEN: {{env: HF_TOKEN}}}}
+            readiness: {{timeout_s: 1800}}
+        """)
+    body, inventory, i = "inventory: inv.yml\ndeployments:\n", "hosts:\n", 0
+    while len(body) + len(one) + 20 < MAX_BYTES:
+        body += one.format(i=i)
+        inventory += f"  h{i}: {{address: 10.0.{i // 250}.{i % 250}}}\n"
+        i += 1
+    return write(tmp, body, inventory)
+
+
+def test_a_playbook_just_under_the_cap_loads_well_under_a_second(tmp_path: Path) -> None:
+    path = near_cap_playbook(tmp_path)
+    assert MAX_BYTES - 1000 < path.stat().st_size <= MAX_BYTES
+    start = time.perf_counter()
+    loaded = load(path)
+    elapsed = time.perf_counter() - start
+    assert len(loaded.playbook.deployments) > 500
+    assert elapsed < 0.5, f"{elapsed:.2f} s"
