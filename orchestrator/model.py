@@ -316,8 +316,10 @@ class Deployment(Strict):
         for flag, item in value.items():
             if not re.fullmatch(r"--?[a-z0-9][a-z0-9-]*", flag):
                 raise ValueError(f"argument {flag!r} is not a vllm serve flag like --enforce-eager")
-            if flag in OWNED_FLAGS:
-                raise ValueError(f"{flag} is set by the field {OWNED_FLAGS[flag]}, not in args")
+            # argparse takes an unambiguous prefix for the whole flag: --por would be --port.
+            owned = next((o for o in OWNED_FLAGS if o.startswith(flag) and flag.startswith("--")), flag)
+            if owned in OWNED_FLAGS:
+                raise ValueError(f"{flag} is set by the field {OWNED_FLAGS[owned]}, not in args")
             # vLLM's argparse would take "--port=9999" as a flag of its own, after orch's --port.
             if isinstance(item, str) and _FLAG_LIKE.match(item):
                 raise ValueError(

@@ -259,6 +259,14 @@ def test_a_flag_value_that_looks_like_a_flag(tmp_path: Path, value: str) -> None
     assert "the value of --enable-prefix-caching looks like a flag" in refused(path, line=7)
 
 
+@pytest.mark.parametrize(("flag", "field"), [("--por", "port"), ("--served-model", "served_model_name")])
+def test_an_abbreviated_owned_flag_is_refused(tmp_path: Path, flag: str, field: str) -> None:
+    path = write(tmp_path, GOOD + f"    args: {{{flag}: 9999}}\n")
+    assert refused(path, line=7).endswith(
+        f"deployments[0].args: {flag} is set by the field {field}, not in args"
+    )
+
+
 def test_a_negative_number_is_still_a_value(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "    args: {--seed: '-1', --max-num-seqs: -1}\n")
     assert run(["validate", str(path)]).rc == 0
