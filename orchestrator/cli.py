@@ -40,7 +40,7 @@ from . import (
     state,
 )
 from .diagnose import diagnose
-from .errors import ConfigError, OrchError
+from .errors import ConfigError, OrchError, SecretError
 from .facts import UnitState
 from .gpu import Check
 from .health import Probe
@@ -174,7 +174,10 @@ def _targets(loaded: Loaded, args: argparse.Namespace) -> list[Target]:
 
 
 def _secrets(loaded: Loaded) -> dict[str, dict[str, str]]:
-    return {d.name: resolve(d, base=loaded.path.parent) for d in loaded.playbook.deployments}
+    try:
+        return {d.name: resolve(d, base=loaded.path.parent) for d in loaded.playbook.deployments}
+    except SecretError as exc:
+        raise SecretError(f"{loaded.path}: {exc}") from None
 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:

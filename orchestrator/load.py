@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import sources
 from .errors import ConfigError
 from .model import Deployment, Host, Inventory, Playbook
 from .yamlread import Loc, Source, parse_yaml, printable, read_source
@@ -201,8 +202,9 @@ def _cross_check(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
             yield ("deployments", i, "model", "local"), f"no such folder {printable(local)}"
         for field in ("unit", "env", "supervisor"):
             rel = getattr(dep.templates, field)
-            if rel is not None and not _found(loaded, rel, stat.S_ISREG):
-                yield ("deployments", i, "templates", field), f"template not found: {printable(rel)}"
+            problem = None if rel is None else sources.override_problem(loaded.path.parent, rel)
+            if problem is not None:
+                yield ("deployments", i, "templates", field), problem
     yield from _host_conflicts(loaded)
 
 

@@ -7,6 +7,7 @@ rendering a playbook's template runs no code of its author on the controller.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 from collections.abc import Iterator, Mapping
@@ -321,9 +322,15 @@ _ENV.filters["shquote"] = shlex.quote
 _ENV.filters["shjoin"] = shlex.join
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str) -> jinja2.Template:
+    """A template compiled once per text: a playbook of many deployments renders the same few."""
+    return _ENV.from_string(text)
+
+
 def _render(source: TemplateSource, context: Mapping[str, object], hide: Masker) -> str:
     try:
-        text = _ENV.from_string(source.text).render(context)
+        text = _compiled(source.text).render(context)
     except jinja2.TemplateSyntaxError as exc:
         message = _one_line(f"template syntax: {exc.message}", hide)
         raise ConfigError(message, file=source.name, line=exc.lineno) from None

@@ -136,7 +136,7 @@ def begin(state_dir: str, *, tar: bytes, meta: dict[str, Any], sudo: bool) -> Co
         'n=$(ls "$d/revisions" | grep -E "^[0-9]+$" | sort -n | tail -1); '
         # a number is never given twice, even when its folder was removed by hand
         'c=$(grep -xE "[0-9]+" "$d/current" 2>/dev/null || true); [ "${c:-0}" -gt "${n:-0}" ] && n=$c; '
-        'n=$(( ${n:-0} + 1 )); '
+        "n=$(( ${n:-0} + 1 )); "
         'tmp=$(mktemp -d "$d/.new-XXXXXX"); trap \'rm -rf "$tmp" "$d/pending.tmp"\' EXIT; '
         'tar -x -C "$tmp"; mv "$tmp" "$d/revisions/$n"; '
         f'{{ echo "$n"; printf "%s\\n" {record}; }} >"$d/pending.tmp"; '

@@ -65,7 +65,7 @@ def test_missing_secret_is_a_clear_error() -> None:
     assert proc.returncode == 1
     assert (
         proc.stderr.strip()
-        == "error: deployment qwen14b: secret HF_TOKEN: environment variable HF_TOKEN is not set"
+        == "error: playbooks/day4.yml: deployment qwen14b: secret HF_TOKEN: environment variable HF_TOKEN is not set"
     )
 
 
@@ -83,11 +83,28 @@ def test_offline_plan_json() -> None:
     ]
 
 
-def test_bench_compare_reads_vllm_results() -> None:
-    f = ROOT / "tests/fixtures/vllm-0.26-gpu-tp2/bench-serve-result.json"
-    proc = orch("bench", "--compare", f, f)
-    assert proc.returncode == 0
-    assert "output_throughput" in proc.stdout and "+0.0%" in proc.stdout
+def test_bench_compare_reads_vllm_results(tmp_path: Path) -> None:
+    """vLLM's own result file against an orch result: every row holds numbers read from both files."""
+    from dataclasses import replace
+
+    from orchestrator.bench import Stats, from_vllm_json
+
+    theirs = ROOT / "tests/fixtures/vllm-0.26-gpu-tp2/bench-serve-result.json"
+    ours = replace(
+        from_vllm_json(theirs.read_text()),
+        output_throughput=236.39,
+        ttft=Stats(count=7, mean=185.92, median=220.97, p90=225.0, p99=232.01),
+    )
+    (tmp_path / "rev3.json").write_text(ours.to_json())
+    proc = orch("bench", "--compare", theirs, tmp_path / "rev3.json", env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = {cells[0]: cells[1:] for line in lines if (cells := [c.strip() for c in line.split("│")[1:-1]])}
+    assert lines[0] == "bench-serve-result -> rev3"
+    assert rows["output_throughput"] == ["196.99", "236.39", "+20.0%"]  # the fixture's 196.991… tok/s
+    assert rows["ttft_mean_ms"] == ["206.58", "185.92", "-10.0%"]
+    assert rows["tpot_p99_ms"] == ["33.05", "33.05", "+0.0%"]
+    assert "ttft_p90_ms" not in rows  # vLLM's file reports no p90: only what both report is compared
 
 
 def test_unknown_limit_host() -> None:

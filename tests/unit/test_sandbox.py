@@ -129,8 +129,9 @@ def playbook(folder: Path, template: str) -> Path:
 
 
 def error_of(pb: Path) -> str:
-    loaded = load(pb)
+    """The one-line error of a bad override: from load (file:line) when it can tell, else from reading it."""
     with pytest.raises(ConfigError) as info:
+        loaded = load(pb)
         templates_for(loaded, loaded.playbook.deployments[0])
     assert "\n" not in str(info.value)
     return str(info.value)
