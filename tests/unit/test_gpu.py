@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,14 +41,66 @@ def read(path: Path) -> str:
     return path.read_text()
 
 
-def test_commands_ask_for_the_columns_the_parsers_read() -> None:
-    assert QUERY_GPUS == (
-        "nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used,memory.free,"
-        "utilization.gpu,pci.bus_id --format=csv,noheader,nounits"
-    )
-    assert QUERY_PROCESSES == (
-        "nvidia-smi --query-compute-apps=pid,process_name,used_memory,gpu_uuid --format=csv,noheader,nounits"
-    )
+# Each column nvidia-smi is asked for, with a distinct sample value and the parsed field that must hold it.
+GPU_COLUMNS = {
+    "index": ("3", "index"),
+    "uuid": ("GPU-x", "uuid"),
+    "name": ("NVIDIA H200", "name"),
+    "memory.total": ("143771", "memory_total_mib"),
+    "memory.used": ("133425", "memory_used_mib"),
+    "memory.free": ("9732", "memory_free_mib"),
+    "utilization.gpu": ("57", "utilization_pct"),
+    "pci.bus_id": ("00000000:00:06.0", "pci_bus_id"),
+}
+PROCESS_COLUMNS = {
+    "pid": ("3161", "pid"),
+    "process_name": ("VLLM::Worker_TP0", "name"),
+    "used_memory": ("133416", "used_memory_mib"),
+    "gpu_uuid": ("GPU-x", "gpu_uuid"),
+}
+
+
+def asked_for(command: str, option: str) -> list[str]:
+    """The columns a query command asks nvidia-smi for, in the order it prints them."""
+    [arg] = [word for word in command.split() if word.startswith(f"{option}=")]
+    return arg.split("=", 1)[1].split(",")
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "meaning", "parse", "kind"),
+    [
+        (QUERY_GPUS, "--query-gpu", GPU_COLUMNS, parse_gpus, Gpu),
+        (QUERY_PROCESSES, "--query-compute-apps", PROCESS_COLUMNS, parse_processes, GpuProcess),
+    ],
+    ids=["gpus", "processes"],
+)
+def test_commands_ask_for_the_columns_the_parsers_read(
+    command: str, option: str, meaning: dict[str, tuple[str, str]], parse: Any, kind: type
+) -> None:
+    """A line of distinct values in the order the command asks for them: each lands in its column's field.
+
+    A column added to, dropped from or moved in the command, and not in the parser, fails here.
+    """
+    asked = asked_for(command, option)
+    assert sorted(asked) == sorted(meaning)
+    [parsed] = parse(", ".join(meaning[column][0] for column in asked))
+    assert {name: str(getattr(parsed, name)) for _, name in meaning.values()} == {
+        name: value for value, name in meaning.values()
+    }
+    assert {f.name for f in fields(kind)} == {name for _, name in meaning.values()}
+
+
+def test_a_real_capture_of_those_queries_fills_every_field() -> None:
+    """The serving capture (used != free) parses with no field empty, memory figures consistent."""
+    for gpu in parse_gpus(read(SERVING / "nvsmi_query_serving.csv")):
+        assert all(getattr(gpu, f.name) not in (None, "") for f in fields(Gpu)), gpu
+        assert (
+            gpu.memory_total_mib == 143771 and gpu.memory_used_mib == 133425 and gpu.memory_free_mib == 9732
+        )
+        assert gpu.uuid.startswith("GPU-") and gpu.pci_bus_id.startswith("00000000:")
+    for proc in parse_processes(read(SERVING / "nvsmi_apps_serving.csv")):
+        assert all(getattr(proc, f.name) not in (None, "") for f in fields(GpuProcess)), proc
+        assert proc.name.startswith("VLLM::Worker_TP") and proc.gpu_uuid in (S0, S1)
 
 
 def test_parse_idle_h200_pair() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 from orchestrator import preflight
@@ -147,8 +146,29 @@ def test_cpu_deployment_skips_gpu_checks() -> None:
     assert set(verdicts(dep, text)) == {"runner", "port", "launcher", "model"}
 
 
-def test_config_fixture_is_valid_json() -> None:
-    assert json.loads(CONFIG_14B)["num_attention_heads"] == 40
+def test_the_model_config_the_host_prints_becomes_the_probes() -> None:
+    """The config section (config.json base64-encoded by the host) becomes the probe's model_config."""
+    own = preflight.parse(output(query=IDLE_Q, apps=IDLE_A)).deployments["qwen14b"]
+    assert own.model_config is not None
+    shape = {
+        k: own.model_config[k] for k in ("num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+    }
+    assert shape == {"num_attention_heads": 40, "num_key_value_heads": 8, "num_hidden_layers": 48}
+    assert own.model_is_dir and own.launcher_ok and own.vllm_version == "0.26.0"
+
+
+def test_an_unreadable_model_config_is_no_model() -> None:
+    """A config.json that is not JSON (or not an object) reads as none: the model check refuses the folder."""
+    for damaged in ("{not json", "[1, 2]"):
+        config = base64.b64encode(damaged.encode()).decode()
+        text = output(query=IDLE_Q, apps=IDLE_A).replace(
+            base64.b64encode(CONFIG_14B.encode()).decode(), config
+        )
+        assert preflight.parse(text).deployments["qwen14b"].model_config is None
+        assert verdicts(day4(), text)["model"] == (
+            "error",
+            "/models/q14 has no readable config.json: not a model folder",
+        )
 
 
 def test_status_shows_gpus_and_tp_balance_from_real_capture() -> None:
