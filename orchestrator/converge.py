@@ -21,7 +21,7 @@ from .apply import REVISION_FILES, Applied, command_for, revision_contents, run_
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .health import Endpoint, Outcome, wait_ready
-from .hostrun import HostRun, Reporter, Result
+from .hostrun import HostRun, Reporter, Result, as_error
 from .load import Target
 from .masking import Masker
 from .model import Deployment, Host
@@ -45,8 +45,8 @@ def execute(run: HostRun, p: TargetPlan, reporter: Reporter, *, gate: bool, rest
             kept = f"; revision {pending[0]} stays pending (--no-rollback)" if pending else ""
             return Result(run.name, dep.name, "failed", f"{exc}{kept}", journal=exc.journal)
         return _restore(run, dep, p, exc, reporter, pending=pending[0] if pending else None)
-    except OrchError as exc:
-        return Result(run.name, dep.name, "failed", str(exc))
+    except Exception as exc:  # this target's failure, whatever it is: the host's other targets go on
+        return Result(run.name, dep.name, "failed", str(as_error(run.name, exc)))
 
 
 def _converge(
@@ -161,29 +161,30 @@ def _restore(
     """Return to what ran before this verb; mark the failed revision as never current."""
     good = failed.facts.current_revision
     target = next(t for t in run.targets if t.deployment.name == dep.name)
+    # Unrecorded files are put back only when they made a whole deployment (unit and env file); a lone
+    # unit could not run without its env file, and this verb has replaced it either way.
     before = dict(failed.facts.files) if len(failed.facts.files) == 2 else None
     if good is not None:
         what = f"revision {good}"
     elif before:
         what = "the files that were there before (no revision recorded)"
+    elif failed.facts.files:
+        what = f"no deployment (only its {' and '.join(failed.facts.files)} file was there, which cannot run)"
     else:
         what = "no deployment (this verb created it)"
     reporter.event(run.name, dep.name, f"rolling back to {what}")
     try:
         if good is not None:
             desired = revision_desired(run, target, good, origin=f"restore of {good}")
-        elif failed.facts.files:
-            desired = render.from_revision(
-                dep,
-                run.host,
-                dict(failed.facts.files),
-                secret_keys=failed.desired.secret_keys,
-                origin="restore",
-            )
+        elif before:
+            keys = failed.desired.secret_keys
+            desired = render.from_revision(dep, run.host, before, secret_keys=keys, origin="restore")
         else:
             desired = render.absent(dep, run.host)
         fresh = replace(gather_host(run)[0][dep.name], pending=None)
         p = plan_target(host=run.name, deployment=dep.name, desired=desired, facts=fresh)
+        # A restore returns to what was; it records nothing (the failed revision is still pending).
+        p = replace(p, changes=tuple(c for c in p.changes if not isinstance(c, RecordRevision)))
         _converge(run, dep, p, reporter, gate=True, pending=[])
         if pending is not None:
             outcome = f"failed: {cause}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ BOTH = ["th1", "th3"]
 
 
 @pytest.fixture(scope="module")
-def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Site:
+def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     hosts = testbed.up(3)
     for h in hosts:
         standin.install(testbed, h)
@@ -31,7 +32,9 @@ def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Site:
     (d / "inventory.yml").write_text(
         INVENTORY.format(known_hosts=testbed.known_hosts_path, key=testbed.key_path, hosts=lines)
     )
-    return Site(testbed, d, {h.name: h for h in hosts})
+    made = Site(testbed, d, {h.name: h for h in hosts})
+    yield made
+    made.clean()
 
 
 def _result_lines(out: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Site:
     testbed: Any
     dir: Path
     hosts: dict[str, Any]  # th1 → TestHost
+    written: dict[str, Path] = field(default_factory=dict)  # deployment → its latest playbook
 
     def playbook(
         self,
@@ -77,7 +78,15 @@ class Site:
         )
         path = self.dir / file
         path.write_text(f"inventory: inventory.yml\ndeployments:\n{body}{extra}")
+        self.written[name] = path
         return path
+
+    def clean(self) -> None:
+        """Destroy every deployment the tests made (through orch), so later tests find the hosts bare."""
+        for path in self.written.values():
+            orch("destroy", path, "-y", "--lock-timeout", "30s")
+        for host in self.hosts.values():
+            self.testbed.ssh(host, "rm -rf /srv/models/frozen /var/lib/orch/* /tmp/orch-upload-*")
 
     def sh(self, host: str, command: str, *, timeout: float = 60) -> str:
         proc = self.testbed.ssh(self.hosts[host], command, timeout=timeout)

@@ -239,42 +239,33 @@ def test_a_failed_first_apply_writes_back_the_unrecorded_files_it_found(
     )
     fake = fresh(FakeTransport("alpha"), times=1, x=found)
     fresh(fake, x=overwritten)
-    fake.on("record pending", ok("1\n"), times=1).on("record pending", ok("2\n"))
+    fake.on("record pending", ok("1\n"), times=1)
     fake.on("restart", ok(restart_output(RUNNING)))
     gates(monkeypatch, False, True)
 
     result = apply(loaded, fake)
 
-    # Nothing is removed; the files found become a revision of their own (source "restore"), made current.
+    # Nothing is removed and nothing is recorded: the files found are written back, revision 1 marked failed.
     assert after(fake.sent, "logs of") == [
         "gather facts",
-        f"record pending revision in {STATE}",
         f"write {ENV}",
         f"write {UNIT}",
         "reload the runner's view of orch-x.service",
         "restart orch-x.service",
-        f"make revision 2 current in {STATE}",
         f"mark revision 1 failed in {STATE}",
     ]
     assert [c.stdin for c in fake.sent if c.label.startswith("write ")][2:] == [
         hand.file("env").content.encode(),  # type: ignore[union-attr]
         hand.file("unit").content.encode(),  # type: ignore[union-attr]
     ]
-    [record] = [c for c in fake.sent if c.label.startswith("record pending")][1:]
-    assert json.loads(recorded(record)["manifest.json"])["source"] == "restore"
     assert result.status == "rolled-back"
     assert result.message.endswith("rolled back to the files that were there before (no revision recorded)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="converge._restore: render.from_revision needs both files (KeyError 'env')",
-)
-def test_a_failed_first_apply_restores_a_lone_unrecorded_file(
+def test_a_failed_first_apply_over_a_lone_unit_file_leaves_no_deployment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A unit file put there by hand, no env file: the restore must put that unit back, not crash."""
+    """A unit file put there by hand and no env file cannot run: the restore removes what this apply wrote."""
     hand, loaded = desired(old(tmp_path)), new(tmp_path)
     found = DeploymentFacts(files={"unit": files_of(hand)["unit"]}, unit=RUNNING)
     overwritten = DeploymentFacts(
@@ -288,8 +279,12 @@ def test_a_failed_first_apply_restores_a_lone_unrecorded_file(
     fake.on("restart", ok(restart_output(RUNNING)))
     gates(monkeypatch, False, True)
 
-    result = apply(loaded, fake)  # today: KeyError: 'env' out of converge.execute
+    result = apply(loaded, fake)
 
-    assert result.status == "rolled-back"
-    restore = fake.sent[fake.labels.index("logs of orch-x.service") + 1 :]
-    assert hand.file("unit").content.encode() in [c.stdin for c in restore]  # type: ignore[union-attr]
+    assert (
+        result.status == "rolled-back" and "only its unit file was there, which cannot run" in result.message
+    )
+    restore = after(fake.sent, "logs of")
+    assert (
+        f"remove {ENV}" in restore and f"remove {UNIT}" in restore and not any("write" in c for c in restore)
+    )

@@ -223,11 +223,6 @@ def test_an_unreachable_host_is_an_error_before_any_change(
     assert down.labels == [f"lock {STATE}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Session.execute: one exception makes all of a host's results 'failed'",
-)
 def test_an_unexpected_exception_keeps_the_results_of_that_hosts_earlier_deployments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
