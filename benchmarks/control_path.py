@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time orch's control path — plan and a no-op apply — on 1, 4 and 16 test hosts.
+"""Time orch's control path — plan, a first apply, a no-op apply and a change — on 1, 4 and 16 test hosts.
 
 Run as root from the repository root: `.venv/bin/python benchmarks/control_path.py [N ...]`.
 Each host gets one deployment whose unit runs a stand-in process (benchmarks/templates/idle.service.j2),
@@ -52,8 +52,16 @@ def site(tb: Testbed, n: int, d: Path) -> Path:
         "    launcher: {kind: api_server, venv: /opt/vllm}\n"
         "    readiness: {enabled: false}\n"
         "    templates: {unit: idle.service.j2}\n"
+        "    env: {REVISION: r0}\n"
     )
     return d / "pb.yml"
+
+
+def change(pb: str, i: int) -> str:
+    """The same playbook with another value in the env file: a change that restarts every host."""
+    path = Path(pb)
+    path.write_text(path.read_text().replace(f"REVISION: r{i}", f"REVISION: r{i + 1}"))
+    return pb
 
 
 def measure(tb: Testbed, n: int) -> dict[str, float]:
@@ -64,13 +72,15 @@ def measure(tb: Testbed, n: int) -> dict[str, float]:
         first_apply, _ = orch("apply", "-y", pb)
         plans = [orch("plan", pb) for _ in range(REPEAT)]
         applies = [orch("apply", "-y", pb) for _ in range(REPEAT)]
-        assert all(rc == 0 for _, rc in plans + applies)
+        changes = [orch("apply", "-y", change(pb, i)) for i in range(REPEAT)]
+        assert all(rc == 0 for _, rc in plans + applies + changes)
         orch("destroy", "-y", pb)
     return {
         "plan (changes)": first_plan,
         "first apply": first_apply,
         "plan (no changes)": statistics.median(t for t, _ in plans),
         "no-op apply": statistics.median(t for t, _ in applies),
+        "change (restart)": statistics.median(t for t, _ in changes),
     }
 
 
