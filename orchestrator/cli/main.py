@@ -24,31 +24,33 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from . import (
-    __version__,
-    bench,
-    commands,
-    deploy,
-    facts,
-    failpoints,
-    health,
-    metrics,
-    monitoring,
-    outputs,
-    preflight,
-    render,
-    state,
+from .. import __version__, facts, failpoints, outputs
+from ..core import render
+from ..core.layout import Layout
+from ..core.load import Loaded, Target, load
+from ..core.model import Deployment
+from ..core.secrets import refs as secret_refs
+from ..core.secrets import resolve
+from ..errors import ConfigError, OrchError, SecretError
+from ..facts import UnitState
+from ..host import commands, runners, state
+from ..observe import bench, health, metrics, monitoring, preflight
+from ..observe.diagnose import diagnose
+from ..observe.gpu import Check
+from ..observe.health import Probe
+from ..plan import TargetPlan, plan_target
+from ..session import (
+    DesiredOf,
+    HostRun,
+    Result,
+    Session,
+    api_address,
+    endpoint,
+    from_revisions,
+    manifest_meta,
+    rendered,
+    renderer,
 )
-from .diagnose import diagnose
-from .errors import ConfigError, OrchError, SecretError
-from .facts import UnitState
-from .gpu import Check
-from .health import Probe
-from .load import Loaded, Target, load
-from .model import Deployment
-from .plan import TargetPlan, plan_target
-from .secrets import refs as secret_refs
-from .secrets import resolve
 
 # emoji=False: ':x:' in a file, a path or a message prints as ':x:'.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -197,7 +199,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         d.name: dict.fromkeys(secret_refs(d), "orch-validate-placeholder")
         for d in loaded.playbook.deployments
     }
-    render_target = deploy.renderer(loaded, secrets_of)
+    render_target = renderer(loaded, secrets_of)
     for t in loaded.targets():
         render_target(t)
     n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in loaded.targets()})
@@ -213,12 +215,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     targets = _targets(loaded, args)
     secrets_of = _secrets(loaded)
     if args.offline:
-        return _plan_offline(targets, deploy.renderer(loaded, secrets_of), as_json=args.json)
-    with deploy.Session(loaded, targets) as session:
+        return _plan_offline(targets, renderer(loaded, secrets_of), as_json=args.json)
+    with Session(loaded, targets) as session:
         session.gather(with_preflight=True)
         if not args.json:
             _show_notices(session)
-        plans = session.plans(deploy.rendered(loaded, secrets_of), meta={})
+        plans = session.plans(rendered(loaded, secrets_of), meta={})
         errors = session.host_errors()
         checks = session.preflight()
     _show_plans(plans, errors, as_json=args.json, checks=checks)
@@ -259,7 +261,7 @@ def _plan_offline(
 
 def _show_plans(
     plans: list[TargetPlan],
-    errors: list[deploy.Result],
+    errors: list[Result],
     *,
     as_json: bool,
     offline: bool = False,
@@ -338,7 +340,7 @@ def _plan_json(p: TargetPlan, checks: list[Check]) -> dict[str, Any]:
     }
 
 
-def _result_json(r: deploy.Result) -> dict[str, Any]:
+def _result_json(r: Result) -> dict[str, Any]:
     return {
         "host": r.host,
         "deployment": r.deployment,
@@ -354,33 +356,33 @@ def _result_json(r: deploy.Result) -> dict[str, Any]:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    desired_of = deploy.rendered(loaded, _secrets(loaded))
+    desired_of = rendered(loaded, _secrets(loaded))
     return _converge(args, loaded, desired_of, verb="apply")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    return _converge(args, loaded, deploy.from_revisions(args.to), verb="rollback")
+    return _converge(args, loaded, from_revisions(args.to), verb="rollback")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     loaded = _load(args)
 
-    def absent(run: deploy.HostRun, t: Target) -> render.Desired:
+    def absent(run: HostRun, t: Target) -> render.Desired:
         return render.absent(t.deployment, t.host)
 
     args.no_rollback, args.force = True, False
     return _converge(args, loaded, absent, verb="destroy")
 
 
-def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.DesiredOf, *, verb: str) -> int:
+def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: DesiredOf, *, verb: str) -> int:
     targets = _targets(loaded, args)
     reporter = RichReporter()
-    with deploy.Session(loaded, targets, reporter=reporter) as session:
+    with Session(loaded, targets, reporter=reporter) as session:
         session.lock(verb, wait_s=args.lock_timeout)
         session.gather(with_preflight=verb != "destroy")
         _show_notices(session)
-        plans = session.plans(desired_of, meta=deploy.manifest_meta(loaded, verb=verb))
+        plans = session.plans(desired_of, meta=manifest_meta(loaded, verb=verb))
         errors = session.host_errors()
         checks = session.preflight()
         failpoints.reach("after-facts")
@@ -405,7 +407,7 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: deploy.Desir
     return _summary([*results, *errors])
 
 
-def _show_notices(session: deploy.Session) -> None:
+def _show_notices(session: Session) -> None:
     for host, dep, text in session.notices():
         err.print(f"[yellow]![/yellow] {escape(host)} {escape(dep)}: {escape(text)}")
 
@@ -423,7 +425,7 @@ def duration(text: str) -> float:
     return value
 
 
-def _summary(results: list[deploy.Result]) -> int:
+def _summary(results: list[Result]) -> int:
     table = Table(title="Result", show_lines=False)
     for col in ("host", "deployment", "status", "revision", "ready after", "message"):
         table.add_column(col)
@@ -539,8 +541,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             time.sleep(args.watch)
 
 
-def _status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[dict[str, Any]], list[deploy.Result]]:
-    with deploy.Session(loaded, targets) as session:
+def _status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[dict[str, Any]], list[Result]]:
+    with Session(loaded, targets) as session:
         session.gather(with_preflight=True)
         rows = session.collect(lambda run: [_status_row(run, t) for t in run.targets])
         errors = session.host_errors()
@@ -550,11 +552,11 @@ def _status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[dict[str, 
     return rows, errors
 
 
-def _status_row(run: deploy.HostRun, t: Target) -> dict[str, Any]:
+def _status_row(run: HostRun, t: Target) -> dict[str, Any]:
     f = run.facts.get(t.deployment.name, facts.DeploymentFacts())
     ready: Probe | None = None
     if f.unit.running:
-        ep = deploy.endpoint(run.host, t.deployment, f.files.get("env", ""))
+        ep = endpoint(run.host, t.deployment, f.files.get("env", ""))
         with httpx.Client(timeout=5) as client:
             ready = health.probe(client, ep)
     return {
@@ -596,7 +598,7 @@ def _runs(f: facts.DeploymentFacts) -> str:
     return f"revision {f.pending.previous}" if f.pending.previous else "unrecorded files"
 
 
-def _vllm_version(run: deploy.HostRun, dep: Deployment, f: facts.DeploymentFacts) -> str:
+def _vllm_version(run: HostRun, dep: Deployment, f: facts.DeploymentFacts) -> str:
     """The vLLM the deployment runs: the pinned package's version, else what its launcher reports."""
     if f.vllm_version:
         return f.vllm_version
@@ -652,12 +654,12 @@ def _status_table(rows: list[dict[str, Any]]) -> Table:
 def cmd_revisions(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
-    with deploy.Session(loaded, targets) as session:
+    with Session(loaded, targets) as session:
 
-        def one(run: deploy.HostRun) -> list[dict[str, Any]]:
+        def one(run: HostRun) -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
             for t in run.targets:
-                layout = render.Layout.of(run.host, t.deployment.name)
+                layout = Layout.of(run.host, t.deployment.name)
                 text = run.run(state.list_revisions(layout.state_dir, sudo=run.host.sudo))
                 revs, st = state.parse_revisions(text)
                 rows += [_revision_row(run.name, t.deployment.name, r, st) for r in revs]
@@ -711,9 +713,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
     lock = threading.Lock()
-    with deploy.Session(loaded, targets) as session:
+    with Session(loaded, targets) as session:
 
-        def one(run: deploy.HostRun) -> None:
+        def one(run: HostRun) -> None:
             for t in run.targets:
                 prefix = f"[cyan]{escape(run.name)}[/cyan] {escape(t.deployment.name)} | "
 
@@ -721,7 +723,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     with lock:
                         out.print(prefix + escape(line))
 
-                runner = render.Layout.of(run.host, t.deployment.name).runner
+                runner = runners.of(Layout.of(run.host, t.deployment.name))
                 journal = commands.logs(
                     runner, t.deployment.unit_name, sudo=run.host.sudo, lines=args.lines, follow=args.follow
                 )
@@ -737,7 +739,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else EXIT_OK
 
 
-def _follow(session: deploy.Session, fn: Callable[[deploy.HostRun], None]) -> None:
+def _follow(session: Session, fn: Callable[[HostRun], None]) -> None:
     """Stream from every host until interrupted (one thread per host; Ctrl-C ends them all)."""
     threads = [threading.Thread(target=_guarded(fn, run), daemon=True) for run in session.live()]
     for t in threads:
@@ -746,7 +748,7 @@ def _follow(session: deploy.Session, fn: Callable[[deploy.HostRun], None]) -> No
         time.sleep(0.2)
 
 
-def _guarded(fn: Callable[[deploy.HostRun], None], run: deploy.HostRun) -> Callable[[], None]:
+def _guarded(fn: Callable[[HostRun], None], run: HostRun) -> Callable[[], None]:
     def call() -> None:
         try:
             fn(run)
@@ -760,7 +762,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     loaded = _load(args)
     results: list[tuple[Target, metrics.MetricsSummary | str]] = []
     for t in _targets(loaded, args):
-        url = f"http://{deploy.api_address(t.host)}:{t.deployment.port}/metrics"
+        url = f"http://{api_address(t.host)}:{t.deployment.port}/metrics"
         try:
             results.append((t, metrics.scrape(url)))
         except OrchError as exc:
@@ -871,7 +873,7 @@ def _bench_target(loaded: Loaded, args: argparse.Namespace) -> tuple[Target, int
         raise ConfigError(
             f"bench one deployment on one host; pick with -d/--limit among: {names}", file=str(loaded.path)
         )
-    with deploy.Session(loaded, targets) as session:
+    with Session(loaded, targets) as session:
         session.gather()
         [run] = session.runs.values()
         if run.error:
@@ -880,7 +882,7 @@ def _bench_target(loaded: Loaded, args: argparse.Namespace) -> tuple[Target, int
     return (
         targets[0],
         f.current_revision,
-        deploy.endpoint(targets[0].host, targets[0].deployment, f.files.get("env", "")),
+        endpoint(targets[0].host, targets[0].deployment, f.files.get("env", "")),
     )
 
 
@@ -896,7 +898,7 @@ def cmd_monitoring(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
     revisions: dict[tuple[str, str], int | None] = {}
-    with deploy.Session(loaded, targets) as session:
+    with Session(loaded, targets) as session:
         session.gather()
         for run in session.live():
             for t in run.targets:
@@ -926,7 +928,7 @@ def cmd_monitoring(args: argparse.Namespace) -> int:
 def cmd_preflight(args: argparse.Namespace) -> int:
     loaded = _load(args)
     targets = _targets(loaded, args)
-    with deploy.Session(loaded, targets) as session:
+    with Session(loaded, targets) as session:
         session.gather(with_preflight=True)
         checks = session.preflight()
         errors = session.host_errors()

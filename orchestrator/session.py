@@ -15,16 +15,21 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import __version__, failpoints, hub, preflight, render, state, upload
+from . import __version__, failpoints
 from .converge import api_address, deployment, endpoint, execute, gather_host, journal_tail, revision_desired
+from .core import render
+from .core.layout import Layout
+from .core.load import Loaded, Target
+from .core.render import Desired
+from .core.sources import templates_for
 from .errors import HostError, OrchError, RevisionError
 from .facts import DeploymentFacts
-from .gpu import Check
+from .host import state
 from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, parallel
-from .load import Loaded, Target
+from .observe import preflight
+from .observe.gpu import Check
 from .plan import TargetPlan, plan_target
-from .render import Desired
-from .sources import templates_for
+from .provision import hub, upload
 from .transport import Result as CommandResult
 from .transport import connect
 
@@ -111,7 +116,7 @@ class Session:
         busy: list[str] = []
 
         def one(run: HostRun) -> None:
-            dirs = [render.Layout.of(run.host, t.deployment.name).state_dir for t in run.targets]
+            dirs = [Layout.of(run.host, t.deployment.name).state_dir for t in run.targets]
             command = state.lock(dirs, holder=holder, wait_s=wait_s, sudo=run.host.sudo)
             held = run.transport.hold(command, until=state.LOCKED, timeout=wait_s * len(dirs) + 60)
             if not isinstance(held, CommandResult):
@@ -220,7 +225,7 @@ class Session:
 
 
 def _busy(run: HostRun, output: str, wait_s: float) -> list[str]:
-    names = {render.Layout.of(run.host, t.deployment.name).state_dir: t.deployment.name for t in run.targets}
+    names = {Layout.of(run.host, t.deployment.name).state_dir: t.deployment.name for t in run.targets}
     waited = f" after waiting {wait_s:g}s" if wait_s > 0 else ""
     hint = "" if wait_s > 0 else "; wait for it with --lock-timeout DURATION"
     out = []
