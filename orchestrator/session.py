@@ -10,6 +10,8 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from .core.render import Desired
 from .core.sources import templates_for
 from .errors import HostError, OrchError, RevisionError
 from .facts import DeploymentFacts
-from .host import state
+from .host import commands, runners, state
 from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, parallel
 from .observe import preflight
 from .observe.gpu import Check
@@ -318,3 +320,58 @@ def from_revisions(to: int | None) -> DesiredOf:
         return revision_desired(run, target, number, origin=f"rollback to {number}")
 
     return desired_of
+
+
+def revisions(run: HostRun, t: Target) -> tuple[list[state.RevisionInfo], state.StateFacts]:
+    """The revisions recorded for one deployment on this host, and its current and pending ones."""
+    layout = Layout.of(run.host, t.deployment.name)
+    return state.parse_revisions(run.run(state.list_revisions(layout.state_dir, sudo=run.host.sudo)))
+
+
+LineSink = Callable[[str, str, str], None]  # (host, deployment, line)
+
+
+def logs(
+    loaded: Loaded, targets: list[Target], *, lines: int, follow: bool, on_line: LineSink
+) -> list[Result]:
+    """Each deployment's log lines, to ``on_line``; with ``follow``, until interrupted."""
+
+    def one(run: HostRun) -> None:
+        for t in run.targets:
+            runner = runners.of(Layout.of(run.host, t.deployment.name))
+            unit, sudo = t.deployment.unit_name, run.host.sudo
+            cmd = commands.logs(runner, unit, sudo=sudo, lines=lines, follow=follow)
+            run.transport.stream(cmd, _to(on_line, run.name, t.deployment.name))
+
+    with Session(loaded, targets) as session:
+        if follow:
+            _follow(session, one)
+        else:
+            session.each(one)
+        return session.host_errors()
+
+
+def _to(sink: LineSink, host: str, deployment: str) -> Callable[[str], None]:
+    def line(text: str) -> None:
+        sink(host, deployment, text)
+
+    return line
+
+
+def _follow(session: Session, fn: Callable[[HostRun], None]) -> None:
+    """Stream from every host until interrupted (one thread per host; Ctrl-C ends them all)."""
+    threads = [threading.Thread(target=_guarded(fn, run), daemon=True) for run in session.live()]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.2)
+
+
+def _guarded(fn: Callable[[HostRun], None], run: HostRun) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            fn(run)
+        except OrchError as exc:
+            run.error = exc
+
+    return call

@@ -114,7 +114,7 @@ def test_unknown_limit_host() -> None:
 
 
 def test_transfer_bar() -> None:
-    from orchestrator.cli.main import transfer_bar
+    from orchestrator.cli.output import transfer_bar
 
     gib = 2**30
     assert transfer_bar(0, 4 * gib, width=8) == "[........]   0%  0.00/4.00 GiB"
