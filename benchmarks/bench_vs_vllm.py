@@ -5,7 +5,7 @@ Run as root from the repository root: `.venv/bin/python benchmarks/bench_vs_vllm
 Holds the test bed lock (waits up to ORCH_TESTBED_LOCK_WAIT s, default 1800), starts from a clean
 test bed and takes it down at the end. One test host serves the tiny model (deployed by orch).
 Three clients load it: `vllm bench serve` inside the host (the CPU build ships it), orch's
-generator (orchestrator/bench.py, run by the host's own Python, which has aiohttp) inside the host
+generator (orchestrator/observe/bench.py, run by the host's own Python, which has aiohttp) inside the host
 on the same loopback, and `orch bench` itself from the controller over the test bed's bridge.
 One warm-up round, then ROUNDS rounds; each round runs every client once, one after the other, in
 an order that rotates. Then PAIRED_RUNS paired runs in the host, whose requests alternate between
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from testbed.hosts import Testbed, TestHost, exclusive  # noqa: E402
 
-from orchestrator.bench import (  # noqa: E402
+from orchestrator.observe.bench import (  # noqa: E402
     BenchConfig,
     BenchResult,
     build_prompts,
@@ -186,7 +186,12 @@ def measure(tb: Testbed, h1: TestHost) -> tuple[dict[str, list[BenchResult]], Pa
         tb.ssh(h1, f"{SHIM} && mkdir -p /tmp/orchbench")
         put(tb, h1, "/tmp/prompts.jsonl", prompts)
         carry_pandas(tb, h1)
-        put(tb, h1, "/tmp/orchbench/orch_bench.py", (ROOT / "orchestrator" / "bench.py").read_text())
+        put(
+            tb,
+            h1,
+            "/tmp/orchbench/orch_bench.py",
+            (ROOT / "orchestrator" / "observe" / "bench.py").read_text(),
+        )
         put(tb, h1, "/tmp/orchbench/paired.py", PAIRED_SRC)
 
         def vllm() -> BenchResult:

@@ -52,7 +52,7 @@ nvidia-smi >"$R/nvsmi-serving.txt"
 # The prompts, once, for both tools.
 python3 - <<PY
 import json
-from orchestrator.bench import BenchConfig, build_prompts
+from orchestrator.observe.bench import BenchConfig, build_prompts
 cfg = BenchConfig(base_url="", model="q15", num_requests=$N, input_len=$IN, seed=0)
 with open("/tmp/prompts.jsonl", "w") as f:
     for p in build_prompts(cfg):
@@ -82,7 +82,7 @@ $ORCH bench --compare "$RES/vllm-$ROUNDS.json" "$RES/orch-$ROUNDS.json" >"$OUT/c
 python3 - "$RES" "$ROUNDS" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 from pathlib import Path
-from orchestrator.bench import BenchResult, from_vllm_json
+from orchestrator.observe.bench import BenchResult, from_vllm_json
 res, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for i in range(1, rounds + 1):
     v = from_vllm_json((res / f"vllm-{i}.json").read_text())

@@ -7,16 +7,17 @@ the changes that touch the live deployment, in order. The revision records
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import commands, facts, hub, state
-from .commands import Command
+from . import facts
+from .core.layout import Layout
+from .core.render import Desired
 from .errors import CommandError
+from .host import commands, runners, state
+from .host.commands import Command
+from .host.runners import UnitState
 from .plan import (
     Abandon,
     Change,
@@ -33,15 +34,13 @@ from .plan import (
     UploadModel,
     WriteFile,
 )
-from .render import ROLES, Desired, Layout, Role
-from .runners import UnitState
+from .provision import hub
+from .provision.upload import MANIFEST
 from .transport import Transport
-from .upload import MANIFEST
 
 # No command may hang an apply: a stop waits at most TimeoutStopSec, well below this.
 COMMAND_TIMEOUT_S = 600.0
 INSTALL_TIMEOUT_S = 3600.0
-REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
 # Reports a long transfer: (what, bytes done, bytes in all).
 Progress = Callable[[str, int, int], None]
 
@@ -62,7 +61,7 @@ class Applied:
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
     """The one command that carries out ``change`` (pure)."""
-    runner = layout.runner
+    runner = runners.of(layout)
     match change:
         case InstallVllm(spec=spec):
             return commands.install_vllm(spec, sudo=sudo)
@@ -84,7 +83,7 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
         case RecordRevision():
             keep = ("by", "verb", "created")
             meta: dict[str, object] = {k: change.meta[k] for k in keep if k in change.meta}
-            tar = revision_tar(change)
+            tar = state.revision_tar(change.files, meta=change.meta, source=change.source)
             return state.begin(
                 layout.state_dir, tar=tar, meta={**meta, "previous": change.previous}, sudo=sudo
             )
@@ -119,7 +118,7 @@ def run_changes(
         if isinstance(change, Restart):
             restarted = True
             state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
-            after = facts.parse_state(state, plan.desired.layout.runner)
+            after = facts.parse_state(state, runners.of(plan.desired.layout))
     return Applied(restarted, after, tuple(leftovers))
 
 
@@ -176,26 +175,3 @@ def _leftovers(output: str) -> list[str]:
         if line.startswith(commands.LEFT_MARK):
             return line[len(commands.LEFT_MARK) :].split()
     return []
-
-
-def revision_tar(change: RecordRevision) -> bytes:
-    """The revision's files and manifest as a tar stream (modes kept: the env file stays 0600)."""
-    manifest = {
-        **change.meta,
-        "source": change.source,
-        "files": {f.role: f.sha256 for f in change.files},
-    }
-    members = [(REVISION_FILES[f.role], f.content.encode(), f.mode) for f in change.files]
-    members.append(("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o600))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data, mode in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def revision_contents(files: dict[str, str]) -> dict[Role, str]:
-    """Map a revision's file names back to roles (``unit``, ``env``)."""
-    return {role: files[REVISION_FILES[role]] for role in ROLES if REVISION_FILES[role] in files}

@@ -16,17 +16,23 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import commands, facts, failpoints, hub, preflight, render, secrets, state, upload
-from .apply import REVISION_FILES, Applied, command_for, revision_contents, run_changes
+from . import facts, failpoints
+from .apply import Applied, command_for, run_changes
+from .core import render, secrets
+from .core.layout import Layout
+from .core.load import Target
+from .core.masking import Masker
+from .core.model import Deployment, Host
+from .core.render import Desired
 from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
-from .health import Endpoint, Outcome, wait_ready
+from .host import commands, runners, state
+from .host.state import REVISION_FILES, revision_contents
 from .hostrun import HostRun, Reporter, Result, as_error
-from .load import Target
-from .masking import Masker
-from .model import Deployment, Host
+from .observe import preflight
+from .observe.health import Endpoint, Outcome, wait_ready
 from .plan import Abandon, Change, RecordRevision, Restart, TargetPlan, WriteFile, plan_target
-from .render import Desired
+from .provision import hub, upload
 
 PREFLIGHT_MARK = f"{commands.MARK}preflight\n"
 
@@ -124,7 +130,7 @@ def _gate(
 ) -> Outcome:
     env_file = desired.file("env")
     ep = endpoint(run.host, dep, env_file.content if env_file else "")
-    runner = desired.layout.runner
+    runner = runners.of(desired.layout)
     state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
 
     def unit_state() -> UnitState:
@@ -219,7 +225,7 @@ def gather_host(
         extra = preflight.script(run.host, [t.deployment for t in run.targets])
         command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
     head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
-    runner = render.Layout.of(run.host, "").runner
+    runner = runners.of(Layout.of(run.host, ""))
     return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None
 
 
@@ -227,13 +233,13 @@ def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
     spec = dep.fetch
     record = upload.MANIFEST if spec is None or spec.source == "upload" else hub.MARKER
     return facts.FactQuery(
-        render.Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
+        Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
     )
 
 
 def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 40) -> str:
     """The unit's last log lines, secrets masked (a server may log its own arguments or environment)."""
-    cmd = commands.logs(desired.layout.runner, dep.unit_name, sudo=run.host.sudo, lines=lines)
+    cmd = commands.logs(runners.of(desired.layout), dep.unit_name, sudo=run.host.sudo, lines=lines)
     try:
         text = run.transport.run(cmd, timeout=30, check=False).stdout
     except HostError:
@@ -244,7 +250,7 @@ def journal_tail(run: HostRun, dep: Deployment, desired: Desired, lines: int = 4
 def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) -> Desired:
     """The desired state that revision ``number`` on this host describes, checked against its checksums."""
     name = target.deployment.name
-    layout = render.Layout.of(run.host, name)
+    layout = Layout.of(run.host, name)
     files = state.parse_revision(run.run(state.read_revision(layout.state_dir, number, sudo=run.host.sudo)))
     contents = revision_contents(files)
     if len(contents) != 2:

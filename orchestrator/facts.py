@@ -10,16 +10,17 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import commands, upload
-from . import state as state_dir
-from .commands import MARK, Command
-from .hub import Listing
-from .markers import blocks, decode, sections
-from .model import VllmInstall
-from .render import ROLES, Layout, Role
-from .runners import Runner, UnitState
-from .state import Holder, Pending
-from .upload import RemoteFiles
+from .core.layout import ROLES, Layout, Role
+from .core.model import VllmInstall
+from .host import commands, runners
+from .host import state as state_dir
+from .host.commands import MARK, Command
+from .host.markers import blocks, decode, sections
+from .host.runners import Runner, UnitState
+from .host.state import Holder, Pending
+from .provision import upload
+from .provision.hub import Listing
+from .provision.upload import RemoteFiles
 
 __all__ = ["DeploymentFacts", "UnitState", "gather", "parse"]
 
@@ -67,7 +68,7 @@ def _section(q: FactQuery) -> str:
             f"echo {shlex.quote(f'{MARK}dep {layout.name}')}",
             commands.read_files({"unit": layout.unit_path, "env": layout.env_path}),
             f'echo "{MARK}show"',
-            layout.runner.state(q.unit),
+            runners.of(layout).state(q.unit),
             state_dir.facts_section(layout.state_dir),
             *installed,
         ]

@@ -12,13 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from . import commands, preflight
+from .core.load import Target
+from .core.model import Host
 from .errors import HostError, OrchError
 from .facts import DeploymentFacts
-from .health import Probe
-from .load import Target
-from .model import Host
-from .runners import UnitState
+from .host import commands
+from .host.runners import UnitState
+from .observe import preflight
+from .observe.health import Probe
 from .transport import Held, Transport
 
 T = TypeVar("T")

@@ -11,15 +11,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import hub, upload
+from .core.layout import ROLES, Role
+from .core.masking import MASK as MASK
+from .core.masking import SECRET_NAME as SECRET_NAME
+from .core.masking import Masker
+from .core.model import ModelSource, VllmInstall
+from .core.render import Desired, DesiredFile, FileSum, UploadSpec
 from .facts import DeploymentFacts
-from .hub import Listing
-from .masking import MASK as MASK
-from .masking import SECRET_NAME as SECRET_NAME
-from .masking import Masker
-from .model import ModelSource, VllmInstall
-from .render import ROLES, Desired, DesiredFile, Role
-from .upload import FileSum, UploadSpec
+from .provision import hub, upload
+from .provision.hub import Listing
 
 
 @dataclass(frozen=True)

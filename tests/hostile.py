@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from orchestrator import cli
+from orchestrator.cli.main import main
 
 LIMIT_S = 1.0
 TOKEN_ENV = "ORCH_HOSTILE_TOKEN"
@@ -78,7 +78,7 @@ class Case:
 @dataclass(frozen=True)
 class Outcome:
     verb: str
-    rc: int | None  # None: cli.main raised
+    rc: int | None  # None: main raised
     stderr: str
     seconds: float
     traceback: str = ""
@@ -233,7 +233,7 @@ def run(argv: list[str]) -> Outcome:
     start = time.perf_counter()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = cli.main(argv)
+            rc = main(argv)
     except (Exception, SystemExit):  # the contract is that nothing escapes: record whatever did
         return Outcome(argv[0], None, err.getvalue(), time.perf_counter() - start, traceback.format_exc())
     finally:

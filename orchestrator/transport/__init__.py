@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..commands import Command
+from ..core.model import Host, Inventory
 from ..errors import UnreachableError
-from ..model import Host, Inventory
+from ..host.commands import Command
 from .base import Held, Result, Transport
 from .local import LocalTransport
 from .ssh import SSHTransport

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..commands import Command, wrap_sudo
 from ..errors import CommandError
+from ..host.commands import Command, wrap_sudo
 
 
 @dataclass(frozen=True)

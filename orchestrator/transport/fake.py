@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..commands import Command
+from ..host.commands import Command
 from .base import Held, Result, Transport, checked
 
 Matcher = Callable[[Command], bool]

@@ -9,9 +9,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..commands import Command
 from ..errors import CommandError, HostError
-from ..state import HEARTBEAT_S
+from ..host.commands import Command
+from ..host.state import HEARTBEAT_S
 from .base import Heartbeat, Held, Result, checked, shell_of
 
 

@@ -18,10 +18,10 @@ import invoke
 import paramiko
 from fabric import Config, Connection
 
-from ..commands import Command
+from ..core.model import Host
 from ..errors import CommandError, HostKeyError, UnreachableError
-from ..model import Host
-from ..state import HEARTBEAT_S
+from ..host.commands import Command
+from ..host.state import HEARTBEAT_S
 from .base import Heartbeat, Held, LineWriter, Result, checked, shell_of
 
 _KNOWN_HOSTS_LOCK = threading.Lock()

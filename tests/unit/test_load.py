@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.load import load
+from orchestrator.core.yamlread import MAX_BYTES
 from orchestrator.errors import ConfigError
-from orchestrator.load import load
-from orchestrator.yamlread import MAX_BYTES
 
 INVENTORY = """\
 hosts:

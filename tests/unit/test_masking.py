@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from orchcli import orch
 
+from orchestrator.core.masking import Masker, encodings
+from orchestrator.core.model import Deployment, Host
+from orchestrator.core.render import Desired, TemplateSource, TemplateSources, absent, from_revision, render
+from orchestrator.core.sources import shipped
 from orchestrator.facts import DeploymentFacts
-from orchestrator.masking import Masker, encodings
-from orchestrator.model import Deployment, Host
 from orchestrator.plan import TargetPlan, plan_target
-from orchestrator.render import Desired, TemplateSource, TemplateSources, absent, from_revision, render
-from orchestrator.sources import shipped
 
 SECRETS = {
     "cr": "tokA1\rtokA2",

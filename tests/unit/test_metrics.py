@@ -10,7 +10,13 @@ import httpx
 import pytest
 
 from orchestrator.errors import AnswerError
-from orchestrator.metrics import HistogramSummary, MetricsSummary, histogram_quantile, scrape, summarize
+from orchestrator.observe.metrics import (
+    HistogramSummary,
+    MetricsSummary,
+    histogram_quantile,
+    scrape,
+    summarize,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-0.26-gpu-tp2"
 REAL = (FIXTURES / "metrics.txt").read_text()

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator.metrics import parse_families
-from orchestrator.monitoring import (
+from orchestrator.observe.metrics import parse_families
+from orchestrator.observe.monitoring import (
     MonitorTarget,
     expression_metrics,
     grafana_dashboard,

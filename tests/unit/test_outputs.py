@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import monitoring, outputs
+from orchestrator import outputs
 from orchestrator.errors import OrchError, OutputError
+from orchestrator.observe import monitoring
 
 TARGETS = [monitoring.MonitorTarget("qwen", "gpu-a", "10.0.0.5", 8000, 3, "qwen2.5")]
 FILES = monitoring.files(TARGETS, gpu_exporter_port=9400)

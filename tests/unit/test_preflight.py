@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from orchestrator import preflight
-from orchestrator.model import Deployment, Host
+from orchestrator.core.model import Deployment, Host
+from orchestrator.observe import preflight
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 CONFIG_14B = (FIX / "configs" / "Qwen2.5-14B-Instruct.json").read_text()

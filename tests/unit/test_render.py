@@ -7,19 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import deploy
-from orchestrator.load import load
-from orchestrator.model import Deployment, Host
-from orchestrator.render import (
-    Layout,
-    TemplateSources,
-    argv,
-    env_quote,
-    parse_env,
-    render,
-    systemd_quote,
-)
-from orchestrator.sources import shipped
+from orchestrator import session
+from orchestrator.core.layout import Layout
+from orchestrator.core.load import load
+from orchestrator.core.model import Deployment, Host
+from orchestrator.core.render import TemplateSources, argv, env_quote, parse_env, render, systemd_quote
+from orchestrator.core.sources import shipped
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -31,7 +24,7 @@ SECRETS = {"qwen14b": {"HF_TOKEN": "hf_test_token"}, "qwen7b": {}}
 def test_golden(name: str, role: str) -> None:
     loaded = load(ROOT / "playbooks" / f"{name}.yml")
     [target] = loaded.targets()
-    desired = deploy.renderer(loaded, SECRETS)(target)
+    desired = session.renderer(loaded, SECRETS)(target)
     file = desired.file(role)  # type: ignore[arg-type]
     assert file is not None
     golden = GOLDEN / f"{name}.{'service' if role == 'unit' else 'env'}"
@@ -122,7 +115,7 @@ def test_user_scope_unit_targets_default() -> None:
 def test_secret_never_in_unit() -> None:
     loaded = load(ROOT / "playbooks" / "day4.yml")
     [target] = loaded.targets()
-    desired = deploy.renderer(loaded, SECRETS)(target)
+    desired = session.renderer(loaded, SECRETS)(target)
     unit, env = desired.file("unit"), desired.file("env")
     assert unit is not None and env is not None
     assert "hf_test_token" not in unit.content

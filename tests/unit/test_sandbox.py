@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from orchcli import orch
 
-from orchestrator import deploy
+from orchestrator import session
+from orchestrator.core.load import load
+from orchestrator.core.model import Deployment, Host
+from orchestrator.core.render import TemplateSource, TemplateSources, render
+from orchestrator.core.sources import MAX_TEMPLATE_BYTES, override_problem, shipped, templates_for
 from orchestrator.errors import ConfigError
-from orchestrator.load import load
-from orchestrator.model import Deployment, Host
-from orchestrator.render import TemplateSource, TemplateSources, render
-from orchestrator.sources import MAX_TEMPLATE_BYTES, override_problem, shipped, templates_for
 
 FILE_TEXT = "FILE-CONTENT-NEVER-SHOWN"
 SECRET = "sEcReT-value-42"
@@ -184,7 +184,7 @@ def test_overrides_below_the_folder_are_read(tmp_path: Path) -> None:
     for name in ("t/real.j2", "link.j2", str(tmp_path / "t" / "real.j2")):
         assert override_problem(tmp_path, name) is None
     loaded = load(playbook(tmp_path, "link.j2"))
-    desired = deploy.renderer(loaded, {"d": {}})(loaded.targets()[0])
+    desired = session.renderer(loaded, {"d": {}})(loaded.targets()[0])
     unit = desired.file("unit")
     assert unit is not None and unit.content == "unit of d\n"
 

@@ -1,6 +1,6 @@
 """A verb's session across hosts, on FakeTransports: the lock, per-host results, rollback's choice.
 
-``deploy.Session`` builds its connections with ``deploy.connect``; ``fakehost.on_fake_hosts``
+``sessions.Session`` builds its connections with ``session.connect``; ``fakehost.on_fake_hosts``
 patches that one name to hand out FakeTransports by host name, so the session itself
 (lock order, release, parallel execute, per-host results) runs unchanged. The HTTP
 readiness gate is off in these playbooks (``readiness: {enabled: false}``).
@@ -30,13 +30,14 @@ from fakehost import (
     revision_output,
 )
 
-from orchestrator import deploy, state
-from orchestrator.commands import Command
+from orchestrator import session as sessions
+from orchestrator.core.load import Loaded
+from orchestrator.core.render import Desired
 from orchestrator.errors import UnreachableError
 from orchestrator.facts import DeploymentFacts
+from orchestrator.host import state
+from orchestrator.host.commands import Command
 from orchestrator.hostrun import Result
-from orchestrator.load import Loaded
-from orchestrator.render import Desired
 from orchestrator.transport.base import Result as CommandResult
 from orchestrator.transport.fake import FakeTransport
 
@@ -56,7 +57,7 @@ def fresh_host(name: str, **facts: DeploymentFacts) -> FakeTransport:
 
 def run_apply(loaded: Loaded) -> list[Result]:
     """lock → gather → plan → execute, as ``orch apply -y`` does (less preflight and printing)."""
-    with deploy.Session(loaded, loaded.targets()) as session:
+    with sessions.Session(loaded, loaded.targets()) as session:
         session.lock("apply")
         session.gather()
         plans = session.plans(desired_of(loaded), meta=META)
@@ -76,8 +77,8 @@ def test_a_busy_host_refuses_the_verb_naming_the_holder_and_every_lock_taken_is_
     )
     fakes["beta"].on("lock ", busy_output({STATE: BOB}))
 
-    with deploy.Session(loaded, loaded.targets()) as session:
-        with pytest.raises(deploy.LockError) as caught:
+    with sessions.Session(loaded, loaded.targets()) as session:
+        with pytest.raises(sessions.LockError) as caught:
             session.lock("apply")
         held = fakes["alpha"].holds + fakes["gamma"].holds
         assert len(held) == 2 and all(h.released for h in held)  # by lock() itself, before the session ends
@@ -100,8 +101,8 @@ def test_a_busy_first_host_stops_the_verb_before_any_other_host_is_asked(
     fakes["alpha"].on("lock ", busy_output({STATE: BOB}))
 
     with (
-        pytest.raises(deploy.LockError, match=r"^alpha: x is locked by bob@desk"),
-        deploy.Session(loaded, loaded.targets()) as session,
+        pytest.raises(sessions.LockError, match=r"^alpha: x is locked by bob@desk"),
+        sessions.Session(loaded, loaded.targets()) as session,
     ):
         session.lock("apply")
 
@@ -114,7 +115,7 @@ def test_the_lock_names_this_verb_and_is_held_until_the_session_ends(
     loaded = playbook(tmp_path, deployment("x", hosts="[alpha, beta]", gate=False))
     fakes = on_fake_hosts(monkeypatch, fresh_host("alpha"), fresh_host("beta"))
 
-    with deploy.Session(loaded, loaded.targets()) as session:
+    with sessions.Session(loaded, loaded.targets()) as session:
         session.lock("rollback")
         [lock] = fakes["alpha"].sent
         assert lock.label == f"lock {STATE}" and '"verb": "rollback"' in lock.script
@@ -256,9 +257,9 @@ def test_rollback_goes_to_the_last_revision_before_the_current_that_served(
     fake, one = rollback_host(tmp_path, now)
     on_fake_hosts(monkeypatch, fake)
 
-    with deploy.Session(loaded, loaded.targets()) as session:
+    with sessions.Session(loaded, loaded.targets()) as session:
         session.gather()
-        [plan] = session.plans(deploy.from_revisions(None), meta=META)
+        [plan] = session.plans(sessions.from_revisions(None), meta=META)
         assert plan.desired.origin == "rollback to 1"
         results = session.execute(plans=[plan])
 
@@ -301,9 +302,9 @@ def test_rollback_refuses_what_never_served_or_does_not_exist(
     fake, _ = rollback_host(tmp_path, now)
     on_fake_hosts(monkeypatch, fake)
 
-    with deploy.Session(loaded, loaded.targets()) as session:
+    with sessions.Session(loaded, loaded.targets()) as session:
         session.gather()
-        assert session.plans(deploy.from_revisions(to), meta=META) == []
+        assert session.plans(sessions.from_revisions(to), meta=META) == []
         assert session.host_errors() == [Result("alpha", "x", "error", message)]
 
     assert fake.labels == ["gather facts"]  # no revision read, nothing changed

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import state
+from orchestrator.core.layout import Layout
+from orchestrator.core.render import Desired, DesiredFile
 from orchestrator.facts import DeploymentFacts
-from orchestrator.markers import sections
+from orchestrator.host import state
+from orchestrator.host.markers import sections
+from orchestrator.host.runners import UnitState
 from orchestrator.plan import Abandon, RecordRevision, Restart, WriteFile, plan_target
-from orchestrator.render import Desired, DesiredFile, Layout
-from orchestrator.runners import UnitState
 from orchestrator.transport.base import Result
 from orchestrator.transport.local import LocalTransport
 

@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from orchestrator.upload import FileSum, RemoteFiles, UploadSpec, local_spec, missing, parse_remote
+from orchestrator.core.render import FileSum, UploadSpec
+from orchestrator.provision.upload import RemoteFiles, local_spec, missing, parse_remote
 
 
 def test_local_spec_checksums_every_file(tmp_path: Path) -> None:

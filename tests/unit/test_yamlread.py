@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_load import GOOD, write
 
+from orchestrator.core.load import load
+from orchestrator.core.yamlread import parse_yaml
 from orchestrator.errors import ConfigError
-from orchestrator.load import load
-from orchestrator.yamlread import parse_yaml
 
 
 @pytest.mark.parametrize(

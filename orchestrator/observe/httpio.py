@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .errors import AnswerError
+from ..errors import AnswerError
 
 MAX_BODY_BYTES = 1 << 20  # /health, /v1/models and a one-token completion are a few KiB
 DEFAULT_BUDGET_S = 30.0

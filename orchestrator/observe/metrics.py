@@ -19,8 +19,8 @@ import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..errors import AnswerError
 from . import httpio
-from .errors import AnswerError
 
 # Logical metric -> names across vLLM versions, newest first.
 # gpu_cache_usage_perc and gpu_prefix_cache_* were deprecated in 0.9.2;

@@ -22,35 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .commands import MARK
+from ..core.render import FileSum, UploadSpec
+from ..host.commands import MARK
 
 MANIFEST = ".orch-upload.json"
 CACHE_FILE = "checksums.json"
-
-
-@dataclass(frozen=True)
-class FileSum:
-    path: str  # relative to the model folder
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class UploadSpec:
-    """A controller folder, its checksums, and where it goes on the host."""
-
-    local_dir: str
-    dest: str
-    files: tuple[FileSum, ...]
-
-    def manifest_json(self, paths: set[str] | None = None) -> str:
-        """The checksums of ``paths`` (default: all files), as the host keeps them."""
-        data = {
-            f.path: {"size": f.size, "sha256": f.sha256}
-            for f in self.files
-            if paths is None or f.path in paths
-        }
-        return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
 @dataclass(frozen=True)

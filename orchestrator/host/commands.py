@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from .model import VllmInstall
+from ..core.model import VllmInstall
 from .runners import Runner
 
 MARK = "@@orch"

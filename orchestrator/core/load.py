@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..errors import ConfigError
 from . import sources
-from .errors import ConfigError
 from .model import Deployment, Host, Inventory, Playbook
 from .yamlread import Loc, Source, parse_yaml, printable, read_source
 

@@ -9,78 +9,55 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .layout import Layout, Role, RunnerName, log_path, program
 from .masking import Masker, env_secrets
 from .model import ArgValue, Deployment, Host, ModelSource, VllmInstall
 from .quoting import env_quote as env_quote
 from .quoting import parse_env as parse_env
 from .quoting import systemd_quote as systemd_quote
-from .runners import Runner, RunnerName, Supervisord, log_path, program, runner_for
 from .secrets import refs
-from .upload import UploadSpec
 
-Role = Literal["unit", "env"]
-ROLES: tuple[Role, ...] = ("env", "unit")
 UNIT_MODE = 0o644
 ENV_MODE = 0o600
 MAX_RENDERED = 1 << 20  # a rendered file larger than this is a template's mistake
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Where a deployment's files live on a host, and which runner manages it.
+class FileSum:
+    path: str  # relative to the model folder
+    size: int
+    sha256: str
 
-    Paths under the user's home start with ``~/``; commands expand them.
-    """
 
-    scope: Literal["system", "user"]
-    name: str
-    runner_name: RunnerName = "systemd"
-    conf_dir: str | None = None
+@dataclass(frozen=True)
+class UploadSpec:
+    """A controller folder, its checksums, and where it goes on the host."""
 
-    @classmethod
-    def of(cls, host: Host, name: str) -> Layout:
-        return cls(host.scope, name, host.runner, host.supervisor_conf_dir)
+    local_dir: str
+    dest: str
+    files: tuple[FileSum, ...]
 
-    @property
-    def runner(self) -> Runner:
-        return runner_for(self.runner_name, self.scope, conf_dir=self.conf_dir)
-
-    @property
-    def unit_path(self) -> str:
-        runner = self.runner
-        if isinstance(runner, Supervisord):
-            return runner.conf_path(f"orch-{self.name}")
-        base = "/etc/systemd/system" if self.scope == "system" else "~/.config/systemd/user"
-        return f"{base}/orch-{self.name}.service"
-
-    @property
-    def env_path(self) -> str:
-        base = "/etc/orch" if self.scope == "system" else "~/.config/orch"
-        return f"{base}/{self.name}.env"
-
-    @property
-    def state_dir(self) -> str:
-        return f"/var/lib/orch/{self.name}" if self.scope == "system" else f"~/.local/state/orch/{self.name}"
-
-    @property
-    def env_file_directive(self) -> str:
-        """The env file as the unit names it (``%h`` is the user's home in user units)."""
-        return self.env_path.replace("~/", "%h/", 1)
-
-    def path(self, role: Role) -> str:
-        return self.unit_path if role == "unit" else self.env_path
+    def manifest_json(self, paths: set[str] | None = None) -> str:
+        """The checksums of ``paths`` (default: all files), as the host keeps them."""
+        data = {
+            f.path: {"size": f.size, "sha256": f.sha256}
+            for f in self.files
+            if paths is None or f.path in paths
+        }
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
 @dataclass(frozen=True)

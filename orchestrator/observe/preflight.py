@@ -15,13 +15,14 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import gpu, render
-from .commands import MARK
+from ..core.layout import Layout, RunnerName
+from ..core.model import Deployment, Host
+from ..host import runners
+from ..host.commands import MARK
+from ..host.markers import decode
+from . import gpu
 from .fit import FitConfigError, estimate_fit
 from .gpu import Check, Gpu, GpuProcess, NvidiaSmiParseError
-from .markers import decode
-from .model import Deployment, Host
-from .runners import RunnerName
 
 MIB = 1024**2
 _VERSION_PY = (
@@ -110,7 +111,7 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
     check_exe = (
         f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
     )
-    main_pid = render.Layout.of(host, dep.name).runner.main_pid(dep.unit_name)
+    main_pid = runners.of(Layout.of(host, dep.name)).main_pid(dep.unit_name)
     return "; ".join(
         [
             f"echo {shlex.quote(f'{MARK}dep {dep.name}')}",

@@ -15,11 +15,16 @@ far it got. Commands are built here (pure); transports run them.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
+import tarfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.layout import ROLES, Role
+from ..core.render import DesiredFile
 from .commands import MARK, Command, qpath, read_files
 from .markers import blocks, decode, sections
 
@@ -290,3 +295,29 @@ def parse_revision(output: str) -> dict[str, str]:
         for key, v in sections(output).items()
         if key.startswith("file ")
     }
+
+
+REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
+
+
+def revision_tar(files: Sequence[DesiredFile], *, meta: Mapping[str, Any], source: str) -> bytes:
+    """The revision's files and manifest as a tar stream (modes kept: the env file stays 0600)."""
+    manifest = {
+        **meta,
+        "source": source,
+        "files": {f.role: f.sha256 for f in files},
+    }
+    members = [(REVISION_FILES[f.role], f.content.encode(), f.mode) for f in files]
+    members.append(("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o600))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, mode in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def revision_contents(files: dict[str, str]) -> dict[Role, str]:
+    """Map a revision's file names back to roles (``unit``, ``env``)."""
+    return {role: files[REVISION_FILES[role]] for role in ROLES if REVISION_FILES[role] in files}

@@ -10,10 +10,18 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-RunnerName = Literal["systemd", "supervisord"]
-Scope = Literal["system", "user"]
+from ..core.layout import (
+    SUPERVISOR_CONF_DIR,
+    Layout,
+    RunnerName,
+    Scope,
+    log_path,
+    program,
+    supervisor_conf_path,
+)
+
 USER_ENV = 'export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/run/user/$(id -u)}"; '
 SHOW_PROPS = "LoadState,ActiveState,SubState,UnitFileState,NRestarts,MainPID,ActiveEnterTimestamp,Result"
 
@@ -142,10 +150,10 @@ _STATUS = re.compile(r"^\S+\s+([A-Z]+)(?:\s+pid (\d+), uptime (\S+))?")
 class Supervisord:
     """supervisord (the usual process manager in containers); programs live in ``conf_dir``."""
 
-    conf_dir: str = "/etc/supervisor/conf.d"
+    conf_dir: str = SUPERVISOR_CONF_DIR
 
     def conf_path(self, unit: str) -> str:
-        return f"{self.conf_dir}/{program(unit)}.conf"
+        return supervisor_conf_path(self.conf_dir, unit)
 
     def state(self, unit: str) -> str:
         name = _program_word(unit)
@@ -187,15 +195,6 @@ class Supervisord:
         return f"tail -n {int(lines)}{' -F' if follow else ''} -- {shlex.quote(log_path(unit))}"
 
 
-def program(unit: str) -> str:
-    """The supervisord program name of a unit name (``orch-x.service`` → ``orch-x``)."""
-    return unit.removesuffix(".service")
-
-
-def log_path(unit: str) -> str:
-    return f"/var/log/{program(unit)}.log"
-
-
 def _program_word(unit: str) -> str:
     """The program name as one shell word (supervisorctl reads options only before its action)."""
     return shlex.quote(program(unit))
@@ -205,3 +204,8 @@ def runner_for(name: RunnerName, scope: Scope, *, conf_dir: str | None = None) -
     if name == "supervisord":
         return Supervisord(conf_dir) if conf_dir else Supervisord()
     return Systemd(scope)
+
+
+def of(layout: Layout) -> Runner:
+    """The runner that manages the deployment ``layout`` places."""
+    return runner_for(layout.runner_name, layout.scope, conf_dir=layout.conf_dir)

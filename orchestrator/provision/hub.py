@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-from . import commands
-from .model import ModelSource
-from .render import Desired, parse_env
+from ..core.model import ModelSource
+from ..core.render import Desired, parse_env
+from ..host import commands
 from .upload import RemoteFiles
 
 MARKER = ".orch-model.json"
@@ -89,7 +89,7 @@ def request(op: str, spec: ModelSource, env: dict[str, str]) -> bytes:
 @functools.cache
 def script() -> str:
     """The host-side program, sent as text (read once from the package)."""
-    return resources.files("orchestrator").joinpath("hubfetch.py").read_text()
+    return resources.files("orchestrator.provision").joinpath("hubfetch.py").read_text()
 
 
 def command(op: Literal["probe", "fetch"], desired: Desired, *, sudo: bool) -> commands.Command:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import httpx
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from ..errors import AnswerError
+from ..host.runners import UnitState
 from . import httpio
-from .errors import AnswerError
-from .runners import UnitState
 
 
 @dataclass(frozen=True)

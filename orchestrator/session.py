@@ -10,21 +10,28 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import __version__, failpoints, hub, preflight, render, state, upload
+from . import __version__, failpoints
 from .converge import api_address, deployment, endpoint, execute, gather_host, journal_tail, revision_desired
+from .core import render
+from .core.layout import Layout
+from .core.load import Loaded, Target
+from .core.render import Desired
+from .core.sources import templates_for
 from .errors import HostError, OrchError, RevisionError
 from .facts import DeploymentFacts
-from .gpu import Check
+from .host import commands, runners, state
 from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, parallel
-from .load import Loaded, Target
+from .observe import preflight
+from .observe.gpu import Check
 from .plan import TargetPlan, plan_target
-from .render import Desired
-from .sources import templates_for
+from .provision import hub, upload
 from .transport import Result as CommandResult
 from .transport import connect
 
@@ -111,7 +118,7 @@ class Session:
         busy: list[str] = []
 
         def one(run: HostRun) -> None:
-            dirs = [render.Layout.of(run.host, t.deployment.name).state_dir for t in run.targets]
+            dirs = [Layout.of(run.host, t.deployment.name).state_dir for t in run.targets]
             command = state.lock(dirs, holder=holder, wait_s=wait_s, sudo=run.host.sudo)
             held = run.transport.hold(command, until=state.LOCKED, timeout=wait_s * len(dirs) + 60)
             if not isinstance(held, CommandResult):
@@ -220,7 +227,7 @@ class Session:
 
 
 def _busy(run: HostRun, output: str, wait_s: float) -> list[str]:
-    names = {render.Layout.of(run.host, t.deployment.name).state_dir: t.deployment.name for t in run.targets}
+    names = {Layout.of(run.host, t.deployment.name).state_dir: t.deployment.name for t in run.targets}
     waited = f" after waiting {wait_s:g}s" if wait_s > 0 else ""
     hint = "" if wait_s > 0 else "; wait for it with --lock-timeout DURATION"
     out = []
@@ -313,3 +320,58 @@ def from_revisions(to: int | None) -> DesiredOf:
         return revision_desired(run, target, number, origin=f"rollback to {number}")
 
     return desired_of
+
+
+def revisions(run: HostRun, t: Target) -> tuple[list[state.RevisionInfo], state.StateFacts]:
+    """The revisions recorded for one deployment on this host, and its current and pending ones."""
+    layout = Layout.of(run.host, t.deployment.name)
+    return state.parse_revisions(run.run(state.list_revisions(layout.state_dir, sudo=run.host.sudo)))
+
+
+LineSink = Callable[[str, str, str], None]  # (host, deployment, line)
+
+
+def logs(
+    loaded: Loaded, targets: list[Target], *, lines: int, follow: bool, on_line: LineSink
+) -> list[Result]:
+    """Each deployment's log lines, to ``on_line``; with ``follow``, until interrupted."""
+
+    def one(run: HostRun) -> None:
+        for t in run.targets:
+            runner = runners.of(Layout.of(run.host, t.deployment.name))
+            unit, sudo = t.deployment.unit_name, run.host.sudo
+            cmd = commands.logs(runner, unit, sudo=sudo, lines=lines, follow=follow)
+            run.transport.stream(cmd, _to(on_line, run.name, t.deployment.name))
+
+    with Session(loaded, targets) as session:
+        if follow:
+            _follow(session, one)
+        else:
+            session.each(one)
+        return session.host_errors()
+
+
+def _to(sink: LineSink, host: str, deployment: str) -> Callable[[str], None]:
+    def line(text: str) -> None:
+        sink(host, deployment, text)
+
+    return line
+
+
+def _follow(session: Session, fn: Callable[[HostRun], None]) -> None:
+    """Stream from every host until interrupted (one thread per host; Ctrl-C ends them all)."""
+    threads = [threading.Thread(target=_guarded(fn, run), daemon=True) for run in session.live()]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.2)
+
+
+def _guarded(fn: Callable[[HostRun], None], run: HostRun) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            fn(run)
+        except OrchError as exc:
+            run.error = exc
+
+    return call

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import SecretError
+from ..errors import SecretError
 from .model import UNSAFE, Deployment, SecretRef
 from .yamlread import printable
 

@@ -1,0 +1,102 @@
+"""The verbs' arguments: one argparse parser, and the types its options read."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orch", description="Declarative vLLM deployments over SSH and systemd.")
+    p.add_argument("--version", action="version", version=f"orch {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs: dict[str, str] = {
+        "validate": "check a playbook and its inventory (no network)",
+        "plan": "show what apply would change (exit 0: nothing, 2: changes)",
+        "apply": "converge hosts to the playbook, gate on readiness, record a revision",
+        "rollback": "return to an earlier revision through the same path as apply",
+        "status": "unit state, revision and readiness of every deployment",
+        "revisions": "the revisions recorded on each host",
+        "destroy": "stop, disable and remove deployments (revisions are kept)",
+        "preflight": "check GPUs, memory, port, launcher, model and fit before deploying",
+        "metrics": "scrape /metrics: queue, KV-cache usage, TTFT / ITL / latency percentiles",
+        "bench": "load-test a deployment (TTFT, TPOT, ITL, throughput), tagged with its revision",
+        "monitoring": "render a Prometheus scrape config and a Grafana dashboard for the playbook",
+        "logs": "the journal of each deployment's unit",
+    }
+    for verb, help_text in verbs.items():
+        sp = sub.add_parser(verb, help=help_text, description=help_text)
+        sp.add_argument("playbook", type=Path, nargs="?" if verb == "bench" else None)
+        sp.add_argument("-i", "--inventory", type=Path, help="use this inventory instead of the playbook's")
+        if verb != "validate":
+            sp.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
+            sp.add_argument("--deployment", "-d", metavar="NAME", help="only this deployment")
+        _verb_options(verb, sp)
+    return p
+
+
+def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
+    if verb in ("plan", "status", "revisions", "validate", "preflight", "metrics"):
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    if verb == "plan":
+        sp.add_argument("--offline", action="store_true", help="render only; no SSH")
+    if verb in ("apply", "rollback", "destroy"):
+        sp.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+        sp.add_argument(
+            "--lock-timeout",
+            type=duration,
+            default=0.0,
+            metavar="DURATION",
+            help="wait this long (30s, 5m, 1h) for another verb's lock on a host instead of failing at once",
+        )
+    if verb in ("apply", "rollback"):
+        sp.add_argument("--no-rollback", action="store_true", help="keep a failed state for debugging")
+        sp.add_argument("--force", action="store_true", help="apply even when preflight finds errors")
+    if verb == "rollback":
+        sp.add_argument("--to", type=int, metavar="REV", help="revision number (default: the previous one)")
+    if verb == "status":
+        sp.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    if verb == "bench":
+        _bench_options(sp)
+    if verb == "monitoring":
+        sp.add_argument(
+            "--out", type=Path, required=True, help="folder for prometheus.yml, targets.json, dashboard"
+        )
+        sp.add_argument("--gpu-exporter-port", type=int, help="also scrape each host's DCGM exporter here")
+    if verb == "logs":
+        sp.add_argument("-n", "--lines", type=int, default=50)
+        sp.add_argument("-f", "--follow", action="store_true")
+
+
+def _bench_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("-n", "--num-requests", type=int, default=100)
+    sp.add_argument("-c", "--concurrency", type=int, default=8)
+    sp.add_argument(
+        "--request-rate", type=float, help="requests/s with Poisson arrivals (default: all at once)"
+    )
+    sp.add_argument(
+        "--input-len", type=int, default=128, help="prompt length in words (about as many tokens)"
+    )
+    sp.add_argument("--output-len", type=int, default=64)
+    sp.add_argument("--prompt", help="one fixed prompt instead of random words")
+    sp.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--save", type=Path, metavar="FILE.json", help="write the result here")
+    sp.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two saved results"
+    )
+
+
+def duration(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``1h`` → seconds (argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 30s, 5m or 1h)") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Reading a deployment: readiness, metrics, status, preflight checks, benchmarks, monitoring."""

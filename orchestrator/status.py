@@ -1,0 +1,174 @@
+"""What the read-only verbs show, as data: status rows, revision rows, /metrics, one target's endpoint.
+
+Each function reads the hosts through a Session (or the servers over HTTP) and returns plain rows;
+``cli`` only formats them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+
+from .core.load import Loaded, Target
+from .core.model import Deployment
+from .errors import ConfigError, OrchError
+from .facts import DeploymentFacts
+from .host import state
+from .hostrun import HostRun, Result
+from .observe import health, metrics, preflight
+from .observe.health import Endpoint, Probe
+from .session import Session, api_address, endpoint, revisions
+
+Row = dict[str, Any]
+
+
+def status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[Result]]:
+    """One row per target, in the targets' order; a host that failed adds an error row per target."""
+    with Session(loaded, targets) as session:
+        session.gather(with_preflight=True)
+        rows = session.collect(lambda run: [status_row(run, t) for t in run.targets])
+        errors = session.host_errors()
+    order = {(t.host_name, t.deployment.name): i for i, t in enumerate(targets)}
+    rows.sort(key=lambda r: order[(r["host"], r["deployment"])])
+    rows += [{"host": e.host, "deployment": e.deployment, "error": e.message} for e in errors]
+    return rows, errors
+
+
+def status_row(run: HostRun, t: Target) -> dict[str, Any]:
+    f = run.facts.get(t.deployment.name, DeploymentFacts())
+    ready: Probe | None = None
+    if f.unit.running:
+        ep = endpoint(run.host, t.deployment, f.files.get("env", ""))
+        with httpx.Client(timeout=5) as client:
+            ready = health.probe(client, ep)
+    return {
+        "host": run.name,
+        "deployment": t.deployment.name,
+        "unit": t.deployment.unit_name,
+        "scope": run.host.scope,
+        "state": f.unit.describe(),
+        "enabled": f.unit.enabled,
+        "since": f.unit.active_since,
+        "restarts": f.unit.n_restarts,
+        "revision": f.current_revision,
+        "runs": _runs(f),
+        "pending": None if f.pending is None else {**asdict(f.pending), "note": f.pending.describe()},
+        "locked_by": f.locked_by.describe() if f.locked_by else None,
+        "vllm": _vllm_version(run, t.deployment, f),
+        "ready": bool(ready and ready.ready),
+        "detail": "; ".join(
+            x
+            for x in (
+                f.pending.describe() if f.pending else "",
+                f"in progress: {f.locked_by.describe()}" if f.locked_by else "",
+                "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
+            )
+            if x
+        ),
+        **(preflight.gpu_status(t.deployment, run.probe) if run.probe else {}),
+    }
+
+
+def _runs(f: DeploymentFacts) -> str:
+    """Which revision's configuration the server runs, as far as the records can tell."""
+    if not f.unit.running:
+        return "nothing"
+    if f.pending is None:
+        return f"revision {f.current_revision}" if f.current_revision else "unrecorded files"
+    if f.pending.restarted:
+        return f"revision {f.pending.revision}, not confirmed by a readiness gate"
+    return f"revision {f.pending.previous}" if f.pending.previous else "unrecorded files"
+
+
+def _vllm_version(run: HostRun, dep: Deployment, f: DeploymentFacts) -> str:
+    """The vLLM the deployment runs: the pinned package's version, else what its launcher reports."""
+    if f.vllm_version:
+        return f.vllm_version
+    own = run.probe.deployments.get(dep.name) if run.probe else None
+    return own.vllm_version if own and own.vllm_version else ""
+
+
+def revision_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[Result]]:
+    """Every recorded revision of the targets, sorted by host, deployment and number."""
+
+    def one(run: HostRun) -> list[Row]:
+        rows: list[Row] = []
+        for t in run.targets:
+            revs, st = revisions(run, t)
+            rows += [_revision_row(run.name, t.deployment.name, r, st) for r in revs]
+        return rows
+
+    with Session(loaded, targets) as session:
+        rows = session.collect(one)
+        errors = session.host_errors()
+    rows.sort(key=lambda r: (r["host"], r["deployment"], r["revision"]))
+    return rows, errors
+
+
+def _revision_row(host: str, dep: str, rev: state.RevisionInfo, st: state.StateFacts) -> Row:
+    m = rev.manifest
+    if rev.number == st.current:
+        status = "current"
+    elif st.pending is not None and rev.number == st.pending.revision:
+        status = "pending: " + st.pending.describe()
+    else:
+        status = rev.outcome or ""
+    return {
+        "host": host,
+        "deployment": dep,
+        "revision": rev.number,
+        "current": rev.number == st.current,
+        "state": status,
+        "created": m.get("created", ""),
+        "by": m.get("by", ""),
+        "source": m.get("source", ""),
+        "playbook_digest": m.get("playbook_digest", ""),
+    }
+
+
+def scrape(targets: list[Target]) -> list[tuple[Target, metrics.MetricsSummary | str]]:
+    """Each target's /metrics summarised, or why it could not be read."""
+    results: list[tuple[Target, metrics.MetricsSummary | str]] = []
+    for t in targets:
+        url = f"http://{api_address(t.host)}:{t.deployment.port}/metrics"
+        try:
+            results.append((t, metrics.scrape(url)))
+        except OrchError as exc:
+            results.append((t, f"cannot scrape: {exc}"))
+    return results
+
+
+def bench_target(loaded: Loaded, targets: list[Target]) -> tuple[Target, int | None, Endpoint]:
+    """The one deployment on one host to load, its revision and endpoint (API key read from the host)."""
+    if len(targets) != 1:
+        names = ", ".join(f"{t.deployment.name}@{t.host_name}" for t in targets)
+        raise ConfigError(
+            f"bench one deployment on one host; pick with -d/--limit among: {names}", file=str(loaded.path)
+        )
+    with Session(loaded, targets) as session:
+        session.gather()
+        [run] = session.runs.values()
+        if run.error:
+            raise run.error
+    f = run.facts.get(targets[0].deployment.name, DeploymentFacts())
+    return (
+        targets[0],
+        f.current_revision,
+        endpoint(targets[0].host, targets[0].deployment, f.files.get("env", "")),
+    )
+
+
+def current_revisions(
+    loaded: Loaded, targets: list[Target]
+) -> tuple[dict[tuple[str, str], int | None], list[Result]]:
+    """The current revision of each (host, deployment) that answered."""
+    revisions: dict[tuple[str, str], int | None] = {}
+    with Session(loaded, targets) as session:
+        session.gather()
+        for run in session.live():
+            for t in run.targets:
+                f = run.facts.get(t.deployment.name, DeploymentFacts())
+                revisions[(run.name, t.deployment.name)] = f.current_revision
+        return revisions, session.host_errors()
