@@ -77,9 +77,11 @@ class Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for run in self.runs.values():
+        def end(run: HostRun) -> None:
             run.release()
             run.transport.close()
+
+        parallel(self.runs.values(), end)
 
     def live(self) -> list[HostRun]:
         return [r for r in self.runs.values() if r.error is None]
@@ -129,8 +131,10 @@ class Session:
                 stderr = held.stderr.strip().splitlines()[-1:] or [f"exit code {held.exit_code}"]
                 raise HostError(run.name, f"cannot take the lock: {stderr[0]}")
 
-        # The first host alone, then the rest together: two verbs started at once over the same hosts
-        # meet on the first one, so exactly one goes on (the other fails, or waits, there).
+        # Every connection at once (the handshakes are the slow part), then the first host's lock alone,
+        # then the rest together: two verbs started at once over the same hosts meet on the first one,
+        # so exactly one goes on (the other fails, or waits, there).
+        self.each(lambda run: run.transport.open())
         ordered = sorted(self.live(), key=lambda r: r.name)
         first = ordered[0] if ordered else None
         if first is not None:

@@ -50,6 +50,9 @@ class Unavailable:
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         raise self.error
 
+    def open(self) -> None:
+        raise self.error
+
     def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
         raise self.error
 

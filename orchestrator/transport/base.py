@@ -40,6 +40,10 @@ class Transport(Protocol):
         """
         ...
 
+    def open(self) -> None:
+        """Connect now (connections otherwise open at their first command); errors as ``run``'s."""
+        ...
+
     def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
         """Start a command that keeps running for the rest of the verb (a lock holder).
 

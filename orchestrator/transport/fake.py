@@ -111,6 +111,9 @@ class FakeTransport:
         self.holds.append(held)
         return held
 
+    def open(self) -> None:
+        return None
+
     def close(self) -> None:
         self.closed = True
 

@@ -114,6 +114,10 @@ class SSHTransport:
                 on_line(line.rstrip("\n"))
             return int(stdout.channel.recv_exit_status())
 
+    def open(self) -> None:
+        with self._translated(Command("connect", label="connect"), None):
+            self._open()
+
     def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
         with self._translated(command, timeout):
             self._open()
