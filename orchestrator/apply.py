@@ -38,8 +38,10 @@ from .provision import hub
 from .provision.upload import MANIFEST
 from .transport import Transport
 
-# No command may hang an apply: a stop waits at most TimeoutStopSec, well below this.
-COMMAND_TIMEOUT_S = 600.0
+# No command may hang an apply on a host that stopped answering (frozen, not down): a stop waits at
+# most TimeoutStopSec, well below STOP_TIMEOUT_S; writing a file or reloading takes seconds.
+STOP_TIMEOUT_S = 600.0
+FILE_TIMEOUT_S = 60.0
 INSTALL_TIMEOUT_S = 3600.0
 # Reports a long transfer: (what, bytes done, bytes in all).
 Progress = Callable[[str, int, int], None]
@@ -112,7 +114,7 @@ def run_changes(
         if isinstance(change, FetchModel):
             fetch_model(transport, plan.desired, sudo=sudo, progress=progress)
             continue
-        timeout = INSTALL_TIMEOUT_S if isinstance(change, InstallVllm) else COMMAND_TIMEOUT_S
+        timeout = _timeout(change)
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
         leftovers += _leftovers(result.stdout)
         if isinstance(change, Restart):
@@ -120,6 +122,12 @@ def run_changes(
             state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
             after = facts.parse_state(state, runners.of(plan.desired.layout))
     return Applied(restarted, after, tuple(leftovers))
+
+
+def _timeout(change: Change) -> float:
+    if isinstance(change, InstallVllm):
+        return INSTALL_TIMEOUT_S
+    return STOP_TIMEOUT_S if isinstance(change, Stop | Restart) else FILE_TIMEOUT_S
 
 
 def upload_model(
@@ -143,10 +151,12 @@ def upload_model(
         transport.put(Path(spec.local_dir) / f.path, tmp, progress=sent_so_far)
         sent += f.size
         place = commands.place_upload(tmp, f"{spec.dest}/{f.path}", sudo=sudo)
-        transport.run(place, timeout=COMMAND_TIMEOUT_S)
+        transport.run(place, timeout=FILE_TIMEOUT_S)
         landed.add(f.path)
         record = spec.manifest_json(landed).encode()
-        transport.run(commands.write_file(manifest, mode=0o644, sudo=sudo, content=record))
+        transport.run(
+            commands.write_file(manifest, mode=0o644, sudo=sudo, content=record), timeout=FILE_TIMEOUT_S
+        )
 
 
 def fetch_model(

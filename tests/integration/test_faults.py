@@ -8,6 +8,7 @@ The deployments run the stand-in server (tests/standin) under real systemd.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -67,13 +68,15 @@ def test_host_frozen_during_a_model_upload(site: Site, testbed: Any) -> None:
     model = site.dir / "model"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "qwen2"}')
-    (model / "weights.bin").write_bytes(os.urandom(96 * 2**20))
+    weights = os.urandom(96 * 2**20)
+    (model / "weights.bin").write_bytes(weights)
+    copying = f"/tmp/orch-upload-{hashlib.sha256(weights).hexdigest()[:16]}"  # upload.py's temp name
     extra = "    model: {source: upload, local: model, dest: /srv/models/frozen}\n"
     pb = site.playbook("frozen.yml", "frozen", BOTH, port=8141, demo="up")
     pb.write_text(pb.read_text().replace("    model: /srv/models/standin\n", extra))
     proc = start("apply", pb, "-y")
     deadline = time.monotonic() + 60
-    while not site.sh("th3", "ls /tmp | grep orch-upload- || true").strip():
+    while not site.sh("th3", f"ls {copying} 2>/dev/null || true").strip():
         assert time.monotonic() < deadline and proc.poll() is None, "the upload never began"
         time.sleep(0.1)
     testbed.freeze(3)

@@ -145,7 +145,13 @@ def start(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Po
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # leave no process (nor its pipes) behind for a later test to trip on
+        out, err = proc.communicate()
+        print(f"$ {' '.join(map(str, proc.args))}  → killed after {timeout} s\n{out}\n{err}")  # type: ignore[arg-type]
+        raise
     print(f"$ {' '.join(map(str, proc.args))}  → {proc.returncode}\n{out}\n{err}")  # type: ignore[arg-type]
     return proc.returncode, out, err
 
