@@ -12,7 +12,6 @@ verb created the deployment — nothing. Reads of the host that a restore needs
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -257,7 +256,7 @@ def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) 
         raise RevisionError(f"{run.name}: {name} has no revision {number}, or its files are missing")
     recorded = (state.json_object(files.get("manifest.json", "")) or {}).get("files", {})
     for role, text in contents.items():
-        if recorded.get(role) != hashlib.sha256(text.encode()).hexdigest():
+        if recorded.get(role) != render.digest(text):
             what = REVISION_FILES[role]
             raise RevisionError(
                 f"{run.name}: {name} revision {number} is damaged: {what} does not match its checksum"

@@ -6,7 +6,6 @@ A plan holds only the changes still needed; an empty plan means "no change".
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from .core.masking import MASK as MASK
 from .core.masking import SECRET_NAME as SECRET_NAME
 from .core.masking import Masker
 from .core.model import ModelSource, VllmInstall
-from .core.render import Desired, DesiredFile, FileSum, UploadSpec
+from .core.render import Desired, DesiredFile, FileSum, UploadSpec, digest
 from .facts import DeploymentFacts
 from .provision import hub, upload
 from .provision.hub import Listing
@@ -238,7 +237,7 @@ def _interrupted(facts: DeploymentFacts) -> str:
     if p is None:
         return ""
     recorded = (facts.manifest or {}).get("files", {})
-    live = {role: hashlib.sha256(text.encode()).hexdigest() for role, text in facts.files.items()}
+    live = {role: digest(text) for role, text in facts.files.items()}
     if p.restarted or any(recorded.get(role) != digest for role, digest in live.items()):
         return f"interrupted {p.verb} of revision {p.revision}"
     return ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic.functional_validators import AfterValidator
@@ -71,6 +71,9 @@ OWNED_ENV = {
     "CUDA_DEVICE_ORDER": "gpus",
     "VLLM_API_KEY": "api_key (a secret)",
 }
+
+
+V = TypeVar("V")
 
 
 class Strict(BaseModel):
@@ -327,16 +330,9 @@ class Deployment(Strict):
                 )
         return value
 
-    @field_validator("env")
+    @field_validator("env", "secrets")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            _check_env_name(key)
-        return value
-
-    @field_validator("secrets")
-    @classmethod
-    def _secret_names(cls, value: dict[str, SecretRef]) -> dict[str, SecretRef]:
+    def _env_names(cls, value: dict[str, V]) -> dict[str, V]:
         for key in value:
             _check_env_name(key)
         return value

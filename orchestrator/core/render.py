@@ -69,7 +69,12 @@ class DesiredFile:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.content.encode()).hexdigest()
+        return digest(self.content)
+
+
+def digest(content: str) -> str:
+    """The checksum a revision's manifest records for one of its files."""
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

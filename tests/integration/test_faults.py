@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import standin
 from orchcli import orch
-from trustbed import INVENTORY, Site, finish, resume, start, status, wait_stopped
+from trustbed import Site, finish, resume, site_on, start, status, wait_stopped
 
 pytestmark = pytest.mark.testbed
 BOTH = ["th1", "th3"]
@@ -25,17 +24,7 @@ BOTH = ["th1", "th3"]
 
 @pytest.fixture(scope="module")
 def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    hosts = testbed.up(3)
-    for h in hosts:
-        standin.install(testbed, h)
-    d = tmp_path_factory.mktemp("faults")
-    lines = "\n".join(f"  {h.name}: {{address: {h.address}}}" for h in hosts)
-    (d / "inventory.yml").write_text(
-        INVENTORY.format(known_hosts=testbed.known_hosts_path, key=testbed.key_path, hosts=lines)
-    )
-    made = Site(testbed, d, {h.name: h for h in hosts})
-    yield made
-    made.clean()
+    yield from site_on(testbed, tmp_path_factory.mktemp("faults"))
 
 
 def _result_lines(out: str) -> dict[str, str]:

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import standin
 from orchcli import orch
-from trustbed import INVENTORY, Site, finish, start, status
+from trustbed import Site, finish, site_on, start, status
 
 from orchestrator.failpoints import POINTS
 
@@ -25,17 +24,7 @@ pytestmark = pytest.mark.testbed
 
 @pytest.fixture(scope="module")
 def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    hosts = testbed.up(3)
-    for h in hosts:
-        standin.install(testbed, h)
-    d = tmp_path_factory.mktemp("trust")
-    lines = "\n".join(f"  {h.name}: {{address: {h.address}}}" for h in hosts)
-    (d / "inventory.yml").write_text(
-        INVENTORY.format(known_hosts=testbed.known_hosts_path, key=testbed.key_path, hosts=lines)
-    )
-    made = Site(testbed, d, {h.name: h for h in hosts})
-    yield made
-    made.clean()
+    yield from site_on(testbed, tmp_path_factory.mktemp("trust"))
 
 
 def test_two_applies_at_once_exactly_one_changes_the_hosts(site: Site) -> None:

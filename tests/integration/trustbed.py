@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import standin
 from orchcli import orch
 from standin import VENV
 
@@ -125,6 +127,20 @@ class Site:
             "active": "active",
         }, t
         return t
+
+
+def site_on(testbed: Any, folder: Path) -> Iterator[Site]:
+    """Hosts th1..th3 with the stand-in installed, an inventory of them in ``folder``; destroyed after."""
+    hosts = testbed.up(3)
+    for h in hosts:
+        standin.install(testbed, h)
+    lines = "\n".join(f"  {h.name}: {{address: {h.address}}}" for h in hosts)
+    (folder / "inventory.yml").write_text(
+        INVENTORY.format(known_hosts=testbed.known_hosts_path, key=testbed.key_path, hosts=lines)
+    )
+    made = Site(testbed, folder, {h.name: h for h in hosts})
+    yield made
+    made.clean()
 
 
 def status(site: Site, playbook: Path) -> dict[tuple[str, str], dict[str, Any]]:
