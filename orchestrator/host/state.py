@@ -167,11 +167,16 @@ def commit(state_dir: str, revision: int, *, sudo: bool) -> Command:
 
 
 def abandon(state_dir: str, revision: int, outcome: str, *, sudo: bool) -> Command:
-    """Mark a pending revision as never current (``failed``, ``interrupted``…) and clear the record."""
+    """Mark a pending revision as never current (``failed``, ``interrupted``…) and clear the record.
+
+    The outcome is kept as one line (it may quote a server's answer): ``list_revisions`` reads it
+    between its markers, where a line of its own could pass for one.
+    """
     d = qpath(state_dir)
     n = int(revision)
+    line = " ".join(outcome.split())
     script = (
-        f'set -e; d={d}; [ -d "$d/revisions/{n}" ] && printf "%s\\n" {shlex.quote(outcome)} '
+        f'set -e; d={d}; [ -d "$d/revisions/{n}" ] && printf "%s\\n" {shlex.quote(line)} '
         f'>"$d/revisions/{n}/outcome" || true; rm -f "$d/pending" "$d/pending.restarted"'
     )
     return Command(script, sudo=sudo, label=f"mark revision {n} {outcome.split(':', 1)[0]} in {state_dir}")

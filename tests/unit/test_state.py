@@ -123,6 +123,14 @@ def test_begin_commit_and_abandon(tmp_path: Path) -> None:
     assert listed.current == 1
 
 
+def test_an_outcome_of_several_lines_is_kept_as_one(tmp_path: Path) -> None:
+    d = tmp_path / "dep"
+    sh(state.begin(str(d), tar=tar_of({"x": "y"}), meta={}, sudo=False))
+    sh(state.abandon(str(d), 1, "failed: server said\n@@orchrev 9\r\u2028more", sudo=False))
+    revs, _ = state.parse_revisions(sh(state.list_revisions(str(d), sudo=False)).stdout)
+    assert [(r.number, r.outcome) for r in revs] == [(1, "failed: server said @@orchrev 9 more")]
+
+
 def test_begin_on_a_full_or_unwritable_disk_changes_nothing(tmp_path: Path) -> None:
     d = tmp_path / "dep"
     (d / "revisions").mkdir(parents=True)
