@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,17 @@ class Loaded:
                 if limit is None or name in limit:
                     out.append(Target(dep, name, self.inventory.hosts[name]))
         return out
+
+    def select(self, *, limit: Sequence[str] | None = None, deployment: str | None = None) -> list[Target]:
+        """The targets a verb's ``--limit``/``--deployment`` name; an unknown host or no match is an error."""
+        wanted = set(limit) if limit else None
+        unknown = sorted((wanted or set()) - set(self.inventory.hosts))
+        if unknown:
+            raise ConfigError(f"--limit names unknown host {unknown[0]!r}", file=str(self.inventory_path))
+        targets = self.targets(limit=wanted, deployment=deployment)
+        if not targets:
+            raise ConfigError("no deployment matches --limit/--deployment", file=str(self.path))
+        return targets
 
     def resolve(self, relative: str, *, base: Path | None = None) -> Path:
         """A path from the playbook (or ``base``), relative to that file's folder."""

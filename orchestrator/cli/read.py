@@ -1,0 +1,128 @@
+"""The verbs that only read: status, revisions, logs, metrics, monitoring, preflight."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+from rich.live import Live
+from rich.markup import escape
+
+from .. import outputs, status
+from ..observe import monitoring
+from ..session import Session, logs
+from .common import EXIT_ERROR, EXIT_OK, loaded_of, targets_of
+from .output import (
+    check_json,
+    err,
+    metrics_table,
+    out,
+    result_json,
+    revisions_table,
+    show_checks,
+    show_host_errors,
+    status_table,
+)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    loaded = loaded_of(args)
+    targets = targets_of(loaded, args)
+    if not args.watch:
+        rows, errors = status.status_rows(loaded, targets)
+        if args.json:
+            out.print_json(data={"deployments": rows})
+        else:
+            out.print(status_table(rows))
+        return EXIT_ERROR if errors else EXIT_OK
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            live.update(status_table(status.status_rows(loaded, targets)[0]), refresh=True)
+            time.sleep(args.watch)
+
+
+def cmd_revisions(args: argparse.Namespace) -> int:
+    loaded = loaded_of(args)
+    rows, errors = status.revision_rows(loaded, targets_of(loaded, args))
+    if args.json:
+        out.print_json(data={"revisions": rows, "errors": [result_json(e) for e in errors]})
+    else:
+        out.print(revisions_table(rows))
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    loaded = loaded_of(args)
+    lock = threading.Lock()
+
+    def show(host: str, deployment: str, line: str) -> None:
+        with lock:
+            out.print(f"[cyan]{escape(host)}[/cyan] {escape(deployment)} | {escape(line)}")
+
+    errors = logs(loaded, targets_of(loaded, args), lines=args.lines, follow=args.follow, on_line=show)
+    for e in errors:
+        err.print(f"[red]✗ {escape(e.host)}[/red]: {escape(e.message)}")
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    loaded = loaded_of(args)
+    results = status.scrape(targets_of(loaded, args))
+    if args.json:
+        data = [
+            {"host": t.host_name, "deployment": t.deployment.name}
+            | ({"error": m} if isinstance(m, str) else m.to_dict())
+            for t, m in results
+        ]
+        out.print_json(data={"metrics": data})
+    else:
+        for t, m in results:
+            out.rule(f"[bold]{escape(t.host_name)} · {escape(t.deployment.name)}[/bold]", align="left")
+            out.print(f"[red]{escape(m)}[/red]" if isinstance(m, str) else metrics_table(m))
+    return EXIT_ERROR if any(isinstance(m, str) for _, m in results) else EXIT_OK
+
+
+def cmd_monitoring(args: argparse.Namespace) -> int:
+    loaded = loaded_of(args)
+    targets = targets_of(loaded, args)
+    revisions, errors = status.current_revisions(loaded, targets)
+    monitored = [
+        monitoring.MonitorTarget(
+            deployment=t.deployment.name,
+            host=t.host_name,
+            address=t.host.address,
+            port=t.deployment.port,
+            revision=revisions.get((t.host_name, t.deployment.name)),
+            served_name=t.deployment.served_name,
+        )
+        for t in targets
+    ]
+    files = monitoring.files(monitored, gpu_exporter_port=args.gpu_exporter_port)
+    written = outputs.write_files(args.out, files)
+    out.print(f"wrote {', '.join(str(p) for p in written)} ({len(monitored)} targets)")
+    for e in errors:
+        err.print(f"[yellow]warning:[/yellow] {escape(e.host)}: revision unknown: {escape(e.message)}")
+    return EXIT_OK
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    loaded = loaded_of(args)
+    targets = targets_of(loaded, args)
+    with Session(loaded, targets) as session:
+        session.gather(with_preflight=True)
+        checks = session.preflight()
+        errors = session.host_errors()
+    if args.json:
+        data = [
+            {"host": h, "deployment": d, "checks": [check_json(c) for c in cs]}
+            for (h, d), cs in checks.items()
+        ]
+        out.print_json(data={"preflight": data, "errors": [result_json(e) for e in errors]})
+    else:
+        for (host, dep), cs in checks.items():
+            out.rule(f"[bold]{escape(host)} · {escape(dep)}[/bold]", align="left")
+            show_checks(cs, quiet=False)
+        show_host_errors(errors)
+    failed = errors or any(not c.ok for cs in checks.values() for c in cs)
+    return EXIT_ERROR if failed else EXIT_OK
