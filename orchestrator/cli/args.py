@@ -28,7 +28,12 @@ def parser() -> argparse.ArgumentParser:
     }
     for verb, help_text in verbs.items():
         sp = sub.add_parser(verb, help=help_text, description=help_text)
-        sp.add_argument("playbook", type=Path, nargs="?" if verb == "bench" else None)
+        sp.add_argument(
+            "playbook",
+            type=Path,
+            nargs="?" if verb == "bench" else None,
+            help="the playbook, or a plan saved by `orch plan --out`" if verb == "apply" else "the playbook",
+        )
         sp.add_argument("-i", "--inventory", type=Path, help="use this inventory instead of the playbook's")
         if verb != "validate":
             sp.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
@@ -42,6 +47,12 @@ def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     if verb == "plan":
         sp.add_argument("--offline", action="store_true", help="render only; no SSH")
+        sp.add_argument(
+            "--out",
+            type=Path,
+            metavar="PLAN.json",
+            help="save the plan (no secret values in it); `orch apply PLAN.json` carries out exactly it",
+        )
     if verb in ("apply", "rollback", "destroy"):
         sp.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
         sp.add_argument(

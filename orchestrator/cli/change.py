@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.markup import escape
 
-from .. import facts, failpoints
+from .. import facts, failpoints, outputs, planfile
 from ..core import render
-from ..core.load import Loaded, Target
+from ..core.load import Loaded, Target, load
 from ..core.secrets import refs as secret_refs
+from ..errors import ConfigError
 from ..hostrun import HostRun, Result
 from ..plan import TargetPlan, plan_target
 from ..session import DesiredOf, Session, from_revisions, manifest_meta, rendered, renderer
@@ -40,6 +42,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
     targets = targets_of(loaded, args)
     secrets = secrets_of(loaded)
+    if args.offline and args.out:
+        raise ConfigError("an offline plan compares with nothing and cannot be saved", file=str(args.out))
     if args.offline:
         return _plan_offline(targets, renderer(loaded, secrets), as_json=args.json)
     with Session(loaded, targets) as session:
@@ -51,8 +55,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
         checks = session.preflight()
     show_plans(plans, errors, as_json=args.json, checks=checks)
     if errors or _blocking(plans, checks):
+        if args.out:
+            err.print(f"[red]plan not saved[/red] to {escape(str(args.out))}: it has errors")
         return EXIT_ERROR
+    if args.out:
+        _save_plan(args.out, loaded, plans)
     return EXIT_CHANGES if any(p.changed for p in plans) else EXIT_OK
+
+
+def _save_plan(path: Path, loaded: Loaded, plans: list[TargetPlan]) -> None:
+    meta = manifest_meta(loaded)
+    saved = planfile.save(
+        plans,
+        playbook=str(loaded.path.resolve()),
+        inventory=str(loaded.inventory_path.resolve()),
+        sources=loaded.digest,
+        made=meta["created"],
+        by=meta["by"],
+        orch=meta["orch_version"],
+    )
+    outputs.write_text(path, saved.to_json())
+    err.print(
+        f"saved the plan to {escape(str(path))}; `orch apply {escape(str(path))}` carries out exactly it"
+    )
 
 
 def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
@@ -86,9 +111,45 @@ def _plan_offline(
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    saved = _saved_plan(args.playbook)
+    if saved is not None:
+        return _apply_saved(args, saved)
     loaded = loaded_of(args)
     desired_of = rendered(loaded, secrets_of(loaded))
     return _converge(args, loaded, desired_of, verb="apply")
+
+
+def _saved_plan(path: Path) -> planfile.SavedPlan | None:
+    """The saved plan at ``path``, or None when it is not one (a playbook, or unreadable: load says why)."""
+    try:
+        with path.open("rb") as fh:
+            if not planfile.looks_like_plan(fh.read(4096)):
+                return None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return planfile.SavedPlan.from_json(text, file=str(path))
+
+
+def _apply_saved(args: argparse.Namespace, saved: planfile.SavedPlan) -> int:
+    """Carry out a saved plan: its playbook, inventory, targets; refused if what it relied on changed."""
+    if args.inventory or args.limit or args.deployment:
+        raise ConfigError(
+            "a saved plan fixes its inventory and targets: -i, --limit and --deployment do not apply",
+            file=str(args.playbook),
+        )
+    loaded = load(Path(saved.playbook), inventory_override=Path(saved.inventory))
+    if loaded.digest != saved.sources:
+        raise ConfigError(
+            f"the playbook or its inventory changed since the plan {args.playbook} was made; make a new plan",
+            file=saved.playbook,
+        )
+    wanted = {t.key for t in saved.targets}
+    targets = [t for t in loaded.targets() if (t.host_name, t.deployment.name) in wanted]
+    args.yes = True  # the plan was reviewed when it was made
+    return _converge(
+        args, loaded, rendered(loaded, secrets_of(loaded)), verb="apply", targets=targets, saved=saved
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -106,8 +167,16 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     return _converge(args, loaded, absent, verb="destroy")
 
 
-def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: DesiredOf, *, verb: str) -> int:
-    targets = targets_of(loaded, args)
+def _converge(
+    args: argparse.Namespace,
+    loaded: Loaded,
+    desired_of: DesiredOf,
+    *,
+    verb: str,
+    targets: list[Target] | None = None,
+    saved: planfile.SavedPlan | None = None,
+) -> int:
+    targets = targets_of(loaded, args) if targets is None else targets
     reporter = RichReporter()
     with Session(loaded, targets, reporter=reporter) as session:
         session.lock(verb, wait_s=args.lock_timeout)
@@ -117,6 +186,8 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: DesiredOf, *
         errors = session.host_errors()
         checks = session.preflight()
         failpoints.reach("after-facts")
+        if saved is not None and _stale(saved, plans, errors):
+            return EXIT_ERROR
         show_plans(plans, errors, as_json=False, checks=checks)
         if not any(p.changed for p in plans):
             out.print("[green]Nothing to do.[/green]")
@@ -136,6 +207,15 @@ def _converge(args: argparse.Namespace, loaded: Loaded, desired_of: DesiredOf, *
         with reporter.live():
             results = session.execute(plans, restore=not args.no_rollback)
     return _summary([*results, *errors])
+
+
+def _stale(saved: planfile.SavedPlan, plans: list[TargetPlan], errors: list[Result]) -> bool:
+    lines = [f"{e.host} {e.deployment}: {e.message}" for e in errors] + planfile.refusals(saved, plans)
+    for line in lines:
+        err.print(f"[red]✗[/red] {escape(line)}")
+    if lines:
+        err.print("[red]the saved plan no longer holds[/red]; nothing was changed. Make a new plan.")
+    return bool(lines)
 
 
 def _summary(results: list[Result]) -> int:

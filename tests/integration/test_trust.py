@@ -170,3 +170,40 @@ def test_a_first_apply_that_fails_leaves_no_deployment_but_spares_files_it_did_n
     assert proc.returncode == 1 and "rolling back to the files that were there before" in proc.stderr
     t = site.truth("th1", "first")
     assert (t["live"], t["process"], t["active"]) == ("hand", "hand", "active")
+
+
+def test_a_saved_plan_is_carried_out_exactly_and_refused_once_a_host_changed(site: Site) -> None:
+    hosts = ["th1", "th2"]
+    assert (
+        orch("apply", site.playbook("saved0.yml", "saved", hosts, port=8150, demo="base"), "-y").returncode
+        == 0
+    )
+    one = site.dir / "one.plan.json"
+    assert (
+        orch(
+            "plan", site.playbook("saved1.yml", "saved", hosts, port=8150, demo="one"), "--out", one
+        ).returncode
+        == 2
+    )
+    applied = orch("apply", one)  # a saved plan was reviewed when it was made: no question asked
+    assert applied.returncode == 0, applied.stderr
+    for h in hosts:
+        assert site.assert_truthful(h, "saved", "one")["current"] == 2
+    again = orch("apply", one)  # what it relied on is gone: it was carried out
+    assert again.returncode == 1
+    assert "th1 saved: the env file changed since the plan was made" in again.stderr
+
+    two = site.dir / "two.plan.json"
+    assert (
+        orch(
+            "plan", site.playbook("saved2.yml", "saved", hosts, port=8150, demo="two"), "--out", two
+        ).returncode
+        == 2
+    )
+    site.sh("th2", "sed -i 's/^DEMO=.*/DEMO=\"hand\"/' /etc/orch/saved.env")
+    refused = orch("apply", two)
+    assert refused.returncode == 1
+    assert "th2 saved: the env file changed since the plan was made" in refused.stderr
+    assert "th1 saved:" not in refused.stderr and "nothing was changed" in refused.stderr
+    assert site.assert_truthful("th1", "saved", "one")["current"] == 2  # no host was touched
+    assert site.truth("th2", "saved")["live"] == "hand"
