@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from ..errors import SecretError
-from .model import UNSAFE, Deployment, SecretRef
+from .model import Deployment, SecretRef
+from .scalars import UNSAFE
 from .yamlread import printable
 
 API_KEY_VAR = "VLLM_API_KEY"
