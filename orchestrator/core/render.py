@@ -124,8 +124,11 @@ class TemplateSources:
 
 
 def argv(dep: Deployment) -> list[str]:
-    """The vLLM command line; no secret ever appears in it."""
+    """The vLLM command line (or vLLM's router's); no secret ever appears in it."""
     head = _launcher(dep)
+    if dep.launcher.kind == "router":
+        own: dict[str, ArgValue] = {"--host": dep.bind, "--port": dep.port, **dep.args}
+        return [*head, "--worker-urls", *dep.launcher.workers, *_flag_words(own)]
     flags: dict[str, ArgValue] = {
         "--served-model-name": dep.served_name,
         "--host": dep.bind,
@@ -148,6 +151,8 @@ def _launcher(dep: Deployment) -> list[str]:
     bindir = f"{dep.venv}/bin/" if dep.venv else ""
     if dep.launcher.kind == "serve":
         return [f"{bindir}vllm", "serve", dep.model_path]
+    if dep.launcher.kind == "router":
+        return [f"{bindir}vllm-router"]
     return [venv_python(dep), "-m", "vllm.entrypoints.openai.api_server", "--model", dep.model_path]
 
 

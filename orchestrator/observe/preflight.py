@@ -79,6 +79,8 @@ def launcher_python(dep: Deployment) -> str:
 
 def launcher_exe(dep: Deployment) -> str:
     bindir = f"{dep.venv}/bin/" if dep.venv else ""
+    if dep.launcher.kind == "router":
+        return f"{bindir}vllm-router"
     return f"{bindir}{'vllm' if dep.launcher.kind == 'serve' else 'python' if bindir else 'python3'}"
 
 
@@ -224,7 +226,8 @@ def checks(dep: Deployment, probe: HostProbe, *, runner: RunnerName = "systemd")
     own = probe.deployments.get(dep.name, DeploymentProbe())
     own_pids = probe.descendants(own.main_pid)
     out = [check_runner(runner, probe), check_port(dep, probe, own_pids), check_launcher(dep, own)]
-    out.append(check_model(dep, own))
+    if dep.launcher.kind != "router":  # the router serves no model of its own
+        out.append(check_model(dep, own))
     if dep.accelerator == "cuda":
         out += gpu_checks(dep, probe, own_pids)
         out.append(check_fit(dep, probe, own, own_pids))
