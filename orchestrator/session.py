@@ -17,8 +17,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import __version__, failpoints
-from .converge import api_address, deployment, endpoint, execute, gather_host, journal_tail, revision_desired
+from . import __version__, failpoints, rollout
+from .converge import api_address, deployment, endpoint, gather_host, journal_tail, revision_desired
 from .core import render
 from .core.layout import Layout
 from .core.load import Loaded, Target
@@ -213,21 +213,16 @@ class Session:
         ] + self.failed
 
     def execute(self, plans: list[TargetPlan], *, gate: bool = True, restore: bool = True) -> list[Result]:
-        """Carry out the plans, hosts in parallel, a host's targets in order; results in the plans' order."""
-        hosts = list(dict.fromkeys(p.host for p in plans))
-
-        def one(host: str) -> list[Result]:
-            run = self.runs[host]
-            mine = [p for p in plans if p.host == host]
-            return [execute(run, p, self.reporter, gate=gate, restore=restore) for p in mine]
-
-        done: dict[tuple[str, str], Result] = {}
-        for host, outcome in zip(hosts, parallel(hosts, one), strict=True):
-            if isinstance(outcome, BaseException):
-                error = str(as_error(host, outcome))
-                outcome = [Result(host, p.deployment, "failed", error) for p in plans if p.host == host]
-            done.update({(r.host, r.deployment): r for r in outcome})
-        return [done[(p.host, p.deployment)] for p in plans]
+        """Carry out the plans (rollout.py: fleets in batches behind a router); results in plan order."""
+        return rollout.run(
+            self.runs,
+            plans,
+            deployments={d.name: d for d in self.loaded.playbook.deployments},
+            hosts=self.loaded.inventory.hosts,
+            reporter=self.reporter,
+            gate=gate,
+            restore=restore,
+        )
 
 
 def _busy(run: HostRun, output: str, wait_s: float) -> list[str]:
