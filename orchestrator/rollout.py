@@ -71,6 +71,25 @@ def waves(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment]) ->
     return [[p for p in plans if rank[(p.host, p.deployment)] == k] for k in range(count)]
 
 
+def describe(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment]) -> list[str]:
+    """What a rollout will do: a line per deployment taken in more than one batch or behind a router."""
+    lines = []
+    for name, dep in deployments.items():
+        hosts = [p.host for p in plans if p.deployment == name and p.changed]
+        batches = dep.rollout.batches(hosts) if hosts else []
+        if len(batches) < 2 and dep.router is None:
+            continue
+        order = " → ".join(f"[{', '.join(b)}]" for b in batches) or "nothing to change"
+        stop = f"stops after {dep.rollout.allowed_failures(len(hosts)) + 1} failed host(s)"
+        front = (
+            f"; behind {name}-router: each replica leaves it and drains before it stops" if dep.router else ""
+        )
+        lines.append(
+            f"rollout of {name}: {len(batches)} batch(es) {order}, each gated before the next, {stop}{front}"
+        )
+    return lines
+
+
 def fences(
     plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment], hosts: Mapping[str, Host]
 ) -> dict[Key, Fence]:

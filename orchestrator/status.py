@@ -11,17 +11,43 @@ from typing import Any
 
 import httpx
 
+from .core.fleet import worker_url
 from .core.load import Loaded, Target
 from .core.model import Deployment
-from .errors import ConfigError, OrchError
+from .errors import AnswerError, ConfigError, OrchError
 from .facts import DeploymentFacts
 from .host import state
 from .hostrun import HostRun, Result
 from .observe import health, metrics, preflight
 from .observe.health import Endpoint, Probe
+from .observe.router import Router
 from .session import Session, api_address, endpoint, revisions
 
 Row = dict[str, Any]
+
+
+def fleets(loaded: Loaded, rows: list[Row]) -> list[Row]:
+    """Per deployment with a router: how many replicas run which revision, and which the router routes to."""
+    out: list[Row] = []
+    for dep in loaded.playbook.deployments:
+        if dep.router is None:
+            continue
+        hosts = [t.host_name for t in loaded.targets(deployment=dep.name)]
+        revisions: dict[str, list[str]] = {}
+        for r in rows:
+            if r["deployment"] == dep.name and "error" not in r:
+                revisions.setdefault(str(r["revision"] or "-"), []).append(r["host"])
+        front = Router(f"http://{api_address(loaded.inventory.hosts[dep.router.host])}:{dep.router.port}")
+        row: Row = {"deployment": dep.name, "replicas": len(hosts), "revisions": revisions}
+        row |= {"router": f"{dep.name}-router", "router_url": front.base_url}
+        try:
+            listed = set(front.workers())
+        except AnswerError as exc:
+            out.append(row | {"in_router": None, "router_error": str(exc)})
+            continue
+        urls = {h: worker_url(api_address(loaded.inventory.hosts[h]), dep.port) for h in hosts}
+        out.append(row | {"in_router": [h for h in hosts if urls[h] in listed], "router_error": None})
+    return out
 
 
 def status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[Result]]:

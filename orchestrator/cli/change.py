@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from .. import facts, failpoints, outputs, planfile
+from .. import facts, failpoints, outputs, planfile, rollout
 from ..core import render
 from ..core.load import Loaded, Target, load
 from ..core.secrets import refs as secret_refs
@@ -54,6 +54,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         errors = session.host_errors()
         checks = session.preflight()
     show_plans(plans, errors, as_json=args.json, checks=checks)
+    if not args.json:
+        show_rollout(loaded, plans)
     if errors or _blocking(plans, checks):
         if args.out:
             err.print(f"[red]plan not saved[/red] to {escape(str(args.out))}: it has errors")
@@ -78,6 +80,11 @@ def _save_plan(path: Path, loaded: Loaded, plans: list[TargetPlan]) -> None:
     err.print(
         f"saved the plan to {escape(str(path))}; `orch apply {escape(str(path))}` carries out exactly it"
     )
+
+
+def show_rollout(loaded: Loaded, plans: list[TargetPlan]) -> None:
+    for line in rollout.describe(plans, {d.name: d for d in loaded.playbook.deployments}):
+        out.print(f"[bold]{escape(line)}[/bold]")
 
 
 def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
@@ -189,6 +196,7 @@ def _converge(
         if saved is not None and _stale(saved, plans, errors):
             return EXIT_ERROR
         show_plans(plans, errors, as_json=False, checks=checks)
+        show_rollout(loaded, plans)
         if not any(p.changed for p in plans):
             out.print("[green]Nothing to do.[/green]")
             return _summary([*session.execute(plans), *errors]) if errors else EXIT_OK

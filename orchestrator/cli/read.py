@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from typing import Any
 
 from rich.live import Live
 from rich.markup import escape
@@ -31,15 +32,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     targets = targets_of(loaded, args)
     if not args.watch:
         rows, errors = status.status_rows(loaded, targets)
+        fleets = status.fleets(loaded, rows)
         if args.json:
-            out.print_json(data={"deployments": rows})
+            out.print_json(data={"deployments": rows, "fleets": fleets})
         else:
             out.print(status_table(rows))
+            for f in fleets:
+                out.print(_fleet_line(f))
         return EXIT_ERROR if errors else EXIT_OK
     with Live(console=out, auto_refresh=False) as live:
         while True:
             live.update(status_table(status.status_rows(loaded, targets)[0]), refresh=True)
             time.sleep(args.watch)
+
+
+def _fleet_line(f: dict[str, Any]) -> str:
+    runs = "; ".join(f"revision {rev} on {', '.join(hosts)}" for rev, hosts in f["revisions"].items())
+    if f["in_router"] is None:
+        routed = f"router {escape(f['router'])} not reachable: {escape(f['router_error'])}"
+    else:
+        routed = f"in the router {escape(f['router'])}: {', '.join(f['in_router']) or 'none'}"
+    head = f"[bold]{escape(f['deployment'])}[/bold]: {f['replicas']} replica(s)"
+    return f"{head}; {escape(runs) or 'none runs'}; {routed}"
 
 
 def cmd_revisions(args: argparse.Namespace) -> int:

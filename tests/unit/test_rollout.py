@@ -222,3 +222,13 @@ def test_a_router_that_answers_garbage_is_one_error() -> None:
     )
     with pytest.raises(Exception, match=r"^http://lb:8800/list_workers: not JSON"):
         r.workers()
+
+
+def test_the_plan_says_how_a_fleet_rolls_out() -> None:
+    fleet = dep("tiny", ["a", "b", "c"], rollout=Rollout(batch=2), router=RouterSpec(host="lb"))
+    alone = dep("big", ["a", "b"])
+    plans = [target("a", "tiny"), target("b", "tiny"), target("c", "tiny"), target("a", "big")]
+    assert rollout.describe(plans, {"tiny": fleet, "big": alone}) == [
+        "rollout of tiny: 2 batch(es) [a, b] → [c], each gated before the next, stops after 1 failed host(s); "
+        "behind tiny-router: each replica leaves it and drains before it stops"
+    ]
