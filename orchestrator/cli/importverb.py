@@ -36,12 +36,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
     text = importer.playbook_yaml(imported, inventory=inventory)
+    said_to = out if args.out is not None else err  # stdout holds the playbook when it is printed
+    if address is not None:
+        _write(args.inventory_out, importer.inventory_yaml(host=host, address=address))
+        said_to.print(f"wrote {escape(str(args.inventory_out))} (host {escape(host)})")
     if args.out is None:
         sys.stdout.write(text)
         return EXIT_OK
-    if address is not None:
-        _write(args.inventory_out, importer.inventory_yaml(host=host, address=address))
-        out.print(f"wrote {escape(str(args.inventory_out))} (host {escape(host)})")
     _write(args.out, text)
     out.print(f"wrote {escape(str(args.out))} ({len(imported.entries)} deployment(s))")
     if (args.out.parent / inventory).is_file():
@@ -68,9 +69,10 @@ def _commands(args: argparse.Namespace) -> list[runbook.Command]:
 
 def _inventory_ref(args: argparse.Namespace) -> tuple[str, list[str]]:
     """What the playbook's ``inventory:`` says (relative to the playbook's folder), and a note."""
-    if args.inventory_out is not None:
-        folder = args.out.parent if args.out is not None else Path.cwd()
-        return os.path.relpath(args.inventory_out.resolve(), folder.resolve()), []
+    if args.inventory_out is not None and args.out is not None:
+        return os.path.relpath(args.inventory_out.resolve(), args.out.parent.resolve()), []
+    if args.inventory_out is not None:  # the playbook is printed: where it goes is not known
+        return str(args.inventory_out), []
     if args.inventory is not None:
         return str(args.inventory), []
     return "inventory.yml", ["inventory: inventory.yml, beside the playbook: write it, or name yours with -i"]

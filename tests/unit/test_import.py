@@ -323,3 +323,12 @@ def test_verb_writes_playbook_and_inventory(tmp_path: Path) -> None:
 def test_verb_errors_are_one_line(args: list[str], line: str) -> None:
     proc = orch(*args)
     assert (proc.returncode, proc.stderr.splitlines(), proc.stdout) == (1, [f"error: {line}"], "")
+
+
+def test_verb_prints_the_playbook_and_writes_the_inventory(tmp_path: Path) -> None:
+    inv = tmp_path / "inventory.yml"
+    proc = orch("--host", "box=192.0.2.9", "--inventory-out", inv, "--", "vllm", "serve", "/m")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {inv} (host box)" in proc.stderr
+    (tmp_path / "pb.yml").write_text(proc.stdout)
+    assert load(tmp_path / "pb.yml").targets()[0].host.address == "192.0.2.9"
