@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from .. import __version__
+from ..core.model import NAME
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +41,34 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
             sp.add_argument("--deployment", "-d", metavar="NAME", help="only this deployment")
         _verb_options(verb, sp)
+    _import_parser(sub)
     return p
+
+
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "turn runbook command lines (vllm serve …) or a systemd unit into a playbook"
+    sp = sub.add_parser("import", help=text, description=text)
+    sp.add_argument("command", nargs="*", metavar="-- COMMAND", help="one command line, after --")
+    sp.add_argument(
+        "--file", type=Path, metavar="RUNBOOK", help="command lines (\\ continuations, #, export, source)"
+    )
+    sp.add_argument("--from-unit", type=Path, metavar="UNIT", help="a systemd unit: ExecStart=, Environment=")
+    sp.add_argument(
+        "--host", type=host_spec, metavar="NAME[=ADDRESS]", help="the host the deployments run on (gpu1)"
+    )
+    sp.add_argument("--out", type=Path, metavar="PLAYBOOK", help="write the playbook (default: print it)")
+    sp.add_argument("-i", "--inventory", metavar="PATH", help="the inventory the playbook names")
+    sp.add_argument(
+        "--inventory-out", type=Path, metavar="FILE", help="write an inventory with the --host NAME=ADDRESS"
+    )
+
+
+def host_spec(text: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME=ADDRESS`` (argparse type)."""
+    name, eq, address = text.partition("=")
+    if not re.match(NAME, name) or (eq and not address.strip()):
+        raise argparse.ArgumentTypeError(f"not NAME[=ADDRESS] with a lower-case name like gpu1: {text!r}")
+    return name, address.strip() if eq else None
 
 
 def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "monitoring": "read:cmd_monitoring",
     "preflight": "read:cmd_preflight",
     "bench": "benchverb:cmd_bench",
+    "import": "importverb:cmd_import",
 }
 
 

@@ -69,6 +69,11 @@ def read_source(path: Path) -> Source:
     return parse_yaml(_decode(raw, file=str(path)), file=str(path), raw=raw)
 
 
+def read_text(path: Path) -> str:
+    """A text file orch reads besides YAML (a runbook, a unit), within the same bounds."""
+    return _decode(_read(path), file=str(path))
+
+
 def _read(path: Path) -> bytes:
     """At most MAX_BYTES of a regular file: a device or a FIFO would never end, or never start."""
     try:
