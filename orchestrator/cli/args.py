@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
-from ..core.model import NAME
+from ..core.scalars import NAME
 
 
 def parser() -> argparse.ArgumentParser:

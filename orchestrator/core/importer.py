@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from .load import Loc, Source, validate
-from .model import NAME, OWNED_FLAGS, Deployment, Inventory
+from .model import OWNED_FLAGS, Deployment, Inventory
 from .runbook import Command, Where
+from .scalars import NAME
 from .secrets import API_KEY_VAR
 from .yamlread import printable
 
