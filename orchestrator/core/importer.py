@@ -18,13 +18,13 @@ from typing import Any
 import yaml
 
 from .load import Loc, Source, validate
+from .masking import SECRET_NAME
 from .model import OWNED_FLAGS, Deployment, Inventory
 from .runbook import Command, Where
 from .scalars import NAME
 from .secrets import API_KEY_VAR
 from .yamlread import printable
 
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE)
 _NUMBERS: dict[str, type[int] | type[float]] = {
     "port": int,
     "tensor_parallel_size": int,

@@ -20,7 +20,7 @@ import markupsafe
 from .quoting import env_quote, parse_env, systemd_quote
 
 MASK = "***"
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIAL)", re.I)
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 _QUOTES = "'\""
 
 
