@@ -156,7 +156,7 @@ def exclusive(*, wait: float) -> Iterator[None]:
                 if not told:
                     log.warning("waiting up to %.0f s for the test bed, in use by %s", wait, holder)
                     told = True
-                time.sleep(1)
+                time.sleep(0.05)  # a freed test bed goes on at once
         lock.truncate(0)
         lock.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
         lock.flush()
