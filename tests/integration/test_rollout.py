@@ -238,10 +238,9 @@ def test_a_broken_revision_stops_at_the_first_batch_and_fails_no_request(site: d
     assert after["th2"] == before["th2"] and after["th3"] == before["th3"]
     urls = httpx.get(router_url(site) + "/list_workers", timeout=10).json()["urls"]
     assert sorted(urls) == sorted(worker(site, h) for h in ("th1", "th2", "th3"))
-    rows = {
-        r["host"]: r
-        for r in json.loads(orch("status", book, "--json").stdout)["deployments"]
-        if r["deployment"] == "fleet"
-    }
+    status = json.loads(orch("status", book, "--json").stdout)
+    rows = {r["host"]: r for r in status["deployments"] if r["deployment"] == "fleet"}
+    [fleet] = status["fleets"]
+    assert (fleet["revisions"], fleet["in_router"]) == ({"2": ["th1", "th2", "th3"]}, ["th1", "th2", "th3"])
     assert {h: rows[h]["revision"] for h in ("th1", "th2", "th3")} == {"th1": 2, "th2": 2, "th3": 2}
     assert "not reached: the rollout of fleet stopped after batch 1 failed" in proc.stdout
