@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any, Literal
 
 from ..core.model import ModelSource
-from ..core.render import Desired, parse_env
+from ..core.render import Desired
 from ..host import commands
 from .hubproto import MARKER as MARKER
 from .hubproto import SOURCES, HubFile
@@ -97,8 +97,7 @@ def command(op: Literal["probe", "fetch"], desired: Desired, *, sudo: bool) -> c
     spec = desired.fetch
     if spec is None:
         raise ValueError("the desired state has no hub model")
-    env_file = desired.file("env")
-    body = request(op, spec, parse_env(env_file.content) if env_file else {})
+    body = request(op, spec, dict(desired.env))
     label = f"{'list' if op == 'probe' else 'fetch'} {spec.describe()}"
     return commands.hub_fetch(desired.python, script(), body, sudo=sudo, label=label)
 
