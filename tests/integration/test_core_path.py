@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -170,16 +171,22 @@ def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
     assert workers == "2"
 
 
+def apply_to_solo_only(pb: Path, shown: str) -> subprocess.CompletedProcess[str]:
+    """Plan (solo's diff shows ``shown``, tp2 has no change), then apply; apply's run."""
+    plan = orch("plan", pb, env=ENV)
+    assert plan.returncode == 2
+    assert shown in plan.stdout
+    assert "th1 · tp2" in plan.stdout and "no changes" in plan.stdout
+    apply = orch("apply", pb, "-y", env=ENV)
+    assert apply.returncode == 0, apply.stdout
+    return apply
+
+
 def test_changed_flag_restarts_only_that_deployment(site: dict[str, Any]) -> None:
     pb = playbook(site, "changed", solo_args="{--max-num-seqs: 8}")
     before_tp2, before_solo = main_pid(site, "tp2"), main_pid(site, "solo")
     assert "--max-num-seqs" not in command_line(site, "solo")
-    plan = orch("plan", pb, env=ENV)
-    assert plan.returncode == 2
-    assert "--max-num-seqs 8" in plan.stdout
-    assert "th1 · tp2" in plan.stdout and "no changes" in plan.stdout
-    apply = orch("apply", pb, "-y", env=ENV)
-    assert apply.returncode == 0, apply.stdout
+    apply_to_solo_only(pb, "--max-num-seqs 8")
     # The restarted server is a new process that was given the new flag; tp2's process is the one it was.
     assert main_pid(site, "solo") != before_solo
     solo_argv = command_line(site, "solo")
@@ -295,12 +302,9 @@ def test_serve_launcher_runs_vllm_serve(site: dict[str, Any]) -> None:
     install_vllm_console(tb, h2)
     before = status(playbook(site, "base"))["solo"]["revision"]
     pb = playbook(site, "serve", solo_launcher="serve")
-    plan = orch("plan", pb, env=ENV)
-    assert plan.returncode == 2
-    assert "+ExecStart=/opt/vllm/bin/vllm serve /srv/models/tiny --served-model-name tiny-solo" in plan.stdout
-    assert "th1 · tp2" in plan.stdout and "no changes" in plan.stdout
-    apply = orch("apply", pb, "-y", env=ENV)
-    assert apply.returncode == 0, apply.stdout
+    apply = apply_to_solo_only(
+        pb, "+ExecStart=/opt/vllm/bin/vllm serve /srv/models/tiny --served-model-name tiny-solo"
+    )
     assert re.search(r"solo: ready after \d", apply.stderr)  # the gate: /health, /v1/models, two completions
     assert command_line(site, "solo")[1:4] == ["/opt/vllm/bin/vllm", "serve", "/srv/models/tiny"]
 
