@@ -5,7 +5,8 @@ Run as root from the repository root: `.venv/bin/python benchmarks/bench_vs_vllm
 Holds the test bed lock (waits up to ORCH_TESTBED_LOCK_WAIT s, default 1800), starts from a clean
 test bed and takes it down at the end. One test host serves the tiny model (deployed by orch).
 Three clients load it: `vllm bench serve` inside the host (the CPU build ships it), orch's
-generator (orchestrator/observe/bench.py, run by the host's own Python, which has aiohttp) inside the host
+generator (orchestrator/observe/bench.py and benchclient.py, run by the host's own Python, which has
+aiohttp) inside the host
 on the same loopback, and `orch bench` itself from the controller over the test bed's bridge.
 One warm-up round, then ROUNDS rounds; each round runs every client once, one after the other, in
 an order that rotates. Then PAIRED_RUNS paired runs in the host, whose requests alternate between
@@ -33,14 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from testbed.hosts import Testbed, TestHost, exclusive  # noqa: E402
 
-from orchestrator.observe.bench import (  # noqa: E402
-    BenchConfig,
-    BenchResult,
-    build_prompts,
-    change_pct,
-    compare,
-    from_vllm_json,
-)
+from orchestrator.observe.bench import BenchConfig, BenchResult, build_prompts  # noqa: E402
+from orchestrator.observe.benchreport import change_pct, compare, from_vllm_json  # noqa: E402
 
 N, CONCURRENCY, INPUT_LEN, OUTPUT_LEN, SEED, PORT = 400, 4, 64, 32, 0, 8040
 WARMUP, ROUNDS, PAIRED_RUNS = 1, 9, 5
@@ -65,10 +60,10 @@ VLLM_BENCH = BOOST + (
 )
 # orch's load generator, run where vLLM's runs (inside the host, on loopback), by the host's own Python.
 IN_HOST = BOOST + (
-    "cd /tmp/orchbench && /opt/vllm/bin/python -c 'import orch_bench as b; "
+    "cd /tmp/orchbench && /opt/vllm/bin/python -c 'from orchbench import bench as b, benchclient as c; "
     f'cfg = b.BenchConfig(base_url="http://127.0.0.1:{PORT}", model="tiny", num_requests={N}, '
     f"concurrency={CONCURRENCY}, input_len={INPUT_LEN}, output_len={OUTPUT_LEN}, seed={SEED}); "
-    "print(b.run_bench(cfg).to_json())'"
+    "print(c.run_bench(cfg).to_json())'"
 )
 # The paired check, in the host: one run of N requests whose requests alternate between vLLM's own
 # request function (what `vllm bench serve` calls) and orch's, on one connection pool under one
@@ -77,7 +72,7 @@ IN_HOST = BOOST + (
 PAIRED_SRC = f"""\
 import asyncio, json, sys, time
 import aiohttp
-import orch_bench as b
+from orchbench import bench as b, benchclient as c
 from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_completions
 
 URL = "http://127.0.0.1:{PORT}"
@@ -94,7 +89,7 @@ async def main(first):
             async with slots:
                 t0 = time.perf_counter()
                 if kind == "orch":
-                    o = await b.measure_request(s, cfg, prompt)
+                    o = await c.measure_request(s, cfg, prompt)
                     row = (o.ok, o.ttft_s, o.e2e_s, o.output_tokens)
                 else:
                     o = await async_request_openai_completions(RequestFuncInput(
@@ -183,15 +178,13 @@ def measure(tb: Testbed, h1: TestHost) -> tuple[dict[str, list[BenchResult]], Pa
         )
         (d / "pb.yml").write_text(PLAYBOOK)
         orch("apply", "-y", str(d / "pb.yml"))
-        tb.ssh(h1, f"{SHIM} && mkdir -p /tmp/orchbench")
+        tb.ssh(h1, f"{SHIM} && mkdir -p /tmp/orchbench/orchbench")
         put(tb, h1, "/tmp/prompts.jsonl", prompts)
         carry_pandas(tb, h1)
-        put(
-            tb,
-            h1,
-            "/tmp/orchbench/orch_bench.py",
-            (ROOT / "orchestrator" / "observe" / "bench.py").read_text(),
-        )
+        put(tb, h1, "/tmp/orchbench/orchbench/__init__.py", "")
+        for module in ("bench.py", "benchclient.py"):  # the load generator: stdlib and aiohttp only
+            source = (ROOT / "orchestrator" / "observe" / module).read_text()
+            put(tb, h1, f"/tmp/orchbench/orchbench/{module}", source)
         put(tb, h1, "/tmp/orchbench/paired.py", PAIRED_SRC)
 
         def vllm() -> BenchResult:

@@ -12,7 +12,7 @@ verb created the deployment — nothing. Reads of the host that a restore needs
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from . import facts, failpoints
@@ -127,8 +127,7 @@ def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: R
 def _gate(
     run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState, reporter: Reporter
 ) -> Outcome:
-    env_file = desired.file("env")
-    ep = endpoint(run.host, dep, env_file.content if env_file else "")
+    ep = endpoint(run.host, dep, desired.env)
     runner = runners.of(desired.layout)
     state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
 
@@ -209,9 +208,9 @@ def api_address(host: Host) -> str:
     return "127.0.0.1" if host.connection == "local" else host.address
 
 
-def endpoint(host: Host, dep: Deployment, env_text: str) -> Endpoint:
+def endpoint(host: Host, dep: Deployment, env: Mapping[str, str]) -> Endpoint:
     """Where the deployment answers, with the API key its env file gives the server (if any)."""
-    api_key = render.parse_env(env_text).get(secrets.API_KEY_VAR)
+    api_key = env.get(secrets.API_KEY_VAR)
     return Endpoint(f"http://{api_address(host)}:{dep.port}", dep.served_name, api_key)
 
 
@@ -261,5 +260,4 @@ def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) 
             raise RevisionError(
                 f"{run.name}: {name} revision {number} is damaged: {what} does not match its checksum"
             )
-    keys = frozenset(render.parse_env(contents["env"]))
-    return render.from_revision(target.deployment, run.host, contents, secret_keys=keys, origin=origin)
+    return render.from_revision(target.deployment, run.host, contents, origin=origin)

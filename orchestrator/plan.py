@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .core.layout import ROLES, Role
 from .core.masking import MASK as MASK
@@ -79,29 +79,35 @@ class RemoveFile:
 
 
 @dataclass(frozen=True)
-class DaemonReload:
+class UnitChange:
+    """A runner command on the deployment's unit; each kind below is its own type, told apart by apply."""
+
+    unit: str
+    verb: ClassVar[str]
+
+    def summary(self) -> str:
+        return f"{self.verb} {self.unit}"
+
+
+class DaemonReload(UnitChange):
     """Make the runner read the changed unit (systemd: daemon-reload; supervisord: reread + update)."""
 
-    unit: str
+    verb = "daemon-reload"
 
     def summary(self) -> str:
-        return "daemon-reload"
+        return self.verb
 
 
-@dataclass(frozen=True)
-class Enable:
-    unit: str
-
-    def summary(self) -> str:
-        return f"enable {self.unit}"
+class Enable(UnitChange):
+    verb = "enable"
 
 
-@dataclass(frozen=True)
-class Disable:
-    unit: str
+class Disable(UnitChange):
+    verb = "disable"
 
-    def summary(self) -> str:
-        return f"disable {self.unit}"
+
+class Stop(UnitChange):
+    verb = "stop"
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,6 @@ class Restart:
 
     def summary(self) -> str:
         return f"restart {self.unit} ({self.reason})"
-
-
-@dataclass(frozen=True)
-class Stop:
-    unit: str
-
-    def summary(self) -> str:
-        return f"stop {self.unit}"
 
 
 @dataclass(frozen=True)

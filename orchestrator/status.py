@@ -14,6 +14,7 @@ import httpx
 from .core.fleet import worker_url
 from .core.load import Loaded, Target
 from .core.model import Deployment
+from .core.quoting import parse_env
 from .errors import AnswerError, ConfigError, OrchError
 from .facts import DeploymentFacts
 from .host import state
@@ -66,7 +67,7 @@ def status_row(run: HostRun, t: Target) -> dict[str, Any]:
     f = run.facts.get(t.deployment.name, DeploymentFacts())
     ready: Probe | None = None
     if f.unit.running:
-        ep = endpoint(run.host, t.deployment, f.files.get("env", ""))
+        ep = endpoint(run.host, t.deployment, parse_env(f.files.get("env", "")))
         with httpx.Client(timeout=5) as client:
             ready = health.probe(client, ep)
     return {
@@ -182,7 +183,7 @@ def bench_target(loaded: Loaded, targets: list[Target]) -> tuple[Target, int | N
     return (
         targets[0],
         f.current_revision,
-        endpoint(targets[0].host, targets[0].deployment, f.files.get("env", "")),
+        endpoint(targets[0].host, targets[0].deployment, parse_env(f.files.get("env", ""))),
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import __version__, outputs, status
 from ..errors import ConfigError
-from ..observe import bench
+from ..observe import bench, benchreport
 from .common import EXIT_ERROR, EXIT_OK, loaded_of, targets_of
 from .output import out, run_bench
 
@@ -15,7 +15,7 @@ from .output import out, run_bench
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.compare:
         a, b = (_read_bench(p) for p in args.compare)
-        out.print(bench.format_compare(a, b, labels=(args.compare[0].stem, args.compare[1].stem)))
+        out.print(benchreport.format_compare(a, b, labels=(args.compare[0].stem, args.compare[1].stem)))
         return EXIT_OK
     if args.playbook is None:
         raise ConfigError("bench needs a PLAYBOOK (or --compare A.json B.json)", file="orch bench")
@@ -46,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         orch_version=__version__,
     )
     title = f"{target.deployment.name} on {target.host_name}, revision {revision or '-'}"
-    out.print(bench.format_table(result, title=title))
+    out.print(benchreport.format_table(result, title=title))
     if args.save:
         outputs.write_text(args.save, result.to_json())
         out.print(f"saved {args.save}")
@@ -59,6 +59,8 @@ def _read_bench(path: Path) -> bench.BenchResult:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
     try:
-        return bench.BenchResult.from_json(text) if '"orch-bench/' in text else bench.from_vllm_json(text)
+        if '"orch-bench/' in text:
+            return bench.BenchResult.from_json(text)
+        return benchreport.from_vllm_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"not a bench result: {exc}", file=str(path)) from exc

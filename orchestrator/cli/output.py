@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..facts import UnitState
 from ..hostrun import Result
-from ..observe import bench, metrics
+from ..observe import bench, benchclient, metrics
 from ..observe.diagnose import diagnose
 from ..observe.gpu import Check
 from ..observe.health import Probe
@@ -328,4 +328,4 @@ def run_bench(cfg: bench.BenchConfig) -> bench.BenchResult:
         task = progress.add_task(
             f"{cfg.num_requests} requests, concurrency {cfg.concurrency}", total=cfg.num_requests
         )
-        return bench.run_bench(cfg, on_progress=lambda done, total: progress.update(task, completed=done))
+        return benchclient.run_bench(cfg, on_progress=lambda done, _: progress.update(task, completed=done))

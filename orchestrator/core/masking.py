@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -72,9 +72,9 @@ def secret_name(key: str) -> bool:
     return bool(SECRET_NAME.search(key))
 
 
-def env_secrets(env_text: str, keys: frozenset[str]) -> list[str]:
-    """The values in an env file of ``keys`` and of names that say they are secret."""
-    return [v for k, v in parse_env(env_text).items() if v and (k in keys or secret_name(k))]
+def env_secrets(env: Mapping[str, str], keys: frozenset[str]) -> list[str]:
+    """The values in an env file's variables of ``keys`` and of names that say they are secret."""
+    return [v for k, v in env.items() if v and (k in keys or secret_name(k))]
 
 
 @dataclass(frozen=True)

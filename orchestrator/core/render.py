@@ -83,7 +83,9 @@ class Desired:
 
     ``secret_keys`` name the env variables that hold secrets, ``secret_values`` are their values
     (plan masks them wherever a diff shows them), ``plain_keys``, when known, the env variables
-    that hold none (any other key of an env file is masked as if secret).
+    that hold none (any other key of an env file is masked as if secret). ``env`` is the env
+    file's variables as a mapping: those it is rendered from, or those an earlier revision's file
+    holds (secrets included: never shown).
     """
 
     layout: Layout
@@ -98,6 +100,7 @@ class Desired:
     python: str = "python3"  # the host's Python that runs hub downloads: the deployment's venv
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     plain_keys: frozenset[str] | None = None
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def present(self) -> bool:
@@ -192,12 +195,13 @@ def render(
     """
     layout = Layout.of(host, dep.name)
     hide = Masker.build(secrets.values())
+    env = environment(dep, secrets)
     context: dict[str, object] = {
         "deployment": dep,
         "host": host,
         "scope": host.scope,
         "argv": argv(dep),
-        "env": environment(dep, secrets),
+        "env": env,
         "env_file": layout.env_file_directive,
         "program": program(dep.unit_name),
         "log_file": log_path(dep.unit_name),
@@ -218,6 +222,7 @@ def render(
         python=venv_python(dep),
         secret_values=tuple(secrets.values()),
         plain_keys=plain_keys(dep),
+        env=dict(env),
     )
 
 
@@ -237,22 +242,31 @@ def absent(dep: Deployment, host: Host) -> Desired:
 
 
 def from_revision(
-    dep: Deployment, host: Host, contents: dict[Role, str], *, secret_keys: frozenset[str], origin: str
+    dep: Deployment,
+    host: Host,
+    contents: dict[Role, str],
+    *,
+    secret_keys: frozenset[str] | None = None,
+    origin: str,
 ) -> Desired:
-    """The desired state that an earlier revision's files describe.
+    """The desired state that an earlier revision's files (read from the host) describe.
 
-    ``secret_keys``: the revision's env keys that may hold secrets. Those the deployment declares
-    as plain env hold none; the values of the others are read back from the env file, to be masked.
+    ``secret_keys``: the revision's env keys that may hold secrets (by default every key its env
+    file holds). Those the deployment declares as plain env hold none; the values of the others
+    are read back from the env file, to be masked.
     """
     layout = Layout.of(host, dep.name)
     files = (
         DesiredFile("env", layout.env_path, contents["env"], ENV_MODE),
         DesiredFile("unit", layout.unit_path, contents["unit"], UNIT_MODE),
     )
+    env = parse_env(contents["env"])
     plain = plain_keys(dep)
-    keys = (secret_keys - plain) | frozenset(refs(dep))
-    values = tuple(env_secrets(contents["env"], keys))
-    return Desired(layout, dep.unit_name, files, keys, origin, secret_values=values, plain_keys=plain)
+    keys = ((frozenset(env) if secret_keys is None else secret_keys) - plain) | frozenset(refs(dep))
+    values = tuple(env_secrets(env, keys))
+    return Desired(
+        layout, dep.unit_name, files, keys, origin, secret_values=values, plain_keys=plain, env=env
+    )
 
 
 class _NoFiles(jinja2.BaseLoader):

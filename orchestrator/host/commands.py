@@ -118,34 +118,6 @@ def read_files(paths: dict[str, str]) -> str:
     return "; ".join(parts)
 
 
-def record_revision(state_dir: str, *, sudo: bool, tar: bytes) -> Command:
-    """Unpack a revision (tar on stdin) as the next number, then point ``current`` at it."""
-    d = qpath(state_dir)
-    script = (
-        f'set -e; umask 077; d={d}; mkdir -p "$d/revisions"; '
-        'n=$(ls "$d/revisions" | grep -E "^[0-9]+$" | sort -n | tail -1); n=$(( ${n:-0} + 1 )); '
-        'tmp=$(mktemp -d "$d/.new-XXXXXX"); tar -x -C "$tmp"; mv "$tmp" "$d/revisions/$n"; '
-        'echo "$n" >"$d/current.tmp"; mv -f "$d/current.tmp" "$d/current"; echo "$n"'
-    )
-    return Command(script, stdin=tar, sudo=sudo, label=f"record revision in {state_dir}")
-
-
-def read_revision(state_dir: str, revision: int, *, sudo: bool) -> Command:
-    base = f"{state_dir}/revisions/{int(revision)}"
-    files = {name: f"{base}/{name}" for name in ("vllm.service", "vllm.env", "manifest.json")}
-    return Command(read_files(files), sudo=sudo, label=f"read revision {revision}")
-
-
-def list_revisions(state_dir: str, *, sudo: bool) -> Command:
-    d = qpath(state_dir)
-    script = (
-        f"d={d}; for r in $(ls \"$d/revisions\" 2>/dev/null | grep -E '^[0-9]+$' | sort -n); do "
-        f'echo "{MARK}rev $r"; base64 -w0 "$d/revisions/$r/manifest.json" 2>/dev/null; echo; done; '
-        f'echo "{MARK}current"; cat "$d/current" 2>/dev/null || true'
-    )
-    return Command(script, sudo=sudo, label="list revisions")
-
-
 def installed_version(spec: VllmInstall) -> str:
     """Print the installed version of the pinned package in its venv (nothing when absent)."""
     # The package name travels as an argument, never inside the program's source.

@@ -88,25 +88,23 @@ def _models(client: httpx.Client, ep: Endpoint) -> str:
 
 
 def _chat_plain(client: httpx.Client, ep: Endpoint) -> str:
-    url = f"{ep.base_url}/v1/chat/completions"
-    answer = httpio.fetch(client, "POST", url, json_body=_chat(ep, stream=False), headers=ep.headers())
+    answer = _chat(client, ep, stream=False)
     if answer.status != 200:
         return f"chat completion answered {answer.status}: {httpio.snippet(answer.body)}"
-    reply = httpio.loads(answer.body, url=url)
+    reply = httpio.loads(answer.body, url=answer.url)
     if not isinstance(reply, dict) or not reply.get("choices"):
         return f"chat completion answered {answer.status} without choices: {httpio.snippet(answer.body)}"
     return ""
 
 
 def _chat_stream(client: httpx.Client, ep: Endpoint) -> str:
-    url = f"{ep.base_url}/v1/chat/completions"
-    answer = httpio.fetch(client, "POST", url, json_body=_chat(ep, stream=True), headers=ep.headers())
+    answer = _chat(client, ep, stream=True)
     if answer.status != 200:
         return f"streamed chat answered {answer.status}: {httpio.snippet(answer.body)}"
     events = [line[5:].strip() for line in answer.text.splitlines() if line.startswith("data:")]
     if not events or events[-1] != "[DONE]":
         return "streamed chat did not end with data: [DONE]"
-    chunks = [httpio.loads(e, url=url) for e in events[:-1]]
+    chunks = [httpio.loads(e, url=answer.url) for e in events[:-1]]
     odd = next((e for e, c in zip(events, chunks, strict=False) if not isinstance(c, dict)), None)
     if odd is not None:
         return f"streamed chat sent a chunk that is not an object: {httpio.snippet(odd)}"
@@ -123,13 +121,11 @@ _CHECKS: tuple[tuple[str, Callable[[httpx.Client, Endpoint], str]], ...] = (
 )
 
 
-def _chat(ep: Endpoint, *, stream: bool) -> dict[str, object]:
-    return {
-        "model": ep.served_name,
-        "messages": [{"role": "user", "content": "ping"}],
-        "max_tokens": 1,
-        "stream": stream,
-    }
+def _chat(client: httpx.Client, ep: Endpoint, *, stream: bool) -> httpio.Answer:
+    """A one-token chat completion, streamed or not."""
+    body = {"model": ep.served_name, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    url = f"{ep.base_url}/v1/chat/completions"
+    return httpio.fetch(client, "POST", url, json_body={**body, "stream": stream}, headers=ep.headers())
 
 
 def _died(state: UnitState, baseline: UnitState) -> bool:

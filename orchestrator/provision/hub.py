@@ -1,11 +1,11 @@
 """Models from a hub (``hf``, ``modelscope``), downloaded on the host by the hub's own client.
 
-The download runs ``hubfetch.py`` on the host with the deployment's venv Python; it
-answers in JSON lines (``listing``, ``progress``, ``done``, ``error``) and, once every
-file is in place, writes ``.orch-model.json`` (source, id, revision, commit, files and
-sizes) into the model folder. This module is the pure part: whether a host still needs
-a fetch, the request sent on stdin (the only place a token travels), and the parsing
-of the answers.
+The download runs ``hubfetch`` (with ``hubclients`` and ``hubproto``, sent as one text by
+``script``) on the host with the deployment's venv Python; it answers in JSON lines
+(``listing``, ``progress``, ``done``, ``error``) and, once every file is in place, writes
+``.orch-model.json`` (source, id, revision, commit, files and sizes) into the model folder.
+This module is the controller's part: whether a host still needs a fetch, the program and the
+request sent on stdin (the only place a token travels), and the parsing of the answers.
 """
 
 from __future__ import annotations
@@ -17,34 +17,32 @@ from importlib import resources
 from typing import Any, Literal
 
 from ..core.model import ModelSource
-from ..core.render import Desired, parse_env
+from ..core.render import Desired
 from ..host import commands
+from .hubproto import MARKER as MARKER
+from .hubproto import SOURCES, HubFile
+from .hubproto import Listing as Listing
 from .upload import RemoteFiles
 
-MARKER = ".orch-model.json"
-HUB_SOURCES = ("hf", "modelscope")
-
-
-@dataclass(frozen=True)
-class HubFile:
-    path: str
-    size: int
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What the hub holds at the requested revision."""
-
-    commit: str
-    files: tuple[HubFile, ...]
-
-    @property
-    def total(self) -> int:
-        return sum(f.size for f in self.files)
+# The host-side program's modules, each importing only the ones before it (relatively) and the stdlib.
+HOST_MODULES = ("hubproto", "hubclients", "hubfetch")
+# Runs them under `PY -c`: each source becomes a module of one package, then hubfetch's main runs.
+BOOT = """\
+import sys, types
+package = types.ModuleType("orchhub")
+package.__path__ = []
+sys.modules["orchhub"] = package
+for name, source in SOURCES:
+    module = types.ModuleType(f"orchhub.{name}")
+    module.__package__ = "orchhub"
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+sys.exit(module.main(sys.argv[1:]))
+"""
 
 
 def is_hub(spec: ModelSource | None) -> bool:
-    return spec is not None and spec.source in HUB_SOURCES
+    return spec is not None and spec.source in SOURCES
 
 
 def needs_fetch(spec: ModelSource, remote: RemoteFiles | None) -> str:
@@ -74,7 +72,7 @@ def _files(raw: object) -> tuple[HubFile, ...]:
 
 
 def request(op: str, spec: ModelSource, env: dict[str, str]) -> bytes:
-    """The JSON request ``hubfetch.py`` reads on stdin; ``env`` may hold tokens, so it never goes in argv."""
+    """The JSON request ``hubfetch`` reads on stdin; ``env`` may hold tokens, so it never goes in argv."""
     body = {
         "op": op,
         "source": spec.source,
@@ -88,17 +86,18 @@ def request(op: str, spec: ModelSource, env: dict[str, str]) -> bytes:
 
 @functools.cache
 def script() -> str:
-    """The host-side program, sent as text (read once from the package)."""
-    return resources.files("orchestrator.provision").joinpath("hubfetch.py").read_text()
+    """The host-side program as one text for ``PY -c`` (its modules read once from the package)."""
+    folder = resources.files("orchestrator.provision")
+    sources = [(name, folder.joinpath(f"{name}.py").read_text()) for name in HOST_MODULES]
+    return BOOT.replace("SOURCES", repr(sources), 1)
 
 
 def command(op: Literal["probe", "fetch"], desired: Desired, *, sudo: bool) -> commands.Command:
-    """Run ``hubfetch.py`` for the desired hub model, with the deployment's env (tokens included) on stdin."""
+    """Run ``hubfetch`` for the desired hub model, with the deployment's env (tokens included) on stdin."""
     spec = desired.fetch
     if spec is None:
         raise ValueError("the desired state has no hub model")
-    env_file = desired.file("env")
-    body = request(op, spec, parse_env(env_file.content) if env_file else {})
+    body = request(op, spec, dict(desired.env))
     label = f"{'list' if op == 'probe' else 'fetch'} {spec.describe()}"
     return commands.hub_fetch(desired.python, script(), body, sudo=sudo, label=label)
 

@@ -3,19 +3,28 @@
 One deployment with tensor parallelism 2 as root (system unit), one as the
 unprivileged ``deploy`` user (``systemctl --user``). The tests run in order and
 build on each other, as a person would use orch: plan → apply → no-op →
-change → rollback → a broken revision rolled back → destroy.
+change → rollback → a broken revision rolled back → a host unreachable →
+the ``serve`` launcher (``vllm serve``) → destroy.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from orchcli import orch
 
 pytestmark = pytest.mark.testbed
+
+ROOT = Path(__file__).resolve().parents[2]
+IDLE_UNIT = ROOT / "benchmarks" / "templates" / "idle.service.j2"
+VLLM_CONSOLE = ROOT / "tests" / "testbed" / "vllm_console.py"
 
 
 INVENTORY = """\
@@ -55,7 +64,7 @@ deployments:
     port: 8001
     max_model_len: {solo_len}
     dtype: bfloat16
-    launcher: {{kind: api_server, venv: /opt/vllm}}
+    launcher: {{kind: {solo_launcher}, venv: /opt/vllm}}
     env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
     args: {solo_args}
     api_key: {{env: ORCH_TEST_API_KEY}}
@@ -81,9 +90,13 @@ def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     return {"dir": d, "hosts": hosts, "testbed": testbed}
 
 
-def playbook(site: dict[str, Any], name: str, *, solo_len: int = 512, solo_args: str = "{}") -> Path:
+def playbook_text(*, solo_len: int = 512, solo_args: str = "{}", solo_launcher: str = "api_server") -> str:
+    return PLAYBOOK.format(solo_len=solo_len, solo_args=solo_args, solo_launcher=solo_launcher)
+
+
+def playbook(site: dict[str, Any], name: str, **solo: Any) -> Path:
     path: Path = site["dir"] / f"{name}.yml"
-    path.write_text(PLAYBOOK.format(solo_len=solo_len, solo_args=solo_args))
+    path.write_text(playbook_text(**solo))
     return path
 
 
@@ -100,6 +113,26 @@ def main_pid(site: dict[str, Any], deployment: str) -> str:
     else:
         out = tb.ssh(h2, "systemctl --user show -p MainPID --value orch-solo.service", user="deploy")
     return str(out.stdout.strip())
+
+
+def command_line(site: dict[str, Any], deployment: str) -> list[str]:
+    """The arguments of the deployment's main process, as the host's kernel has them."""
+    tb, (h1, h2, _) = site["testbed"], site["hosts"]
+    pid = main_pid(site, deployment)
+    assert pid.isdigit() and pid != "0", f"{deployment} has no main process"
+    out = tb.ssh(h1 if deployment == "tp2" else h2, f"tr '\\0' '\\n' </proc/{pid}/cmdline")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def summary(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """The result table of apply: (host, deployment) → (status, revision)."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 6 and cells[0] and cells[1] and cells[0] != "host":
+            rows.setdefault((cells[0], cells[1]), (cells[2], cells[3]))
+    return rows
 
 
 def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
@@ -138,16 +171,28 @@ def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
     assert workers == "2"
 
 
-def test_changed_flag_restarts_only_that_deployment(site: dict[str, Any]) -> None:
-    pb = playbook(site, "changed", solo_args="{--max-num-seqs: 8}")
-    before_tp2 = main_pid(site, "tp2")
+def apply_to_solo_only(pb: Path, shown: str) -> subprocess.CompletedProcess[str]:
+    """Plan (solo's diff shows ``shown``, tp2 has no change), then apply; apply's run."""
     plan = orch("plan", pb, env=ENV)
     assert plan.returncode == 2
-    assert "--max-num-seqs 8" in plan.stdout
+    assert shown in plan.stdout
     assert "th1 · tp2" in plan.stdout and "no changes" in plan.stdout
     apply = orch("apply", pb, "-y", env=ENV)
     assert apply.returncode == 0, apply.stdout
+    return apply
+
+
+def test_changed_flag_restarts_only_that_deployment(site: dict[str, Any]) -> None:
+    pb = playbook(site, "changed", solo_args="{--max-num-seqs: 8}")
+    before_tp2, before_solo = main_pid(site, "tp2"), main_pid(site, "solo")
+    assert "--max-num-seqs" not in command_line(site, "solo")
+    apply_to_solo_only(pb, "--max-num-seqs 8")
+    # The restarted server is a new process that was given the new flag; tp2's process is the one it was.
+    assert main_pid(site, "solo") != before_solo
+    solo_argv = command_line(site, "solo")
+    assert solo_argv[solo_argv.index("--max-num-seqs") + 1] == "8"
     assert main_pid(site, "tp2") == before_tp2
+    assert "--max-num-seqs" not in command_line(site, "tp2")
     rows = status(pb)
     assert rows["solo"]["ready"] and rows["solo"]["revision"] == 2 and rows["tp2"]["revision"] == 1
 
@@ -180,6 +225,16 @@ def test_broken_revision_is_rolled_back_automatically(site: dict[str, Any]) -> N
     assert orch("plan", playbook(site, "base"), env=ENV).returncode == 0
 
 
+NEAR = """\
+  - name: near
+    hosts: [th1, th2-deploy]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8003
+    launcher: {kind: api_server, venv: /opt/vllm}
+    readiness: {enabled: false}
+    templates: {unit: idle.service.j2}
+"""
 FAR = """\
   - name: far
     hosts: [th3]
@@ -191,13 +246,17 @@ FAR = """\
 
 
 def test_unreachable_host_fails_alone(site: dict[str, Any]) -> None:
-    tb, hosts = site["testbed"], site["hosts"]
-    inv = (site["dir"] / "inventory.yml").read_text() + f"  th3:\n    address: {hosts[2].address}\n"
+    """th3 cannot be reached; th1 and th2 get a new deployment (a stand-in unit: the test is about the
+    hosts, not vLLM), applied and recorded there, while their vLLM deployments are left as they are."""
+    tb, (h1, h2, h3) = site["testbed"], site["hosts"]
+    inv = (site["dir"] / "inventory.yml").read_text() + f"  th3:\n    address: {h3.address}\n"
     d = site["dir"] / "with-th3"
     d.mkdir(exist_ok=True)
     (d / "inventory.yml").write_text(inv)
+    (d / "idle.service.j2").write_text(IDLE_UNIT.read_text())
     pb = d / "pb.yml"
-    pb.write_text(PLAYBOOK.format(solo_len=512, solo_args="{}") + FAR)
+    pb.write_text(playbook_text() + NEAR + FAR)
+    pids = (main_pid(site, "tp2"), main_pid(site, "solo"))
     tb.partition(3)
     try:
         plan = orch("plan", pb, env=ENV)
@@ -206,9 +265,61 @@ def test_unreachable_host_fails_alone(site: dict[str, Any]) -> None:
         tb.heal(3)
     assert plan.returncode == 1
     assert "th3" in plan.stdout and "timed out" in plan.stdout
-    assert "th1 · tp2" in plan.stdout  # the reachable hosts were planned
+    # The reachable hosts were planned, with their changes.
+    assert "th1 · near" in plan.stdout and "th2-deploy · near" in plan.stdout
     assert apply.returncode == 1
-    assert "unchanged" in apply.stdout and "error" in apply.stdout
+    rows = summary(apply.stdout)
+    assert rows[("th3", "far")][0] == "error"
+    assert rows[("th1", "near")] == rows[("th2-deploy", "near")] == ("applied", "1")
+    assert rows[("th1", "tp2")][0] == rows[("th2-deploy", "solo")][0] == "unchanged"
+    # What the reachable hosts hold now: the unit running, its files, revision 1 current.
+    assert tb.ssh(h1, "systemctl is-active orch-near").stdout.strip() == "active"
+    system = "cat /var/lib/orch/near/current; test -f /etc/orch/near.env && echo env"
+    assert tb.ssh(h1, system).stdout.split() == ["1", "env"]
+    user = (
+        "systemctl --user is-active orch-near; cat .local/state/orch/near/current; "
+        "test -f .config/orch/near.env && echo env"
+    )
+    assert tb.ssh(h2, user, user="deploy").stdout.split() == ["active", "1", "env"]
+    assert (main_pid(site, "tp2"), main_pid(site, "solo")) == pids
+    assert tb.ssh(h3, "ls /etc/systemd/system/orch-far.service /var/lib/orch 2>/dev/null").stdout == ""
+
+    near_only = d / "near.yml"
+    near_only.write_text(f"inventory: inventory.yml\ndeployments:\n{NEAR}")
+    assert orch("destroy", near_only, "-y").returncode == 0
+
+
+def install_vllm_console(tb: Any, host: Any) -> None:
+    """A ``vllm`` command that works with the CPU wheel (tests/testbed/vllm_console.py says why)."""
+    source = base64.b64encode(VLLM_CONSOLE.read_bytes()).decode()
+    out = tb.ssh(host, f"echo {source} | base64 -d >/opt/vllm/bin/vllm && chmod 755 /opt/vllm/bin/vllm")
+    assert out.returncode == 0, out.stderr
+
+
+def test_serve_launcher_runs_vllm_serve(site: dict[str, Any]) -> None:
+    """The playbook's default launcher, the runbook's own command: ``vllm serve MODEL`` from the venv."""
+    tb, (_, h2, _) = site["testbed"], site["hosts"]
+    install_vllm_console(tb, h2)
+    before = status(playbook(site, "base"))["solo"]["revision"]
+    pb = playbook(site, "serve", solo_launcher="serve")
+    apply = apply_to_solo_only(
+        pb, "+ExecStart=/opt/vllm/bin/vllm serve /srv/models/tiny --served-model-name tiny-solo"
+    )
+    assert re.search(r"solo: ready after \d", apply.stderr)  # the gate: /health, /v1/models, two completions
+    assert command_line(site, "solo")[1:4] == ["/opt/vllm/bin/vllm", "serve", "/srv/models/tiny"]
+
+    reply = httpx.post(
+        f"http://{h2.address}:8001/v1/chat/completions",
+        json={"model": "tiny-solo", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4},
+        headers={"Authorization": f"Bearer {SECRET}"},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["model"] == "tiny-solo" and answer["choices"][0]["message"]["role"] == "assistant"
+    assert 1 <= answer["usage"]["completion_tokens"] <= 4
+    rows = status(pb)
+    assert rows["solo"]["ready"] and rows["solo"]["revision"] > before
 
 
 def test_host_keys_are_verified(site: dict[str, Any]) -> None:
@@ -216,7 +327,7 @@ def test_host_keys_are_verified(site: dict[str, Any]) -> None:
     d = site["dir"] / "keys"
     d.mkdir(exist_ok=True)
     pb = d / "pb.yml"
-    pb.write_text(PLAYBOOK.format(solo_len=512, solo_args="{}"))
+    pb.write_text(playbook_text())
     base_inv = (site["dir"] / "inventory.yml").read_text()
     known = Path(tb.known_hosts_path).read_text().splitlines()
     key_of = {line.split()[0]: line.split(None, 1)[1] for line in known if line.strip()}
@@ -246,7 +357,7 @@ def test_destroy_stops_and_removes_but_keeps_revisions(site: dict[str, Any]) -> 
     tb, (h1, h2, _) = site["testbed"], site["hosts"]
     assert tb.ssh(h1, "test -e /etc/systemd/system/orch-tp2.service; echo $?").stdout.strip() == "1"
     assert tb.ssh(h1, "pgrep -f '[v]llm.entrypoints' || true").stdout.strip() == ""
-    assert tb.ssh(h2, "pgrep -u deploy -f '[v]llm.entrypoints' || true").stdout.strip() == ""
+    assert tb.ssh(h2, "pgrep -u deploy -f '[v]llm.entrypoints|bin/[v]llm serve' || true").stdout.strip() == ""
     assert tb.ssh(h1, "ls /var/lib/orch/tp2/revisions").stdout.split() == ["1"]
     assert orch("destroy", pb, "-y", env=ENV).returncode == 0  # idempotent
 
@@ -264,8 +375,7 @@ def test_become_sudo_manages_system_units(site: dict[str, Any]) -> None:
         f"    user: deploy\n    become: true\n    ssh_key: {tb.key_path}\n"
     )
     # Template overrides are files below the playbook's folder: the stand-in unit is copied there.
-    idle = Path(__file__).resolve().parents[2] / "benchmarks" / "templates" / "idle.service.j2"
-    (d / "idle.service.j2").write_text(idle.read_text())
+    (d / "idle.service.j2").write_text(IDLE_UNIT.read_text())
     pb = d / "pb.yml"
     pb.write_text(
         "inventory: inventory.yml\ndeployments:\n  - name: viasudo\n    hosts: [th1-sudo]\n"

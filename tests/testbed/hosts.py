@@ -334,9 +334,11 @@ class Testbed:
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             with contextlib.suppress(OSError):
                 argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-                if "vllm.entrypoints.openai.api_server" in argv or (
-                    len(argv) > 1 and argv[0].endswith("vllm") and argv[1] == "serve"
-                ):
+                # `vllm serve` as the kernel shows it: the script, or its interpreter then the script.
+                serve = any(
+                    a.endswith("vllm") and argv[i + 1 : i + 2] == ["serve"] for i, a in enumerate(argv[:2])
+                )
+                if "vllm.entrypoints.openai.api_server" in argv or serve:
                     pids.append(int(cmdline.parent.name))
         return pids
 

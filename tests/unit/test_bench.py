@@ -20,20 +20,14 @@ from orchestrator.observe.bench import (
     BenchConfig,
     BenchResult,
     RequestOutcome,
-    SSEDecoder,
     Stats,
     arrival_offsets,
     build_prompts,
-    change_pct,
-    compare,
-    event_data,
-    format_compare,
-    format_table,
-    from_vllm_json,
     percentile,
-    run_bench,
     summarize,
 )
+from orchestrator.observe.benchclient import SSEDecoder, event_data, run_bench
+from orchestrator.observe.benchreport import change_pct, compare, format_compare, format_table, from_vllm_json
 
 CFG = BenchConfig(
     base_url="http://h:8000", model="tiny", num_requests=3, concurrency=1, input_len=16, output_len=4

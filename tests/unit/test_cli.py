@@ -87,7 +87,8 @@ def test_bench_compare_reads_vllm_results(tmp_path: Path) -> None:
     """vLLM's own result file against an orch result: every row holds numbers read from both files."""
     from dataclasses import replace
 
-    from orchestrator.observe.bench import Stats, from_vllm_json
+    from orchestrator.observe.bench import Stats
+    from orchestrator.observe.benchreport import from_vllm_json
 
     theirs = ROOT / "tests/fixtures/vllm-0.26-gpu-tp2/bench-serve-result.json"
     ours = replace(

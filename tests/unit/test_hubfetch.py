@@ -1,13 +1,15 @@
-"""hubfetch.py against the real hub clients (huggingface_hub, modelscope) and the stand-in hub on loopback.
+"""hubfetch against the real hub clients (huggingface_hub, modelscope) and the stand-in hub on loopback.
 
 Both programs run as subprocesses, as on a host: the stub (tests/hubstub.py) on 127.0.0.1, and
-hubfetch.py as ``PY -c SCRIPT`` with the JSON request on stdin. PY is the first of this
+the host-side program as ``PY -c SCRIPT`` (``hub.script()``, what orch sends) with the JSON request
+on stdin. PY is the first of this
 interpreter and $ORCH_HUB_PYTHON that has the library; without one, those tests are skipped
 (the test-bed integration test runs them in a host). Nothing leaves loopback.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -25,8 +27,10 @@ from typing import Any
 import hubstub
 import pytest
 
+from orchestrator.provision import hub, hubproto
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = (ROOT / "orchestrator" / "provision" / "hubfetch.py").read_text()
+SCRIPT = hub.script()
 STUB = ROOT / "tests" / "hubstub.py"
 REPO = "acme/tiny"
 BIG = "acme/big"  # weights over 10 MiB: huggingface_hub writes a download to disk in 10 MiB chunks
@@ -184,6 +188,18 @@ def same_tree(dest: Path, repo: Path) -> bool:
 
 
 # ---------------------------------------------------------------- without a hub library
+
+
+def test_the_host_program_imports_only_the_stdlib_and_its_own_modules() -> None:
+    """It runs where orch is not installed: each module imports the standard library and the modules
+    sent before it (the hub library is imported by name, at run time)."""
+    for i, name in enumerate(hub.HOST_MODULES):
+        for node in ast.walk(ast.parse((ROOT / "orchestrator" / "provision" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert (node.level, node.module) in {(1, before) for before in hub.HOST_MODULES[:i]}, name
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert {n.split(".")[0] for n in names} <= sys.stdlib_module_names, (name, names)
 
 
 def test_request_errors_are_one_json_line(tmp_path: Path) -> None:
@@ -425,9 +441,7 @@ def test_interrupted_fetch_is_continued_by_a_rerun(
 @pytest.mark.parametrize("path", ["../../etc/shadow", "/etc/shadow", "a/../../b", "..", "", "a\\..\\..\\b"])
 def test_a_listed_path_outside_the_model_folder_is_refused(path: str) -> None:
     """The hub is whatever the playbook's endpoint names; its listing must not reach outside dest."""
-    from orchestrator.provision import hubfetch
-
-    listing = hubfetch.Listing("c0ffee", (hubfetch.HubFile("config.json", 2), hubfetch.HubFile(path, 0)))
-    with pytest.raises(hubfetch.FetchError, match="a path outside the model folder"):
-        hubfetch.contained("hf", listing)
-    assert hubfetch.contained("hf", hubfetch.Listing("c", (hubfetch.HubFile("sub/a..b", 1),))).files
+    listing = hubproto.Listing("c0ffee", (hubproto.HubFile("config.json", 2), hubproto.HubFile(path, 0)))
+    with pytest.raises(hubproto.FetchError, match="a path outside the model folder"):
+        hubproto.contained("hf", listing)
+    assert hubproto.contained("hf", hubproto.Listing("c", (hubproto.HubFile("sub/a..b", 1),))).files

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -166,19 +165,7 @@ def command_builders(value: str) -> list[tuple[str, Command | str]]:
         ("state.read_revision", state.read_revision(value, 1, sudo=False)),
         ("state.list_revisions", state.list_revisions(value, sudo=False)),
     ]
-    for name in ("record_revision", "read_revision", "list_revisions"):  # while they live here
-        if hasattr(commands, name):
-            out.append((name, _revision_builder(name)(value)))
     return out
-
-
-def _revision_builder(name: str) -> Callable[[str], Command]:
-    fn = getattr(commands, name)
-    if name == "record_revision":
-        return lambda d: fn(d, sudo=False, tar=b"")
-    if name == "read_revision":
-        return lambda d: fn(d, 1, sudo=False)
-    return lambda d: fn(d, sudo=False)
 
 
 def test_command_builders_run_no_payload(box: Box) -> None:

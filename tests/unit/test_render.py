@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from orchestrator import session
-from orchestrator.core.layout import Layout
+from orchestrator import converge, session
+from orchestrator.core.layout import Layout, Role
 from orchestrator.core.load import load
 from orchestrator.core.model import Deployment, Host
-from orchestrator.core.render import TemplateSources, argv, env_quote, parse_env, render, systemd_quote
+from orchestrator.core.render import (
+    TemplateSources,
+    argv,
+    env_quote,
+    from_revision,
+    parse_env,
+    render,
+    systemd_quote,
+)
 from orchestrator.core.sources import shipped
+from orchestrator.provision import hub
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -100,6 +110,42 @@ def sources() -> TemplateSources:
     return TemplateSources(
         unit=shipped("vllm.service.j2"), env=shipped("vllm.env.j2"), supervisor=shipped("vllm.supervisor.j2")
     )
+
+
+def test_the_env_as_a_mapping_is_what_the_env_file_says() -> None:
+    """The gate's API key and the hub fetch's env come from the mapping, never re-read from the text."""
+    d = dep(
+        env={"HF_ENDPOINT": "http://hub:8080", "ODD": 'a "b" $c'},
+        model={"source": "hf", "id": "org/x", "dest": "/m/x"},
+        api_key={"env": "K"},
+    )
+    secrets = {"HF_TOKEN": "s3cret-token", "VLLM_API_KEY": "sk-key"}
+    desired = render(d, Host(address="h"), secrets=secrets, templates=sources())
+    env_file = desired.file("env")
+    assert env_file is not None
+    assert desired.env == parse_env(env_file.content)
+    assert desired.env == {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "HF_ENDPOINT": "http://hub:8080",
+        "ODD": 'a "b" $c',
+        "HF_TOKEN": "s3cret-token",
+        "VLLM_API_KEY": "sk-key",
+    }
+    assert converge.endpoint(Host(address="h"), d, desired.env).api_key == "sk-key"
+    request = hub.command("fetch", desired, sudo=False).stdin
+    assert request is not None and json.loads(request)["env"] == desired.env
+
+
+def test_a_revision_env_is_read_from_the_hosts_file() -> None:
+    contents: dict[Role, str] = {
+        "unit": "[Service]\n",
+        "env": 'PLAIN="p"\nOLD_TOKEN="t0k3n"\nVLLM_API_KEY="k1"\n',
+    }
+    back = from_revision(dep(env={"PLAIN": "x"}), Host(address="h"), contents, origin="rollback to 1")
+    assert back.env == {"PLAIN": "p", "OLD_TOKEN": "t0k3n", "VLLM_API_KEY": "k1"}
+    assert back.secret_keys == {"OLD_TOKEN", "VLLM_API_KEY"}  # every key but the declared plain ones
+    assert sorted(back.secret_values) == ["k1", "t0k3n"]
 
 
 def test_user_scope_unit_targets_default() -> None:
