@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .scalars import Bool, Float, Int, Strict, Text
+from .scalars import Bool, Float, Int, Strict, Text, Venv
 
 PERCENT = re.compile(r"^(100|[1-9][0-9]?)%$")
 ROUTER_PACKAGE = "vllm-router"
@@ -68,20 +68,13 @@ class RouterSpec(Strict):
     bind: Text = "0.0.0.0"
     policy: Policy = "round_robin"
     version: Text = Field(default="0.1.17", pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
-    venv: Text = "/opt/vllm-router"
+    venv: Venv = "/opt/vllm-router"
     python: Text = "python3"
     index_url: Text | None = None
     no_index: Bool = False
     extra_index_urls: tuple[Text, ...] = ()
     find_links: tuple[Text, ...] = ()
     args: dict[Text, Text | Int | Float | Bool | None] = Field(default_factory=dict)
-
-    @field_validator("venv")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"venv must be an absolute path on the host, got {value!r}")
-        return value
 
     @field_validator("args")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from .fleet import Rollout, RouterSpec
-from .scalars import ENV_NAME, FLAG_LIKE, HUB_ID, NAME, Bool, Float, Int, Strict, Text
+from .scalars import ENV_NAME, FLAG_LIKE, HUB_ID, NAME, Bool, Float, Int, Strict, Text, Venv
 
 # Flags orch derives from typed fields: setting them in extra_args would make two sources of truth.
 OWNED_FLAGS = {
@@ -102,16 +102,9 @@ class Launcher(Strict):
     """
 
     kind: Literal["serve", "api_server", "router"] = "serve"
-    venv: Text | None = None
+    venv: Venv | None = None
     # kind router: vLLM's router, whose workers are these URLs (load sets them from a deployment's router:).
     workers: tuple[Text, ...] = ()
-
-    @field_validator("venv")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError(f"venv must be an absolute path on the host, got {value!r}")
-        return value
 
 
 class VllmInstall(Strict):
@@ -119,7 +112,7 @@ class VllmInstall(Strict):
 
     package: Text = Field(default="vllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: Text = Field(pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
-    venv: Text
+    venv: Venv
     python: Text = "python3"
     index_url: Text | None = None
     no_index: Bool = False  # only find_links: for hosts that reach no index at all
@@ -127,13 +120,6 @@ class VllmInstall(Strict):
     find_links: tuple[Text, ...] = ()
     # Removed after the install (the CPU wheel: torchvision torchaudio, which break beside its torch).
     remove: tuple[Text, ...] = ()
-
-    @field_validator("venv")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"venv must be an absolute path on the host, got {value!r}")
-        return value
 
 
 ModelSourceKind = Literal["path", "upload", "hf", "modelscope"]

@@ -45,5 +45,14 @@ Float = Annotated[StrictFloat, AllowInfNan(False)]  # a strict float still takes
 Bool = StrictBool
 
 
+def _venv(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"venv must be an absolute path on the host, got {value!r}")
+    return value
+
+
+Venv = Annotated[Text, AfterValidator(_venv)]  # a Python venv on the host
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
