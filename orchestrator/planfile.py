@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core.layout import ROLES
+from .core.load import Loaded
 from .core.render import digest
 from .errors import ConfigError
 from .facts import DeploymentFacts
@@ -107,17 +108,16 @@ def looks_like_plan(head: bytes) -> bool:
     return head.lstrip().startswith(b"{") and FORMAT.encode() in head
 
 
-def save(
-    plans: list[TargetPlan], *, playbook: str, inventory: str, sources: str, made: str, by: str, orch: str
-) -> SavedPlan:
+def save(plans: list[TargetPlan], loaded: Loaded, meta: dict[str, Any]) -> SavedPlan:
+    """The saved form of ``plans`` made from ``loaded``; ``meta``: when, by whom (session.manifest_meta)."""
     return SavedPlan(
-        playbook=playbook,
-        inventory=inventory,
-        sources=sources,
-        made=made,
-        by=by,
-        orch=orch,
-        targets=tuple(_target(p) for p in plans),
+        str(loaded.path.resolve()),
+        str(loaded.inventory_path.resolve()),
+        loaded.digest,
+        meta["created"],
+        meta["by"],
+        meta["orch_version"],
+        tuple(_target(p) for p in plans),
     )
 
 

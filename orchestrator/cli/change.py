@@ -66,16 +66,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _save_plan(path: Path, loaded: Loaded, plans: list[TargetPlan]) -> None:
-    meta = manifest_meta(loaded)
-    saved = planfile.save(
-        plans,
-        playbook=str(loaded.path.resolve()),
-        inventory=str(loaded.inventory_path.resolve()),
-        sources=loaded.digest,
-        made=meta["created"],
-        by=meta["by"],
-        orch=meta["orch_version"],
-    )
+    saved = planfile.save(plans, loaded, manifest_meta(loaded))
     outputs.write_text(path, saved.to_json())
     err.print(
         f"saved the plan to {escape(str(path))}; `orch apply {escape(str(path))}` carries out exactly it"

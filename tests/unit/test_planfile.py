@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from orchestrator import planfile
 from orchestrator.core.layout import Layout
+from orchestrator.core.load import Loaded
 from orchestrator.core.render import Desired, DesiredFile
 from orchestrator.errors import ConfigError
 from orchestrator.facts import DeploymentFacts, UnitState
@@ -37,16 +39,12 @@ def plan(facts: DeploymentFacts = FACTS, desired: Desired = DESIRED, host: str =
     return plan_target(host=host, deployment="tiny", desired=desired, facts=facts)
 
 
+LOADED = Loaded(Path("/p/play.yml"), None, Path("/p/hosts.yml"), None, "abc")  # type: ignore[arg-type]
+META = {"created": "2026-12-01T18:00:00+00:00", "by": "me@ctl", "orch_version": "0.1.0"}
+
+
 def saved(*plans: TargetPlan) -> planfile.SavedPlan:
-    return planfile.save(
-        list(plans or [plan()]),
-        playbook="/p/play.yml",
-        inventory="/p/hosts.yml",
-        sources="abc",
-        made="2026-12-01T18:00:00+00:00",
-        by="me@ctl",
-        orch="0.1.0",
-    )
+    return planfile.save(list(plans or [plan()]), LOADED, META)
 
 
 def test_a_saved_plan_reads_back_as_it_was_written() -> None:
