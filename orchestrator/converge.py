@@ -221,7 +221,8 @@ def gather_host(
     command = facts.gather([fact_query(run.host, t.deployment) for t in run.targets], sudo=run.host.sudo)
     if with_preflight:
         extra = preflight.script(run.host, [t.deployment for t in run.targets])
-        command = replace(command, script=f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}")
+        script = f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}"
+        command = replace(command, script=script, label="gather facts and preflight probes")
     head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
     runner = runners.of(Layout.of(run.host, ""))
     return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -22,18 +20,22 @@ from .converge import api_address, deployment, endpoint, gather_host, journal_ta
 from .core import render
 from .core.layout import Layout
 from .core.load import Loaded, Target
+from .core.masking import env_secrets
+from .core.quoting import parse_env
 from .core.render import Desired
+from .core.secrets import refs
 from .core.sources import templates_for
 from .errors import HostError, OrchError, RevisionError
 from .facts import DeploymentFacts
-from .host import commands, runners, state
+from .host import state
 from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, parallel
 from .observe import preflight
 from .observe.gpu import Check
 from .plan import TargetPlan, plan_target
 from .provision import hub, upload
+from .trace import Trace
+from .transport import Observed, connect
 from .transport import Result as CommandResult
-from .transport import connect
 
 __all__ = [
     "HostRun",
@@ -59,9 +61,17 @@ class LockError(OrchError):
 class Session:
     """Connections to the hosts of some targets, for the length of one verb."""
 
-    def __init__(self, loaded: Loaded, targets: list[Target], *, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        targets: list[Target],
+        *,
+        reporter: Reporter | None = None,
+        trace: Trace | None = None,
+    ) -> None:
         self.loaded = loaded
         self.reporter = reporter or QuietReporter()
+        self.trace = trace
         self.runs: dict[str, HostRun] = {}
         self.failed: list[Result] = []  # targets whose plan could not be made
         self._rank = {(t.host_name, t.deployment.name): i for i, t in enumerate(targets)}
@@ -70,6 +80,8 @@ class Session:
                 transport = connect(
                     t.host_name, t.host, inventory=loaded.inventory, inventory_path=loaded.inventory_path
                 )
+                if trace is not None:
+                    transport = Observed(transport, trace)
                 self.runs[t.host_name] = HostRun(t.host_name, t.host, [], transport)
             self.runs[t.host_name].targets.append(t)
 
@@ -158,8 +170,15 @@ class Session:
 
         def one(run: HostRun) -> None:
             run.facts, run.probe = gather_host(run, with_preflight=with_preflight)
+            for t in run.targets:  # what the host's env file holds is hidden from -vv from now on
+                env = run.facts.get(t.deployment.name, DeploymentFacts()).files.get("env", "")
+                self._hide(env_secrets(parse_env(env), frozenset(refs(t.deployment))))
 
         self.each(one)
+
+    def _hide(self, values: Iterable[str]) -> None:
+        if self.trace is not None:
+            self.trace.hide(values)
 
     def notices(self) -> list[tuple[str, str, str]]:
         """What a person must know before anything else: interrupted verbs, and verbs running now."""
@@ -185,11 +204,16 @@ class Session:
         """A plan per target, in the targets' order; a target that cannot be planned fails on its own."""
         runs = self.live()
 
+        def seen(run: HostRun, t: Target) -> Desired:
+            desired = desired_of(run, t)
+            self._hide(desired.secret_values)  # before any command could carry them
+            return desired
+
         def one(run: HostRun) -> list[TargetPlan | Result]:
             out: list[TargetPlan | Result] = []
             for t in run.targets:
                 try:
-                    out.append(plan_one(run, t, desired_of, meta=meta))
+                    out.append(plan_one(run, t, seen, meta=meta))
                 except OrchError as exc:
                     out.append(Result(run.name, t.deployment.name, "error", str(exc)))
             return out
@@ -325,52 +349,3 @@ def revisions(run: HostRun, t: Target) -> tuple[list[state.RevisionInfo], state.
     """The revisions recorded for one deployment on this host, and its current and pending ones."""
     layout = Layout.of(run.host, t.deployment.name)
     return state.parse_revisions(run.run(state.list_revisions(layout.state_dir, sudo=run.host.sudo)))
-
-
-LineSink = Callable[[str, str, str], None]  # (host, deployment, line)
-
-
-def logs(
-    loaded: Loaded, targets: list[Target], *, lines: int, follow: bool, on_line: LineSink
-) -> list[Result]:
-    """Each deployment's log lines, to ``on_line``; with ``follow``, until interrupted."""
-
-    def one(run: HostRun) -> None:
-        for t in run.targets:
-            runner = runners.of(Layout.of(run.host, t.deployment.name))
-            unit, sudo = t.deployment.unit_name, run.host.sudo
-            cmd = commands.logs(runner, unit, sudo=sudo, lines=lines, follow=follow)
-            run.transport.stream(cmd, _to(on_line, run.name, t.deployment.name))
-
-    with Session(loaded, targets) as session:
-        if follow:
-            _follow(session, one)
-        else:
-            session.each(one)
-        return session.host_errors()
-
-
-def _to(sink: LineSink, host: str, deployment: str) -> Callable[[str], None]:
-    def line(text: str) -> None:
-        sink(host, deployment, text)
-
-    return line
-
-
-def _follow(session: Session, fn: Callable[[HostRun], None]) -> None:
-    """Stream from every host until interrupted (one thread per host; Ctrl-C ends them all)."""
-    threads = [threading.Thread(target=_guarded(fn, run), daemon=True) for run in session.live()]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        time.sleep(0.2)
-
-
-def _guarded(fn: Callable[[HostRun], None], run: HostRun) -> Callable[[], None]:
-    def call() -> None:
-        try:
-            fn(run)
-        except OrchError as exc:
-            run.error = exc
-
-    return call

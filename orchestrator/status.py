@@ -1,4 +1,4 @@
-"""What the read-only verbs show, as data: status rows, revision rows, /metrics, one target's endpoint.
+"""What the read-only verbs show, as data: status rows, revision rows, logs, /metrics, one target's endpoint.
 
 Each function reads the hosts through a Session (or the servers over HTTP) and returns plain rows;
 ``cli`` only formats them.
@@ -6,23 +6,28 @@ Each function reads the hosts through a Session (or the servers over HTTP) and r
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import httpx
 
 from .core.fleet import worker_url
+from .core.layout import Layout
 from .core.load import Loaded, Target
 from .core.model import Deployment
 from .core.quoting import parse_env
 from .errors import AnswerError, ConfigError, OrchError
 from .facts import DeploymentFacts
-from .host import state
+from .host import commands, runners, state
 from .hostrun import HostRun, Result
 from .observe import health, metrics, preflight
 from .observe.health import Endpoint, Probe
 from .observe.router import Router
 from .session import Session, api_address, endpoint, revisions
+from .trace import Trace
 
 Row = dict[str, Any]
 
@@ -51,11 +56,13 @@ def fleets(loaded: Loaded, rows: list[Row]) -> list[Row]:
     return out
 
 
-def status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[Result]]:
+def status_rows(
+    loaded: Loaded, targets: list[Target], *, trace: Trace | None = None
+) -> tuple[list[Row], list[Result]]:
     """One row per target, in the targets' order; a host that failed adds an error row per target."""
-    with Session(loaded, targets) as session:
+    with Session(loaded, targets, trace=trace) as session:
         session.gather(with_preflight=True)
-        rows = session.collect(lambda run: [status_row(run, t) for t in run.targets])
+        rows = session.collect(lambda run: [status_row(run, t, trace=trace) for t in run.targets])
         errors = session.host_errors()
     order = {(t.host_name, t.deployment.name): i for i, t in enumerate(targets)}
     rows.sort(key=lambda r: order[(r["host"], r["deployment"])])
@@ -63,13 +70,17 @@ def status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[
     return rows, errors
 
 
-def status_row(run: HostRun, t: Target) -> dict[str, Any]:
+def status_row(run: HostRun, t: Target, *, trace: Trace | None = None) -> dict[str, Any]:
     f = run.facts.get(t.deployment.name, DeploymentFacts())
     ready: Probe | None = None
     if f.unit.running:
         ep = endpoint(run.host, t.deployment, parse_env(f.files.get("env", "")))
+        start = time.monotonic()
         with httpx.Client(timeout=5) as client:
             ready = health.probe(client, ep)
+        if trace is not None:
+            outcome = "ready" if ready.ready else f"not ready: {ready.stage}: {ready.detail}"
+            trace.request(run.name, f"readiness probe of {ep.base_url}", time.monotonic() - start, outcome)
     return {
         "host": run.name,
         "deployment": t.deployment.name,
@@ -117,7 +128,9 @@ def _vllm_version(run: HostRun, dep: Deployment, f: DeploymentFacts) -> str:
     return own.vllm_version if own and own.vllm_version else ""
 
 
-def revision_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[Result]]:
+def revision_rows(
+    loaded: Loaded, targets: list[Target], *, trace: Trace | None = None
+) -> tuple[list[Row], list[Result]]:
     """Every recorded revision of the targets, sorted by host, deployment and number."""
 
     def one(run: HostRun) -> list[Row]:
@@ -127,7 +140,7 @@ def revision_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], lis
             rows += [_revision_row(run.name, t.deployment.name, r, st) for r in revs]
         return rows
 
-    with Session(loaded, targets) as session:
+    with Session(loaded, targets, trace=trace) as session:
         rows = session.collect(one)
         errors = session.host_errors()
     rows.sort(key=lambda r: (r["host"], r["deployment"], r["revision"]))
@@ -155,26 +168,34 @@ def _revision_row(host: str, dep: str, rev: state.RevisionInfo, st: state.StateF
     }
 
 
-def scrape(targets: list[Target]) -> list[tuple[Target, metrics.MetricsSummary | str]]:
+def scrape(
+    targets: list[Target], *, trace: Trace | None = None
+) -> list[tuple[Target, metrics.MetricsSummary | str]]:
     """Each target's /metrics summarised, or why it could not be read."""
     results: list[tuple[Target, metrics.MetricsSummary | str]] = []
     for t in targets:
         url = f"http://{api_address(t.host)}:{t.deployment.port}/metrics"
+        start = time.monotonic()
         try:
             results.append((t, metrics.scrape(url)))
         except OrchError as exc:
             results.append((t, f"cannot scrape: {exc}"))
+        if trace is not None:
+            outcome = results[-1][1] if isinstance(results[-1][1], str) else "read"
+            trace.request(t.host_name, f"GET {url}", time.monotonic() - start, outcome)
     return results
 
 
-def bench_target(loaded: Loaded, targets: list[Target]) -> tuple[Target, int | None, Endpoint]:
+def bench_target(
+    loaded: Loaded, targets: list[Target], *, trace: Trace | None = None
+) -> tuple[Target, int | None, Endpoint]:
     """The one deployment on one host to load, its revision and endpoint (API key read from the host)."""
     if len(targets) != 1:
         names = ", ".join(f"{t.deployment.name}@{t.host_name}" for t in targets)
         raise ConfigError(
             f"bench one deployment on one host; pick with -d/--limit among: {names}", file=str(loaded.path)
         )
-    with Session(loaded, targets) as session:
+    with Session(loaded, targets, trace=trace) as session:
         session.gather()
         [run] = session.runs.values()
         if run.error:
@@ -188,14 +209,69 @@ def bench_target(loaded: Loaded, targets: list[Target]) -> tuple[Target, int | N
 
 
 def current_revisions(
-    loaded: Loaded, targets: list[Target]
+    loaded: Loaded, targets: list[Target], *, trace: Trace | None = None
 ) -> tuple[dict[tuple[str, str], int | None], list[Result]]:
     """The current revision of each (host, deployment) that answered."""
     revisions: dict[tuple[str, str], int | None] = {}
-    with Session(loaded, targets) as session:
+    with Session(loaded, targets, trace=trace) as session:
         session.gather()
         for run in session.live():
             for t in run.targets:
                 f = run.facts.get(t.deployment.name, DeploymentFacts())
                 revisions[(run.name, t.deployment.name)] = f.current_revision
         return revisions, session.host_errors()
+
+
+LineSink = Callable[[str, str, str], None]  # (host, deployment, line)
+
+
+def logs(
+    loaded: Loaded,
+    targets: list[Target],
+    *,
+    lines: int,
+    follow: bool,
+    on_line: LineSink,
+    trace: Trace | None = None,
+) -> list[Result]:
+    """Each deployment's log lines, to ``on_line``; with ``follow``, until interrupted."""
+
+    def one(run: HostRun) -> None:
+        for t in run.targets:
+            runner = runners.of(Layout.of(run.host, t.deployment.name))
+            unit, sudo = t.deployment.unit_name, run.host.sudo
+            cmd = commands.logs(runner, unit, sudo=sudo, lines=lines, follow=follow)
+            run.transport.stream(cmd, _to(on_line, run.name, t.deployment.name))
+
+    with Session(loaded, targets, trace=trace) as session:
+        if follow:
+            _follow(session, one)
+        else:
+            session.each(one)
+        return session.host_errors()
+
+
+def _to(sink: LineSink, host: str, deployment: str) -> Callable[[str], None]:
+    def line(text: str) -> None:
+        sink(host, deployment, text)
+
+    return line
+
+
+def _follow(session: Session, fn: Callable[[HostRun], None]) -> None:
+    """Stream from every host until interrupted (one thread per host; Ctrl-C ends them all)."""
+    threads = [threading.Thread(target=_guarded(fn, run), daemon=True) for run in session.live()]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.2)
+
+
+def _guarded(fn: Callable[[HostRun], None], run: HostRun) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            fn(run)
+        except OrchError as exc:
+            run.error = exc
+
+    return call

@@ -40,6 +40,14 @@ def parser() -> argparse.ArgumentParser:
         if verb != "validate":
             sp.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
             sp.add_argument("--deployment", "-d", metavar="NAME", help="only this deployment")
+            sp.add_argument(
+                "-v",
+                "--verbose",
+                action="count",
+                default=0,
+                help="-v: each command run on a host (label, host, exit code, time) on stderr; "
+                "-vv: its script too (secrets hidden, stdin never shown)",
+            )
         _verb_options(verb, sp)
     _import_parser(sub)
     return p
@@ -71,9 +79,18 @@ def host_spec(text: str) -> tuple[str, str | None]:
     return name, address.strip() if eq else None
 
 
+JSON_HELP = dict.fromkeys(
+    ("plan", "status", "revisions", "validate", "preflight", "metrics"), "machine-readable output"
+) | {
+    "logs": "one JSON object a line: {host, deployment, line}",
+    "monitoring": "the files written, as JSON",
+    "bench": "the result (or the comparison) as JSON",
+}
+
+
 def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
-    if verb in ("plan", "status", "revisions", "validate", "preflight", "metrics"):
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    if verb in JSON_HELP:
+        sp.add_argument("--json", action="store_true", help=JSON_HELP[verb])
     if verb == "plan":
         sp.add_argument("--offline", action="store_true", help="render only; no SSH")
         sp.add_argument(

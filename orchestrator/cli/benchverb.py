@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
 
 from .. import __version__, outputs, status
 from ..errors import ConfigError
 from ..observe import bench, benchreport
-from .common import EXIT_ERROR, EXIT_OK, loaded_of, targets_of
-from .output import out, run_bench
+from .common import EXIT_ERROR, EXIT_OK, loaded_of, targets_of, trace_of
+from .output import err, out, run_bench, show_table
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.compare:
         a, b = (_read_bench(p) for p in args.compare)
-        out.print(benchreport.format_compare(a, b, labels=(args.compare[0].stem, args.compare[1].stem)))
+        labels = (args.compare[0].stem, args.compare[1].stem)
+        if args.json:
+            out.print_json(data=_compare_json(a, b, labels))
+        else:
+            show_table(benchreport.format_compare(a, b, labels=labels))
         return EXIT_OK
     if args.playbook is None:
         raise ConfigError("bench needs a PLAYBOOK (or --compare A.json B.json)", file="orch bench")
@@ -24,7 +32,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "--num-requests, --concurrency and --output-len must be at least 1", file="orch bench"
         )
     loaded = loaded_of(args)
-    target, revision, ep = status.bench_target(loaded, targets_of(loaded, args))
+    target, revision, ep = status.bench_target(loaded, targets_of(loaded, args), trace=trace_of(args))
     cfg = bench.BenchConfig(
         base_url=ep.base_url,
         model=ep.served_name,
@@ -46,10 +54,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         orch_version=__version__,
     )
     title = f"{target.deployment.name} on {target.host_name}, revision {revision or '-'}"
-    out.print(benchreport.format_table(result, title=title))
+    if args.json:
+        out.print(result.to_json(), markup=False, soft_wrap=True)
+    else:
+        show_table(benchreport.format_table(result, title=title))
     if args.save:
         outputs.write_text(args.save, result.to_json())
-        out.print(f"saved {args.save}")
+        (err if args.json else out).print(f"saved {escape(str(args.save))}")
     return EXIT_OK if result.completed else EXIT_ERROR
 
 
@@ -64,3 +75,12 @@ def _read_bench(path: Path) -> bench.BenchResult:
         return benchreport.from_vllm_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"not a bench result: {exc}", file=str(path)) from exc
+
+
+def _compare_json(a: bench.BenchResult, b: bench.BenchResult, labels: tuple[str, str]) -> dict[str, Any]:
+    """The comparison as data; a change from zero (infinite) is null."""
+    rows = [
+        {"metric": m, "a": va, "b": vb, "change_pct": pct if math.isfinite(pct) else None}
+        for m, va, vb, pct in benchreport.compare(a, b)
+    ]
+    return {"a": labels[0], "b": labels[1], "metrics": rows}

@@ -11,23 +11,27 @@ from rich.markup import escape
 from .. import facts, failpoints, outputs, planfile, rollout
 from ..core import render
 from ..core.load import Loaded, Target, load
-from ..core.secrets import refs as secret_refs
 from ..errors import ConfigError
 from ..hostrun import HostRun, Result
 from ..plan import TargetPlan, plan_target
 from ..session import DesiredOf, Session, from_revisions, manifest_meta, rendered, renderer
-from .common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, confirm, loaded_of, secrets_of, targets_of
+from .common import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_OK,
+    confirm,
+    loaded_of,
+    placeholders,
+    secrets_of,
+    targets_of,
+    trace_of,
+)
 from .output import Checks, RichReporter, err, out, show_notices, show_plans, show_summary
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
-    # Validation never reads a secret: a placeholder no template text can be confused with stands in.
-    placeholders = {
-        d.name: dict.fromkeys(secret_refs(d), "orch-validate-placeholder")
-        for d in loaded.playbook.deployments
-    }
-    render_target = renderer(loaded, placeholders)
+    render_target = renderer(loaded, placeholders(loaded))  # validation never reads a secret
     for t in loaded.targets():
         render_target(t)
     n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in loaded.targets()})
@@ -41,12 +45,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
     targets = targets_of(loaded, args)
-    secrets = secrets_of(loaded)
     if args.offline and args.out:
         raise ConfigError("an offline plan compares with nothing and cannot be saved", file=str(args.out))
-    if args.offline:
-        return _plan_offline(targets, renderer(loaded, secrets), as_json=args.json)
-    with Session(loaded, targets) as session:
+    if args.offline:  # compared with nothing, the files show secrets as *** anyway: no value is read
+        return _plan_offline(targets, renderer(loaded, placeholders(loaded)), as_json=args.json)
+    secrets = secrets_of(loaded)  # the host's env file is compared with the one these values make
+    with Session(loaded, targets, trace=trace_of(args)) as session:
         session.gather(with_preflight=True)
         if not args.json:
             show_notices(session)
@@ -176,7 +180,7 @@ def _converge(
 ) -> int:
     targets = targets_of(loaded, args) if targets is None else targets
     reporter = RichReporter()
-    with Session(loaded, targets, reporter=reporter) as session:
+    with Session(loaded, targets, reporter=reporter, trace=trace_of(args)) as session:
         session.lock(verb, wait_s=args.lock_timeout)
         session.gather(with_preflight=verb != "destroy")
         show_notices(session)

@@ -6,9 +6,10 @@ import argparse
 import sys
 
 from ..core.load import Loaded, Target, load
-from ..core.secrets import resolve
+from ..core.secrets import refs, resolve
 from ..errors import SecretError
-from .output import err
+from ..trace import Trace
+from .output import err, trace_line
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -26,6 +27,21 @@ def secrets_of(loaded: Loaded) -> dict[str, dict[str, str]]:
         return {d.name: resolve(d, base=loaded.path.parent) for d in loaded.playbook.deployments}
     except SecretError as exc:
         raise SecretError(f"{loaded.path}: {exc}") from None
+
+
+def placeholders(loaded: Loaded) -> dict[str, dict[str, str]]:
+    """Stand-ins for every secret, for the verbs that only render (``validate``, ``plan --offline``).
+
+    Rendered files show secrets as ``***`` anyway, so these verbs never need a value; the stand-in is
+    text no template could be confused with, and it is hidden like a real value.
+    """
+    return {d.name: dict.fromkeys(refs(d), "orch-secret-placeholder") for d in loaded.playbook.deployments}
+
+
+def trace_of(args: argparse.Namespace) -> Trace | None:
+    """What ``-v``/``-vv`` asked to see of the commands run on hosts (None: nothing)."""
+    level = getattr(args, "verbose", 0)
+    return Trace(level, trace_line) if level else None
 
 
 def confirm(args: argparse.Namespace, question: str) -> bool:

@@ -22,12 +22,35 @@ from ..observe.gpu import Check
 from ..observe.health import Probe
 from ..plan import TargetPlan
 from ..session import Session
+from .plain import plain_table
 
 # emoji=False: ':x:' in a file, a path or a message prints as ':x:'.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 Checks = dict[tuple[str, str], list[Check]]
+
+
+def show_table(table: Table, *, console: Console = out) -> None:
+    """A boxed table on a terminal; elsewhere (a pipe, a file) plain aligned columns, no cell cut."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        console.print(plain_table(table), markup=False, soft_wrap=True)
+
+
+def heading(title: str, *, console: Console = out) -> None:
+    """A section's title (markup): a rule across a terminal it fits; else one line, never cut."""
+    text = Text.from_markup(title)
+    if console.is_terminal and text.cell_len + 6 <= console.width:
+        console.rule(text, align="left")
+    else:
+        console.print(Text("── ").append_text(text), soft_wrap=True)
+
+
+def trace_line(text: str) -> None:
+    """A ``-v`` line (or block) on stderr, as plain text: a script's brackets are not markup."""
+    err.print(Text(text, style="dim"))
 
 
 def show_plans(
@@ -62,7 +85,7 @@ def show_plan(p: TargetPlan) -> None:
     state = p.facts.unit.describe()
     rev = p.facts.current_revision
     header = f"{p.host} · {p.deployment} ({p.desired.unit_name}, {scope}; now {state}, revision {rev or '-'})"
-    out.rule(f"[bold]{escape(header)}[/bold]", align="left")
+    heading(f"[bold]{escape(header)}[/bold]")
     for d in p.diffs:
         if d.secret_only:
             out.print(f"  {escape(d.path)}: [yellow]secret values change (masked)[/yellow]")
@@ -143,10 +166,10 @@ def show_summary(results: list[Result]) -> None:
             ready,
             escape(r.message),
         )
-    out.print(table)
+    show_table(table)
     for r in results:
         if r.journal and not r.ok:
-            out.rule(f"journal of {r.deployment} on {r.host} (last lines)", align="left")
+            heading(escape(f"journal of {r.deployment} on {r.host} (last lines)"))
             out.print(escape(r.journal.rstrip()))
             print_diagnosis(r.journal)
 

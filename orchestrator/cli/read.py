@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from typing import Any
@@ -12,37 +13,39 @@ from rich.markup import escape
 
 from .. import outputs, status
 from ..observe import monitoring
-from ..session import Session, logs
-from .common import EXIT_ERROR, EXIT_OK, loaded_of, targets_of
+from ..session import Session
+from .common import EXIT_ERROR, EXIT_OK, loaded_of, targets_of, trace_of
 from .output import (
     check_json,
     err,
+    heading,
     metrics_table,
     out,
     result_json,
     revisions_table,
     show_checks,
     show_host_errors,
+    show_table,
     status_table,
 )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
-    targets = targets_of(loaded, args)
+    targets, trace = targets_of(loaded, args), trace_of(args)
     if not args.watch:
-        rows, errors = status.status_rows(loaded, targets)
+        rows, errors = status.status_rows(loaded, targets, trace=trace)
         fleets = status.fleets(loaded, rows)
         if args.json:
             out.print_json(data={"deployments": rows, "fleets": fleets})
         else:
-            out.print(status_table(rows))
+            show_table(status_table(rows))
             for f in fleets:
                 out.print(_fleet_line(f))
         return EXIT_ERROR if errors else EXIT_OK
     with Live(console=out, auto_refresh=False) as live:
         while True:
-            live.update(status_table(status.status_rows(loaded, targets)[0]), refresh=True)
+            live.update(status_table(status.status_rows(loaded, targets, trace=trace)[0]), refresh=True)
             time.sleep(args.watch)
 
 
@@ -58,11 +61,11 @@ def _fleet_line(f: dict[str, Any]) -> str:
 
 def cmd_revisions(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
-    rows, errors = status.revision_rows(loaded, targets_of(loaded, args))
+    rows, errors = status.revision_rows(loaded, targets_of(loaded, args), trace=trace_of(args))
     if args.json:
         out.print_json(data={"revisions": rows, "errors": [result_json(e) for e in errors]})
     else:
-        out.print(revisions_table(rows))
+        show_table(revisions_table(rows))
     return EXIT_ERROR if errors else EXIT_OK
 
 
@@ -72,9 +75,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     def show(host: str, deployment: str, line: str) -> None:
         with lock:
-            out.print(f"[cyan]{escape(host)}[/cyan] {escape(deployment)} | {escape(line)}")
+            if args.json:  # one object a line, so that a follower can read each as it comes
+                data = {"host": host, "deployment": deployment, "line": line}
+                out.print(json.dumps(data), markup=False, soft_wrap=True)
+            else:
+                out.print(f"[cyan]{escape(host)}[/cyan] {escape(deployment)} | {escape(line)}")
 
-    errors = logs(loaded, targets_of(loaded, args), lines=args.lines, follow=args.follow, on_line=show)
+    errors = status.logs(
+        loaded,
+        targets_of(loaded, args),
+        lines=args.lines,
+        follow=args.follow,
+        on_line=show,
+        trace=trace_of(args),
+    )
     for e in errors:
         err.print(f"[red]✗ {escape(e.host)}[/red]: {escape(e.message)}")
     return EXIT_ERROR if errors else EXIT_OK
@@ -82,7 +96,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
-    results = status.scrape(targets_of(loaded, args))
+    results = status.scrape(targets_of(loaded, args), trace=trace_of(args))
     if args.json:
         data = [
             {"host": t.host_name, "deployment": t.deployment.name}
@@ -92,15 +106,18 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         out.print_json(data={"metrics": data})
     else:
         for t, m in results:
-            out.rule(f"[bold]{escape(t.host_name)} · {escape(t.deployment.name)}[/bold]", align="left")
-            out.print(f"[red]{escape(m)}[/red]" if isinstance(m, str) else metrics_table(m))
+            heading(f"[bold]{escape(t.host_name)} · {escape(t.deployment.name)}[/bold]")
+            if isinstance(m, str):
+                out.print(f"[red]{escape(m)}[/red]")
+            else:
+                show_table(metrics_table(m))
     return EXIT_ERROR if any(isinstance(m, str) for _, m in results) else EXIT_OK
 
 
 def cmd_monitoring(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
     targets = targets_of(loaded, args)
-    revisions, errors = status.current_revisions(loaded, targets)
+    revisions, errors = status.current_revisions(loaded, targets, trace=trace_of(args))
     monitored = [
         monitoring.MonitorTarget(
             deployment=t.deployment.name,
@@ -114,7 +131,11 @@ def cmd_monitoring(args: argparse.Namespace) -> int:
     ]
     files = monitoring.files(monitored, gpu_exporter_port=args.gpu_exporter_port)
     written = outputs.write_files(args.out, files)
-    out.print(f"wrote {', '.join(str(p) for p in written)} ({len(monitored)} targets)")
+    if args.json:
+        data = {"written": [str(p) for p in written], "targets": len(monitored)}
+        out.print_json(data=data | {"errors": [result_json(e) for e in errors]})
+    else:
+        out.print(f"wrote {', '.join(str(p) for p in written)} ({len(monitored)} targets)")
     for e in errors:
         err.print(f"[yellow]warning:[/yellow] {escape(e.host)}: revision unknown: {escape(e.message)}")
     return EXIT_OK
@@ -123,7 +144,7 @@ def cmd_monitoring(args: argparse.Namespace) -> int:
 def cmd_preflight(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
     targets = targets_of(loaded, args)
-    with Session(loaded, targets) as session:
+    with Session(loaded, targets, trace=trace_of(args)) as session:
         session.gather(with_preflight=True)
         checks = session.preflight()
         errors = session.host_errors()
@@ -135,7 +156,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         out.print_json(data={"preflight": data, "errors": [result_json(e) for e in errors]})
     else:
         for (host, dep), cs in checks.items():
-            out.rule(f"[bold]{escape(host)} · {escape(dep)}[/bold]", align="left")
+            heading(f"[bold]{escape(host)} · {escape(dep)}[/bold]")
             show_checks(cs, quiet=False)
         show_host_errors(errors)
     failed = errors or any(not c.ok for cs in checks.values() for c in cs)

@@ -8,11 +8,12 @@ from pathlib import Path
 from ..core.model import Host, Inventory
 from ..errors import UnreachableError
 from ..host.commands import Command
-from .base import Held, Result, Transport
+from .base import Ended, Held, Observer, Result, Transport
 from .local import LocalTransport
+from .observed import Observed
 from .ssh import SSHTransport
 
-__all__ = ["Held", "Result", "Transport", "connect"]
+__all__ = ["Ended", "Held", "Observed", "Observer", "Result", "Transport", "connect"]
 
 
 def connect(name: str, host: Host, *, inventory: Inventory, inventory_path: Path) -> Transport:

@@ -19,6 +19,24 @@ class Result:
     exit_code: int
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How a command seen by an ``Observer`` ended: an exit code, held open, an error, or none (a copy)."""
+
+    seconds: float
+    exit_code: int | None = None
+    held: bool = False
+    error: str = ""
+
+
+class Observer(Protocol):
+    """Told of every command a transport runs for a verb (``-v``): as it starts, and as it ends."""
+
+    def started(self, host: str, command: Command) -> None: ...
+
+    def ended(self, host: str, command: Command, how: Ended) -> None: ...
+
+
 class Transport(Protocol):
     """A connection to one host. Implementations translate their own errors."""
 

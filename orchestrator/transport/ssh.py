@@ -92,7 +92,7 @@ class SSHTransport:
         return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
 
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
-        with self._translated(Command(f"sftp put {remote}"), STALL_S):
+        with self._translated(Command("", label=f"sftp put {remote}"), STALL_S):
             self._open()
             sftp = self._conn.client.open_sftp()
             sftp.get_channel().settimeout(STALL_S)  # a frozen host fails the copy instead of hanging it

@@ -171,6 +171,51 @@ def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
     assert workers == "2"
 
 
+def test_verbose_read_verbs_show_each_command_and_never_the_secret(site: dict[str, Any]) -> None:
+    """-v/-vv against the deployed hosts: each command's label and host on stderr; the API key nowhere,
+    though the env file holding it comes back with the facts; logs, bench and metrics as JSON."""
+    pb = playbook(site, "base")
+    since = status(pb)["tp2"]["since"]
+    seen = orch("status", pb, "-vv", env={**ENV, "COLUMNS": "60"})
+    assert seen.returncode == 0, seen.stderr
+    for host in ("th1", "th2-deploy"):
+        assert f"[{host}] start: gather facts and preflight probes\n    script: " in seen.stderr
+        assert f"[{host}] gather facts and preflight probes → exit 0 (" in seen.stderr
+    assert "[th1] readiness probe of http://" in seen.stderr and ":8000 → ready (" in seen.stderr
+    assert SECRET not in seen.stdout + seen.stderr
+    # A pipe gets plain columns, one line a deployment, whole values, whatever COLUMNS says.
+    [row] = [line for line in seen.stdout.splitlines() if line.startswith("th1 ")]
+    assert row.split()[:3] == ["th1", "tp2", "active/running"] and since in row
+
+    plan = orch("plan", pb, "-v", env=ENV)
+    assert plan.returncode == 0, plan.stderr
+    assert "[th2-deploy] gather facts and preflight probes → exit 0 (" in plan.stderr
+    assert "script:" not in plan.stderr and SECRET not in plan.stdout + plan.stderr
+
+    again = orch("apply", pb, "-y", "-vv", env=ENV)
+    assert again.returncode == 0 and "Nothing to do" in again.stdout
+    assert "[th1] lock /var/lib/orch/tp2 → held (" in again.stderr
+    assert SECRET not in again.stdout + again.stderr
+
+    logs = orch("logs", pb, "-d", "tp2", "-n", "5", "--json", "-v", env=ENV)
+    assert logs.returncode == 0, logs.stderr
+    lines = [json.loads(line) for line in logs.stdout.splitlines()]
+    assert lines and {(x["host"], x["deployment"]) for x in lines} == {("th1", "tp2")}
+    assert "[th1] logs of orch-tp2.service → exit 0 (" in logs.stderr
+
+    args = ("-n", "2", "-c", "1", "--input-len", "8", "--output-len", "4")
+    bench = orch("bench", pb, "-d", "solo", *args, "--json", "-vv", env=ENV)  # the key is read from th2
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout)
+    assert result["completed"] == 2 and result["tags"]["host"] == "th2-deploy"
+    assert "[th2-deploy] gather facts → exit 0 (" in bench.stderr
+    assert SECRET not in bench.stdout + bench.stderr
+
+    metrics = orch("metrics", pb, "-d", "solo", "--json", "-v", env=ENV)
+    assert metrics.returncode == 0 and json.loads(metrics.stdout)["metrics"][0]["host"] == "th2-deploy"
+    assert "[th2-deploy] GET http://" in metrics.stderr and ":8001/metrics → read (" in metrics.stderr
+
+
 def apply_to_solo_only(pb: Path, shown: str) -> subprocess.CompletedProcess[str]:
     """Plan (solo's diff shows ``shown``, tp2 has no change), then apply; apply's run."""
     plan = orch("plan", pb, env=ENV)

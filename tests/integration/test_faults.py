@@ -9,6 +9,7 @@ The deployments run the stand-in server (tests/standin) under real systemd.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -28,8 +29,12 @@ def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sit
 
 
 def _result_lines(out: str) -> dict[str, str]:
-    """host → its row of the Result table."""
-    return {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
+    """host → its row of the Result table (in a pipe: its title, a header line, then a line a row)."""
+    lines = out.splitlines()
+    rows = itertools.takewhile(
+        lambda line: line and not line.startswith("──"), lines[lines.index("Result") + 2 :]
+    )
+    return {line.split()[0]: line for line in rows}
 
 
 def test_host_crashing_during_the_gate(site: Site, testbed: Any) -> None:

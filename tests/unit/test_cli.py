@@ -50,23 +50,46 @@ def test_offline_plan_masks_secrets_and_exits_2() -> None:
     assert "--tensor-parallel-size 2" in proc.stdout
 
 
-def test_missing_secret_is_a_clear_error() -> None:
+def without(name: str) -> dict[str, str]:
     import os
 
-    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "plan", "--offline", "playbooks/day4.yml"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env=env,
-    )
-    assert proc.returncode == 1
-    assert (
-        proc.stderr.strip()
-        == "error: playbooks/day4.yml: deployment qwen14b: secret HF_TOKEN: environment variable HF_TOKEN is not set"
-    )
+    return {k: v for k, v in os.environ.items() if k != name}
+
+
+def test_offline_plan_and_validate_need_no_secret() -> None:
+    """Both only render, and a rendered file shows a secret as *** anyway: no value is read."""
+    for verb in (["plan", "--offline"], ["validate"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *verb, "playbooks/day4.yml"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            env=without("HF_TOKEN"),
+        )
+        assert proc.returncode == (2 if verb[0] == "plan" else 0), proc.stderr
+        assert "HF_TOKEN" not in proc.stderr
+        assert "placeholder" not in proc.stdout  # the stand-in is hidden like a value
+        if verb[0] == "plan":
+            assert "+HF_TOKEN=***" in proc.stdout
+
+
+def test_verbs_that_compare_with_or_write_to_hosts_read_the_secret_first() -> None:
+    """Online plan compares the host's env file with the one the values make; apply writes it."""
+    for verb in (["plan"], ["apply", "-y"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *verb, "playbooks/day4.yml"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            env=without("HF_TOKEN"),
+        )
+        assert proc.returncode == 1
+        assert (
+            proc.stderr.strip()
+            == "error: playbooks/day4.yml: deployment qwen14b: secret HF_TOKEN: environment variable HF_TOKEN is not set"
+        )
 
 
 def test_offline_plan_json() -> None:
@@ -97,15 +120,32 @@ def test_bench_compare_reads_vllm_results(tmp_path: Path) -> None:
         ttft=Stats(count=7, mean=185.92, median=220.97, p90=225.0, p99=232.01),
     )
     (tmp_path / "rev3.json").write_text(ours.to_json())
-    proc = orch("bench", "--compare", theirs, tmp_path / "rev3.json", env={"COLUMNS": "200"})
+    proc = orch("bench", "--compare", theirs, tmp_path / "rev3.json", env={"COLUMNS": "40"})
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    rows = {cells[0]: cells[1:] for line in lines if (cells := [c.strip() for c in line.split("│")[1:-1]])}
+    lines = proc.stdout.splitlines()  # a pipe: plain columns, whatever the width, one row a line
+    rows = {cells[0]: cells[1:] for line in lines[1:] if (cells := line.split())}
     assert lines[0] == "bench-serve-result -> rev3"
+    assert rows["metric"] == ["bench-serve-result", "rev3", "change"]
     assert rows["output_throughput"] == ["196.99", "236.39", "+20.0%"]  # the fixture's 196.991… tok/s
     assert rows["ttft_mean_ms"] == ["206.58", "185.92", "-10.0%"]
     assert rows["tpot_p99_ms"] == ["33.05", "33.05", "+0.0%"]
     assert "ttft_p90_ms" not in rows  # vLLM's file reports no p90: only what both report is compared
+
+
+def test_bench_compare_json(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from orchestrator.observe.benchreport import from_vllm_json
+
+    theirs = ROOT / "tests/fixtures/vllm-0.26-gpu-tp2/bench-serve-result.json"
+    ours = replace(from_vllm_json(theirs.read_text()), output_throughput=236.39)
+    (tmp_path / "rev3.json").write_text(ours.to_json())
+    proc = orch("bench", "--compare", theirs, tmp_path / "rev3.json", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["a"], data["b"]) == ("bench-serve-result", "rev3")
+    row = next(m for m in data["metrics"] if m["metric"] == "output_throughput")
+    assert row["b"] == 236.39 and round(row["a"], 2) == 196.99 and round(row["change_pct"], 1) == 20.0
 
 
 def test_unknown_limit_host() -> None:
