@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from orchestrator.core.model import Deployment, Host
 from orchestrator.observe import preflight
@@ -279,3 +282,49 @@ def test_no_systemd_says_which_runner_to_use() -> None:
         "systemd is not PID 1 on this host; set runner: supervisord for this host in the inventory",
     )
     assert verdicts(day4(), text, host=Host(address="gpu1", runner="supervisord"))["runner"][0] == "ok"
+
+
+def run_script(dep: Deployment) -> preflight.DeploymentProbe:
+    proc = subprocess.run(["/bin/sh", "-c", preflight.script(HOST, [dep])], capture_output=True, text=True)
+    return preflight.parse(proc.stdout).deployments[dep.name]
+
+
+def fake_vllm(site: Path, *, metadata: bool) -> None:
+    """vLLM as a folder on PYTHONPATH: installed (dist-info) or a checkout (only _version.py). Importing it
+    fails, so a version read means it was read without importing vLLM (and torch with it)."""
+    (site / "vllm").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text(
+        "raise ImportError('importing vLLM is too slow for a probe')\n"
+    )
+    if metadata:
+        (site / "vllm-0.26.0.dist-info").mkdir()
+        (site / "vllm-0.26.0.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: vllm\nVersion: 0.26.0\n"
+        )
+    else:
+        (site / "vllm" / "_version.py").write_text("__version__ = version = '0.26.1.dev5'\n")
+
+
+@pytest.mark.parametrize(("metadata", "version"), [(True, "0.26.0"), (False, "0.26.1.dev5")])
+def test_the_launchers_python_reads_vllms_version_in_the_deployments_env(
+    tmp_path: Path, metadata: bool, version: str
+) -> None:
+    """No venv: `python3 -m vllm…` finds vLLM only through the PYTHONPATH the deployment's env sets."""
+    fake_vllm(tmp_path / "site", metadata=metadata)
+    dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1, launcher={"kind": "api_server"})
+    assert run_script(dep).vllm_version == ""
+    with_env = dep.model_copy(update={"env": {"PYTHONPATH": str(tmp_path / "site")}})
+    assert run_script(with_env).vllm_version == version
+
+
+def test_a_vllm_scripts_own_interpreter_is_asked(tmp_path: Path) -> None:
+    """`vllm serve` with no venv: the `vllm` script the deployment's PATH finds names its Python."""
+    fake_vllm(tmp_path / "site", metadata=True)
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "vllm"
+    script.write_text("#!/usr/bin/env python3\nraise SystemExit('not run by the probe')\n")
+    script.chmod(0o755)
+    env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")}
+    dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1, launcher={"kind": "serve"}, env=env)
+    own = run_script(dep)
+    assert own.launcher_ok and own.vllm_version == "0.26.0"

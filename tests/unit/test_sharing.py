@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from test_preflight import output
 
+from orchestrator.cli.output import status_table
 from orchestrator.core.model import Deployment, Host
 from orchestrator.observe import preflight
 
@@ -227,3 +229,25 @@ def test_a_user_units_mark_names_its_uid() -> None:
         "sibling",
         "deployment tiny-a (orch, user 1000, no files found)",
     )
+
+
+def test_the_status_table_shows_both_memories_and_the_other_deployment() -> None:
+    probe = preflight.parse(host_output("tiny-a", main_pid=43100))
+    row = {
+        "host": "gpubox",
+        "deployment": "tiny-a",
+        "state": "active/running",
+        "revision": 1,
+        "pending": None,
+        "vllm": "0.26.0",
+        "ready": True,
+        "restarts": 0,
+        "detail": "",
+        "since": "0:05:00",
+        **preflight.gpu_status(tiny("tiny-a"), probe, GPUBOX),
+    }
+    console = Console(width=250, record=True, color_system=None)
+    console.print(status_table([row]))
+    text = console.export_text()
+    assert "0: 43496 · 87007/143771 0%" in text
+    assert f"+ {B} 43496" in text
