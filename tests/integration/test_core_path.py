@@ -138,6 +138,36 @@ def test_plan_apply_and_idempotence(site: dict[str, Any]) -> None:
     assert workers == "2"
 
 
+SQUATTERS = """\
+inventory: inventory.yml
+deployments:
+  - name: squat-root
+    hosts: [th1]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8000
+    launcher: {kind: api_server, venv: /opt/vllm}
+  - name: squat-user
+    hosts: [th2-deploy]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8001
+    launcher: {kind: api_server, venv: /opt/vllm}
+"""
+
+
+def test_a_port_held_by_another_deployment_is_named(site: dict[str, Any]) -> None:
+    """Another playbook's deployments on the ports tp2 and solo hold: preflight names them by their units'
+    cgroups (a system unit; a user unit of deploy's) and their revisions, read from the hosts."""
+    pb = site["dir"] / "squatters.yml"
+    pb.write_text(SQUATTERS)
+    pre = orch("preflight", pb)
+    assert pre.returncode == 1
+    assert "port 8000 is in use by deployment tp2 (orch, revision 1)" in pre.stdout
+    assert "port 8001 is in use by deployment solo (orch, user 1000, revision 1)" in pre.stdout
+    assert all(row["orphans"] == [] for row in status(playbook(site, "base")).values())
+
+
 def test_changed_flag_restarts_only_that_deployment(site: dict[str, Any]) -> None:
     pb = playbook(site, "changed", solo_args="{--max-num-seqs: 8}")
     before_tp2 = main_pid(site, "tp2")
