@@ -154,6 +154,10 @@ def test_supervisord_states() -> None:
     assert fatal.crashed
     missing = parse_state("SupervisorStatus=orch-tiny: ERROR (no such process)", sup)
     assert missing == UnitState()
+    starting = parse_state(
+        "SupervisorStatus=orch-tiny   STARTING  \nSupervisorPid=4300\nUnitFileState=enabled", sup
+    )
+    assert (starting.running, starting.main_pid) == (True, 4300)  # its processes are not leftovers
 
 
 def test_vllm_install_only_when_the_version_differs() -> None:
