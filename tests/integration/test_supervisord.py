@@ -211,7 +211,11 @@ def test_two_deployments_of_one_playbook_under_a_supervisord_whose_folder_is_gon
         assert sh(site, "supervisorctl pid orch-pair-b") == b_pid and _row(pair, "pair-b")["ready"]
 
         assert orch("destroy", "-y", pair).returncode == 0
-        assert sh(site, "pgrep -f '[v]llm.entrypoints' || true") == ""
+        assert sh(site, "pgrep -f 'served-model-name tiny-[ab]' || true") == ""
+        assert (
+            sh(site, "grep -l SUPERVISOR_PROCESS_NAME=orch-pair /proc/[0-9]*/environ 2>/dev/null || true")
+            == ""
+        )
     finally:
         orch("destroy", "-y", pair)  # after a failure: nothing of the pair left to start again below
         sh(site, "supervisorctl shutdown; sleep 3; systemctl start supervisor")
