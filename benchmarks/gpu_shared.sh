@@ -86,7 +86,7 @@ def rows(name):
     try: return json.loads(text(name))["deployments"]
     except (ValueError, KeyError): return []
 serving = rows("status-json.txt")
-own = [x.get("gpus", [{}])[0].get("deployment_mib") for x in serving]
+own = [(x.get("gpus") or [{}])[0].get("deployment_mib") for x in serving]
 pre_c = text("preflight-c.txt")
 verdicts = {
     "one playbook with two deployments at 0.3 on GPU 0 validates": text("validate.txt").startswith("ok"),
