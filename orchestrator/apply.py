@@ -15,7 +15,7 @@ from . import facts
 from .core.layout import Layout
 from .core.render import Desired
 from .errors import CommandError
-from .host import commands, runners, state
+from .host import commands, procs, runners, state
 from .host.commands import Command
 from .host.runners import UnitState
 from .plan import (
@@ -26,6 +26,7 @@ from .plan import (
     Enable,
     FetchModel,
     InstallVllm,
+    Reap,
     RecordRevision,
     RemoveFile,
     Restart,
@@ -59,6 +60,8 @@ class Applied:
     after: UnitState
     # Processes of the unit that outlived a stop, as "pid:name".
     leftovers: tuple[str, ...] = ()
+    # What --reap ended, as "pid:name"; None when nothing was asked to reap.
+    reaped: tuple[str, ...] | None = None
 
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
@@ -77,11 +80,13 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
             return commands.enable(runner, unit, sudo=sudo)
         case Disable(unit=unit):
             return commands.disable(runner, unit, sudo=sudo)
-        case Stop(unit=unit):
-            return commands.stop(runner, unit, sudo=sudo)
-        case Restart(unit=unit):
-            cmd = commands.restart(runner, unit, sudo=sudo)
+        case Stop(unit=unit, reap=reap):
+            return commands.stop(runner, unit, sudo=sudo, reap=layout if reap else None)
+        case Restart(unit=unit, reap=reap):
+            cmd = commands.restart(runner, unit, sudo=sudo, reap=layout if reap else None)
             return replace(cmd, script=f"{state.restarting(layout.state_dir)}; {cmd.script}")
+        case Reap(unit=unit):
+            return commands.reap(runner, unit, layout, sudo=sudo)
         case RecordRevision():
             keep = ("by", "verb", "created")
             meta: dict[str, object] = {k: change.meta[k] for k in keep if k in change.meta}
@@ -104,6 +109,7 @@ def run_changes(
 ) -> Applied:
     """Run the live changes in order (``before`` is called ahead of each: a lock check, a failpoint)."""
     after, restarted, leftovers = UnitState(), False, []
+    reaped: list[str] | None = None
     for change in plan.changes:
         if isinstance(change, RecordRevision | Abandon):
             continue
@@ -117,17 +123,19 @@ def run_changes(
         timeout = _timeout(change)
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
         leftovers += _leftovers(result.stdout)
+        if isinstance(change, Reap) or (isinstance(change, Stop | Restart) and change.reap):
+            reaped = [*(reaped or []), *procs.reaped(result.stdout)]
         if isinstance(change, Restart):
             restarted = True
             state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
             after = facts.parse_state(state, runners.of(plan.desired.layout))
-    return Applied(restarted, after, tuple(leftovers))
+    return Applied(restarted, after, tuple(leftovers), None if reaped is None else tuple(reaped))
 
 
 def _timeout(change: Change) -> float:
     if isinstance(change, InstallVllm):
         return INSTALL_TIMEOUT_S
-    return STOP_TIMEOUT_S if isinstance(change, Stop | Restart) else FILE_TIMEOUT_S
+    return STOP_TIMEOUT_S if isinstance(change, Stop | Restart | Reap) else FILE_TIMEOUT_S
 
 
 def upload_model(

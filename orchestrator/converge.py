@@ -23,7 +23,7 @@ from .core.load import Target
 from .core.masking import Masker
 from .core.model import Deployment, Host
 from .core.render import Desired
-from .errors import GateError, HostError, OrchError, RevisionError
+from .errors import CommandError, GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .host import commands, runners, state
 from .host.state import REVISION_FILES, revision_contents
@@ -68,13 +68,22 @@ def _converge(
             failpoints.reach("after-pending")
     for change in p.changes:
         reporter.event(run.name, dep.name, change.summary())
-    applied = run_changes(
-        run.transport,
-        p,
-        sudo=sudo,
-        progress=lambda what, done, total: reporter.progress(run.name, dep.name, what, done, total),
-        before=_before(run),
-    )
+    ran: list[Change] = []
+    try:
+        applied = run_changes(
+            run.transport,
+            p,
+            sudo=sudo,
+            progress=lambda what, done, total: reporter.progress(run.name, dep.name, what, done, total),
+            before=_before(run, ran),
+        )
+    except CommandError as exc:
+        if not ran or not isinstance(ran[-1], Restart):
+            raise
+        # The runner could not start it: what the server printed says why (supervisorctl prints nothing).
+        journal = journal_tail(run, dep, p.desired)
+        detail = str(exc).removeprefix(f"{run.name}: ")
+        raise GateError(run.name, f"{dep.name}: the start failed: {detail}", journal=journal) from None
     _warn_leftovers(run, dep, applied, reporter)
     failpoints.reach("after-restart")
     elapsed = None
@@ -95,11 +104,15 @@ def _converge(
     return Result(run.name, dep.name, "applied", revision=pending[0], elapsed_s=elapsed)
 
 
-def _before(run: HostRun) -> Callable[[Change], None]:
-    """Ahead of each live change: the lock is still ours; the failpoints between writes and the restart."""
+def _before(run: HostRun, ran: list[Change]) -> Callable[[Change], None]:
+    """Ahead of each live change: the lock is still ours; the failpoints between writes and the restart.
+
+    Each change is added to ``ran`` as it begins.
+    """
     writes = [0]
 
     def check(change: Change) -> None:
+        ran.append(change)
         if isinstance(change, WriteFile):
             writes[0] += 1
             if writes[0] == 2:
@@ -122,6 +135,9 @@ def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: R
     if applied.leftovers:
         survivors = " ".join(applied.leftovers)
         reporter.event(run.name, dep.name, f"WARNING: processes outlived the stop: {survivors}")
+    if applied.reaped is not None:
+        ended = " ".join(applied.reaped) or "none were left"
+        reporter.event(run.name, dep.name, f"--reap: ended the deployment's leftover processes: {ended}")
 
 
 def _gate(

@@ -12,10 +12,11 @@ from typing import Any
 
 from .core.layout import ROLES, Layout, Role
 from .core.model import VllmInstall
-from .host import commands, runners
+from .host import commands, procs, runners
 from .host import state as state_dir
 from .host.commands import MARK, Command
 from .host.markers import blocks, decode, sections
+from .host.procs import Owner, Proc
 from .host.runners import Runner, UnitState
 from .host.state import Holder, Pending
 from .provision import upload
@@ -41,6 +42,13 @@ class DeploymentFacts:
     pending: Pending | None = None
     never_current: frozenset[int] = frozenset()
     locked_by: Holder | None = None  # another verb holding the deployment's lock right now
+    # The processes its runner marked as this deployment's (host.procs), live or left over.
+    processes: tuple[Proc, ...] = ()
+
+    @property
+    def orphans(self) -> tuple[Proc, ...]:
+        """Its processes outside the tree of the unit's main process: they outlived a stop."""
+        return procs.orphans(self.processes, self.unit.main_pid)
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,10 @@ class FactQuery:
 
 
 def gather(queries: list[FactQuery], *, sudo: bool) -> Command:
-    """One script reading files, unit state, revision, vLLM version and model folder per deployment."""
-    return Command("; ".join(_section(q) for q in queries), sudo=sudo, label="gather facts")
+    """One script reading files, unit state, revision, vLLM version and model folder per deployment,
+    after the host's marked processes (read once)."""
+    script = "; ".join([f'echo "{MARK}procs"', procs.LISTING, *(_section(q) for q in queries)])
+    return Command(script, sudo=sudo, label="gather facts")
 
 
 def _section(q: FactQuery) -> str:
@@ -69,6 +79,8 @@ def _section(q: FactQuery) -> str:
             commands.read_files({"unit": layout.unit_path, "env": layout.env_path}),
             f'echo "{MARK}show"',
             runners.of(layout).state(q.unit),
+            f'echo "{MARK}owner"',
+            f"echo {procs.owner_kind(layout)}",
             state_dir.facts_section(layout.state_dir),
             *installed,
         ]
@@ -77,11 +89,14 @@ def _section(q: FactQuery) -> str:
 
 def parse(output: str, runner: Runner) -> dict[str, DeploymentFacts]:
     """Parse ``gather``'s output into facts per deployment name."""
-    return {name: _parse_deployment(body, runner) for name, body in blocks(output, "dep")}
+    head = output.split(f"{MARK}dep ", 1)[0]
+    marked = procs.parse(sections(head).get("procs", []))
+    return {name: _parse_deployment(name, body, runner, marked) for name, body in blocks(output, "dep")}
 
 
-def _parse_deployment(body: str, runner: Runner) -> DeploymentFacts:
+def _parse_deployment(name: str, body: str, runner: Runner, marked: tuple[Proc, ...]) -> DeploymentFacts:
     sec = sections(body)
+    kind = "".join(sec.get("owner", [])).strip()
     files: dict[Role, str] = {}
     for role in ROLES:
         if f"file {role}" in sec:
@@ -97,6 +112,7 @@ def _parse_deployment(body: str, runner: Runner) -> DeploymentFacts:
         locked_by=st.locked_by,
         vllm_version="".join(sec["vllm"]).strip() if "vllm" in sec else None,
         model_files=upload.parse_remote(sec["files"], sec.get("recorded", [])) if "files" in sec else None,
+        processes=tuple(p for p in marked if p.owner == Owner(kind, name)),
     )
 
 

@@ -106,17 +106,37 @@ class Disable(UnitChange):
     verb = "disable"
 
 
-class Stop(UnitChange):
-    verb = "stop"
+_REAP_NOTE = "; end what of it outlives the stop (--reap)"
 
 
 @dataclass(frozen=True)
 class Restart:
     unit: str
     reason: str
+    reap: bool = False  # end the unit's processes that outlive the stop before starting it again
 
     def summary(self) -> str:
-        return f"restart {self.unit} ({self.reason})"
+        return f"restart {self.unit} ({self.reason}){_REAP_NOTE if self.reap else ''}"
+
+
+@dataclass(frozen=True)
+class Stop:
+    unit: str
+    reap: bool = False
+
+    def summary(self) -> str:
+        return f"stop {self.unit}{_REAP_NOTE if self.reap else ''}"
+
+
+@dataclass(frozen=True)
+class Reap:
+    """End the deployment's processes that outlived an earlier stop (``--reap``); its live ones stay."""
+
+    unit: str
+    orphans: tuple[str, ...]  # as seen when planning, "PID:COMM"; the host reads them again when reaping
+
+    def summary(self) -> str:
+        return f"end processes of {self.unit} that outlived a stop: {' '.join(self.orphans)} (--reap)"
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,7 @@ Change = (
     | Disable
     | Restart
     | Stop
+    | Reap
     | RecordRevision
     | Abandon
 )
@@ -198,13 +219,15 @@ def plan_target(
     desired: Desired,
     facts: DeploymentFacts,
     meta: dict[str, Any] | None = None,
+    reap: bool = False,
 ) -> TargetPlan:
-    changes = _present(desired, facts, meta or {}) if desired.present else _absent(desired, facts)
+    """The changes that bring ``facts`` to ``desired``; ``reap``: also end the deployment's leftovers."""
+    changes = _present(desired, facts, meta or {}, reap) if desired.present else _absent(desired, facts, reap)
     diffs = tuple(_diffs(host, desired, facts))
     return TargetPlan(host, deployment, desired, facts, tuple(changes), diffs)
 
 
-def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> list[Change]:
+def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any], reap: bool) -> list[Change]:
     files = desired.files or ()
     install: list[Provision] = [*_install(desired, facts), *_upload(desired, facts), *_fetch(desired, facts)]
     writes = [
@@ -217,7 +240,9 @@ def _present(desired: Desired, facts: DeploymentFacts, meta: dict[str, Any]) -> 
         changes.append(Enable(desired.unit_name))
     reason = _restart_reason([*install, *writes], facts) or _interrupted(facts)
     if reason:
-        changes.append(Restart(desired.unit_name, reason))
+        changes.append(Restart(desired.unit_name, reason, reap))
+    elif reap and facts.orphans:
+        changes.append(Reap(desired.unit_name, tuple(p.describe() for p in facts.orphans)))
     if _revision_differs(files, facts):
         changes.append(RecordRevision(files, desired.origin, meta, facts.current_revision))
     return changes
@@ -283,10 +308,12 @@ def _revision_differs(files: tuple[DesiredFile, ...], facts: DeploymentFacts) ->
     return any(recorded.get(f.role) != f.sha256 for f in files)
 
 
-def _absent(desired: Desired, facts: DeploymentFacts) -> list[Change]:
+def _absent(desired: Desired, facts: DeploymentFacts, reap: bool) -> list[Change]:
     changes: list[Change] = [*_stale(facts)]
     if facts.unit.active_state not in ("inactive", "failed") or facts.unit.sub_state == "auto-restart":
-        changes.append(Stop(desired.unit_name))
+        changes.append(Stop(desired.unit_name, reap))
+    elif reap and facts.orphans:
+        changes.append(Reap(desired.unit_name, tuple(p.describe() for p in facts.orphans)))
     if facts.unit.enabled:
         changes.append(Disable(desired.unit_name))
     for role in ROLES:

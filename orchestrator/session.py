@@ -191,17 +191,23 @@ class Session:
                     out.append((run.name, name, f"in progress now: {f.locked_by.describe()}"))
         return out
 
-    def preflight(self) -> dict[tuple[str, str], list[Check]]:
-        """Preflight verdicts per (host, deployment), from what ``gather`` read."""
+    def preflight(self, *, reap: bool = False) -> dict[tuple[str, str], list[Check]]:
+        """Preflight verdicts per (host, deployment), from what ``gather`` read (``reap``: the verb ends
+        each deployment's leftover processes before it starts it)."""
         return {
-            (run.name, t.deployment.name): preflight.checks(t.deployment, run.probe, runner=run.host.runner)
+            (run.name, t.deployment.name): preflight.checks(
+                t.deployment, run.probe, host=run.host, peers=[p.deployment for p in run.targets], reap=reap
+            )
             for run in self.live()
             if run.probe is not None
             for t in run.targets
         }
 
-    def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
-        """A plan per target, in the targets' order; a target that cannot be planned fails on its own."""
+    def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any], reap: bool = False) -> list[TargetPlan]:
+        """A plan per target, in the targets' order; a target that cannot be planned fails on its own.
+
+        ``reap``: the plans also end each deployment's processes that outlived a stop.
+        """
         runs = self.live()
 
         def seen(run: HostRun, t: Target) -> Desired:
@@ -213,7 +219,7 @@ class Session:
             out: list[TargetPlan | Result] = []
             for t in run.targets:
                 try:
-                    out.append(plan_one(run, t, seen, meta=meta))
+                    out.append(plan_one(run, t, seen, meta=meta, reap=reap))
                 except OrchError as exc:
                     out.append(Result(run.name, t.deployment.name, "error", str(exc)))
             return out
@@ -261,13 +267,17 @@ def _busy(run: HostRun, output: str, wait_s: float) -> list[str]:
     return out or [f"{run.name}: locked by another orch verb{waited}{hint}"]
 
 
-def plan_one(run: HostRun, t: Target, desired_of: DesiredOf, *, meta: dict[str, Any]) -> TargetPlan:
+def plan_one(
+    run: HostRun, t: Target, desired_of: DesiredOf, *, meta: dict[str, Any], reap: bool = False
+) -> TargetPlan:
     desired = desired_of(run, t)
     known = run.facts.get(t.deployment.name, DeploymentFacts())
     if run.lock is not None:
         known = replace(known, locked_by=None)  # that is this verb
     known = replace(known, hub_listing=hub_listing(run, desired, known))
-    return plan_target(host=run.name, deployment=t.deployment.name, desired=desired, facts=known, meta=meta)
+    return plan_target(
+        host=run.name, deployment=t.deployment.name, desired=desired, facts=known, meta=meta, reap=reap
+    )
 
 
 def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.Listing | None:

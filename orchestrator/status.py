@@ -96,17 +96,26 @@ def status_row(run: HostRun, t: Target, *, trace: Trace | None = None) -> dict[s
         "locked_by": f.locked_by.describe() if f.locked_by else None,
         "vllm": _vllm_version(run, t.deployment, f),
         "ready": bool(ready and ready.ready),
+        "orphans": [p.describe() for p in f.orphans],
         "detail": "; ".join(
             x
             for x in (
                 f.pending.describe() if f.pending else "",
                 f"in progress: {f.locked_by.describe()}" if f.locked_by else "",
                 "" if ready is None or ready.ready else f"{ready.stage}: {ready.detail}",
+                _orphans(f),
             )
             if x
         ),
-        **(preflight.gpu_status(t.deployment, run.probe) if run.probe else {}),
+        **(preflight.gpu_status(t.deployment, run.probe, run.host) if run.probe else {}),
     }
+
+
+def _orphans(f: DeploymentFacts) -> str:
+    if not f.orphans:
+        return ""
+    listed = " ".join(p.describe() for p in f.orphans)
+    return f"processes that outlived a stop: {listed} (`--reap` on apply or destroy ends them)"
 
 
 def _runs(f: DeploymentFacts) -> str:

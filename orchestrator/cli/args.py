@@ -108,6 +108,13 @@ def _verb_options(verb: str, sp: argparse.ArgumentParser) -> None:
             metavar="DURATION",
             help="wait this long (30s, 5m, 1h) for another verb's lock on a host instead of failing at once",
         )
+    if verb in ("apply", "destroy"):
+        sp.add_argument(
+            "--reap",
+            action="store_true",
+            help="also end the deployment's own processes that outlived a stop (its unit's or program's, "
+            "nothing else), and say which",
+        )
     if verb in ("apply", "rollback"):
         sp.add_argument("--no-rollback", action="store_true", help="keep a failed state for debugging")
         sp.add_argument("--force", action="store_true", help="apply even when preflight finds errors")

@@ -135,9 +135,10 @@ def _saved_plan(path: Path) -> planfile.SavedPlan | None:
 
 def _apply_saved(args: argparse.Namespace, saved: planfile.SavedPlan) -> int:
     """Carry out a saved plan: its playbook, inventory, targets; refused if what it relied on changed."""
-    if args.inventory or args.limit or args.deployment:
+    if args.inventory or args.limit or args.deployment or args.reap:
         raise ConfigError(
-            "a saved plan fixes its inventory and targets: -i, --limit and --deployment do not apply",
+            "a saved plan fixes its inventory, targets and changes: -i, --limit, --deployment and --reap "
+            "do not apply",
             file=str(args.playbook),
         )
     loaded = load(Path(saved.playbook), inventory_override=Path(saved.inventory))
@@ -180,13 +181,14 @@ def _converge(
 ) -> int:
     targets = targets_of(loaded, args) if targets is None else targets
     reporter = RichReporter()
+    reap = bool(getattr(args, "reap", False))
     with Session(loaded, targets, reporter=reporter, trace=trace_of(args)) as session:
         session.lock(verb, wait_s=args.lock_timeout)
         session.gather(with_preflight=verb != "destroy")
         show_notices(session)
-        plans = session.plans(desired_of, meta=manifest_meta(loaded, verb=verb))
+        plans = session.plans(desired_of, meta=manifest_meta(loaded, verb=verb), reap=reap)
         errors = session.host_errors()
-        checks = session.preflight()
+        checks = session.preflight(reap=reap)
         failpoints.reach("after-facts")
         if saved is not None and _stale(saved, plans, errors):
             return EXIT_ERROR

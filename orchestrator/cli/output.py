@@ -256,7 +256,7 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
         "vLLM",
         "ready",
         "restarts",
-        "GPUs (used/total MiB, util)",
+        "GPUs (its own · used/total MiB, util)",
         "TP balance",
         "since / detail",
     ):
@@ -268,10 +268,7 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
             )
             continue
         ready = "[green]yes[/green]" if r["ready"] else "[red]no[/red]"
-        gpus = "\n".join(
-            f"{g['index']}: {g['used_mib']}/{g['total_mib']} {g['utilization_pct']}%"
-            for g in r.get("gpus", [])
-        )
+        gpus = "\n".join(_gpu_cell(g) for g in r.get("gpus", []))
         bal = r.get("tp_balance")
         balance = (
             "" if not bal else (f"{'[green]' if bal['balanced'] else '[red]'}{bal['spread_pct']:.1f}%[/]")
@@ -289,6 +286,14 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
             escape(r["detail"] or r["since"]),
         )
     return table
+
+
+def _gpu_cell(g: dict[str, Any]) -> str:
+    """``0: 43496 · 87007/143771 0%``, then one line per other holder of memory on that GPU."""
+    card = f"{g['used_mib']}/{g['total_mib']} {g['utilization_pct']}%"
+    head = f"{g['index']}: {g.get('deployment_mib', '?')} · {card}"
+    others = [f"  + {escape(o['who'])} {o['mib']}" for o in g.get("others", [])]
+    return "\n".join([head, *others])
 
 
 def metrics_table(m: metrics.MetricsSummary) -> Table:

@@ -2,8 +2,8 @@
 
 yamlread.py turns a file into plain data and the line of every value, within
 bounds; Pydantic's error locations are then mapped back to those lines.
-Cross-model checks (unknown hosts, a GPU or port used twice on one host)
-happen here too.
+Cross-model checks (unknown hosts, a GPU over-committed or a port used twice
+on one host) happen here too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from ..errors import ConfigError
 from . import fleet, sources
 from .model import Deployment, Host, Inventory, Launcher, Playbook, Readiness, VllmInstall
 from .yamlread import Loc, Source, parse_yaml, printable, read_source
+
+# A sum of shares such as 0.3 + 0.3 + 0.4 may come out a hair above 1.
+SHARE_EPSILON = 1e-9
 
 __all__ = ["Loaded", "Loc", "Source", "Target", "load", "load_inventory", "parse_yaml", "read_source"]
 
@@ -291,16 +294,25 @@ def _router_problems(loaded: Loaded, i: int, dep: Deployment) -> Iterator[tuple[
 
 
 def _host_conflicts(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
-    gpus: dict[tuple[str, int], str] = {}
+    """Deployments on one host may share a GPU while their gpu_memory_utilization adds up to at most 1
+    (vLLM gives each that share of the card); no two may listen on one port."""
+    shares: dict[tuple[str, int], dict[str, float]] = {}
     ports: dict[tuple[str, int], str] = {}
     index = {d.name: i for i, d in enumerate(loaded.playbook.deployments)}
     for target in loaded.targets():
         dep, host = target.deployment, target.host_name
         i = index[dep.name]
         for g in dep.gpus:
-            other = gpus.setdefault((host, g), dep.name)
-            if other != dep.name:
-                yield ("deployments", i, "gpus"), f"GPU {g} on host {host} is also used by {other!r}"
+            on_gpu = shares.setdefault((host, g), {})
+            on_gpu[dep.name] = dep.gpu_memory_utilization
+            total = sum(on_gpu.values())
+            if len(on_gpu) > 1 and total > 1 + SHARE_EPSILON:
+                listed = " + ".join(f"{name!r} {share:g}" for name, share in on_gpu.items())
+                yield (
+                    ("deployments", i, "gpu_memory_utilization"),
+                    f"GPU {g} on host {host} is over-committed: {listed} = {total:.3g} of the card "
+                    "(the gpu_memory_utilization of the deployments on one GPU may add up to at most 1)",
+                )
         other = ports.setdefault((host, dep.port), dep.name)
         if other != dep.name:
             yield ("deployments", i, "port"), f"port {dep.port} on host {host} is also used by {other!r}"

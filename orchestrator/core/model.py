@@ -1,7 +1,7 @@
 """The schema of inventories and playbooks (Pydantic v2, extra fields forbidden).
 
 Checks that need only one model live here as validators; checks across models
-(a host named by a deployment, a GPU or port used twice on one host) live in
+(a host named by a deployment, a GPU over-committed or a port used twice on one host) live in
 ``load.py``, which knows the file and line of every value.
 """
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from ..core.layout import Layout
 from ..core.model import VllmInstall
+from . import procs
 from .runners import Runner
 
 MARK = "@@orch"
@@ -94,19 +96,31 @@ _LEFT = (
 )
 
 
-def stop(runner: Runner, unit: str, *, sudo: bool) -> Command:
-    """Stop, then report any of the unit's processes still alive."""
-    script = f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}"
+def stop(runner: Runner, unit: str, *, sudo: bool, reap: Layout | None = None) -> Command:
+    """Stop, then report any of the unit's processes still alive; with ``reap``, end every process that
+    still carries the deployment's mark (host.procs)."""
+    script = f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}{_reap(reap)}"
     return Command(script, sudo=sudo, label=f"stop {unit}")
 
 
-def restart(runner: Runner, unit: str, *, sudo: bool) -> Command:
-    """Stop (reporting survivors), start, then print the state: the base for detecting a crash."""
+def restart(runner: Runner, unit: str, *, sudo: bool, reap: Layout | None = None) -> Command:
+    """Stop (reporting survivors; with ``reap``, ending them), start, then print the state: the base for
+    detecting a crash."""
     script = (
-        f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}; "
+        f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}{_reap(reap)}; "
         f"{runner.start(unit)} && {{ {runner.state(unit)}; }}"
     )
     return Command(script, sudo=sudo, label=f"restart {unit}")
+
+
+def reap(runner: Runner, unit: str, layout: Layout, *, sudo: bool) -> Command:
+    """End the deployment's marked processes outside its main process's tree (the unit keeps running)."""
+    script = f"{_TREE.format(main_pid=runner.main_pid(unit))}; {procs.reap_script(layout, keep='tree')}"
+    return Command(script, sudo=sudo, label=f"end leftover processes of {unit}")
+
+
+def _reap(layout: Layout | None) -> str:
+    return f"; {procs.reap_script(layout)}" if layout is not None else ""
 
 
 def read_files(paths: dict[str, str]) -> str:

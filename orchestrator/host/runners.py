@@ -157,8 +157,10 @@ class Supervisord:
 
     def state(self, unit: str) -> str:
         name = _program_word(unit)
+        # status prints no pid while the program is STARTING; `pid` does.
         return (
             f'echo "SupervisorStatus=$(supervisorctl status {name} 2>&1 | head -1)"; '
+            f'echo "SupervisorPid=$({self.main_pid(unit)})"; '
             f"[ -f {shlex.quote(self.conf_path(unit))} ] && echo UnitFileState=enabled"
         )
 
@@ -168,7 +170,10 @@ class Supervisord:
         if not m or m.group(1) not in _SUPERVISOR_STATES:
             return UnitState(unit_file_state=enabled)
         active, sub = _SUPERVISOR_STATES[m.group(1)]
-        pid = int(m.group(2)) if m.group(2) else 0
+        started = props.get("SupervisorPid", "").strip()
+        pid = (
+            int(m.group(2)) if m.group(2) else int(started) if started.isdigit() and active != "failed" else 0
+        )
         return UnitState("loaded", active, sub, enabled, main_pid=pid, active_since=m.group(3) or "")
 
     def main_pid(self, unit: str) -> str:

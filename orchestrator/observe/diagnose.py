@@ -140,6 +140,14 @@ PATTERNS: tuple[Pattern, ...] = (
         "Install g++ (apt-get install g++ or build-essential) on the host.",
     ),
     _p(
+        "working_directory_gone",
+        r"getcwd\(\) failed|error retrieving current directory",
+        "The server was started in a working directory that no longer exists (a supervisord started "
+        "from a folder removed since): its shell and Python fail at start-up.",
+        "Render the program with orch (it starts programs in /), or set directory= in the program's "
+        "section, or restart supervisord from an existing folder.",
+    ),
+    _p(
         "cpu_numa_binding",
         r"Not enough allowed NUMA nodes to bind threads",
         "CPU tensor parallelism binds each worker to a NUMA node, and there are fewer "

@@ -2,7 +2,8 @@
 
 The commands are constants; ``parse_gpus`` / ``parse_processes`` turn their CSV
 output into frozen objects, and the ``check_*`` functions turn those objects into
-typed ``Check`` verdicts. Nothing here runs a command or touches a host.
+typed ``Check`` verdicts (whose each process is: ``sharing``). Nothing here runs a
+command or touches a host.
 """
 
 from __future__ import annotations
@@ -221,58 +222,6 @@ def _free_memory_check(gpu: Gpu, utilization: float) -> Check:
     if free < need + CUDA_CONTEXT_MIB:
         return _warn(name, f"{detail}; less than {CUDA_CONTEXT_MIB} MiB to spare")
     return _ok(name, detail)
-
-
-def foreign_processes(
-    gpus: Sequence[Gpu],
-    processes: Sequence[GpuProcess],
-    wanted: Sequence[int],
-    *,
-    own_pids: frozenset[int],
-) -> tuple[tuple[int, GpuProcess], ...]:
-    """Processes on the wanted GPUs that are not this deployment's, as (index, process)."""
-    index_of = {g.uuid: g.index for g in gpus if g.index in set(wanted)}
-    return tuple(
-        (index_of[p.gpu_uuid], p) for p in processes if p.gpu_uuid in index_of and p.pid not in own_pids
-    )
-
-
-def check_foreign_processes(
-    gpus: Sequence[Gpu],
-    processes: Sequence[GpuProcess],
-    wanted: Sequence[int],
-    *,
-    own_pids: frozenset[int],
-) -> Check:
-    """Warn about processes on the deployment's GPUs that it does not own.
-
-    A foreign vLLM is called out: it is usually a worker left alive by an earlier
-    start (KillMode=process), holding memory the next start needs.
-    """
-    found = foreign_processes(gpus, processes, wanted, own_pids=own_pids)
-    if not found:
-        return _ok("foreign-processes", "no foreign processes on the deployment's GPUs")
-    described = "; ".join(_describe(index, p) for index, p in found)
-    return _warn("foreign-processes", f"foreign processes: {described}")
-
-
-def _describe(index: int, process: GpuProcess) -> str:
-    memory = "?" if process.used_memory_mib is None else str(process.used_memory_mib)
-    leftover = " (a leftover vLLM?)" if "vllm" in process.name.lower() else ""
-    return f"GPU {index}: pid {process.pid} {process.name} {memory} MiB{leftover}"
-
-
-def memory_by_gpu(
-    gpus: Sequence[Gpu], processes: Sequence[GpuProcess], *, own_pids: frozenset[int]
-) -> dict[int, int]:
-    """MiB used by the deployment's own processes on each GPU index."""
-    index_of = {g.uuid: g.index for g in gpus}
-    used: dict[int, int] = {}
-    for p in processes:
-        if p.pid in own_pids and p.gpu_uuid in index_of and p.used_memory_mib is not None:
-            index = index_of[p.gpu_uuid]
-            used[index] = used.get(index, 0) + p.used_memory_mib
-    return used
 
 
 def tp_balance(used_mib: Iterable[int]) -> TpBalance:

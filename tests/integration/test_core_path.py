@@ -216,6 +216,36 @@ def test_verbose_read_verbs_show_each_command_and_never_the_secret(site: dict[st
     assert "[th2-deploy] GET http://" in metrics.stderr and ":8001/metrics → read (" in metrics.stderr
 
 
+SQUATTERS = """\
+inventory: inventory.yml
+deployments:
+  - name: squat-root
+    hosts: [th1]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8000
+    launcher: {kind: api_server, venv: /opt/vllm}
+  - name: squat-user
+    hosts: [th2-deploy]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8001
+    launcher: {kind: api_server, venv: /opt/vllm}
+"""
+
+
+def test_a_port_held_by_another_deployment_is_named(site: dict[str, Any]) -> None:
+    """Another playbook's deployments on the ports tp2 and solo hold: preflight names them by their units'
+    cgroups (a system unit; a user unit of deploy's) and their revisions, read from the hosts."""
+    pb = site["dir"] / "squatters.yml"
+    pb.write_text(SQUATTERS)
+    pre = orch("preflight", pb)
+    assert pre.returncode == 1
+    assert "port 8000 is in use by deployment tp2 (orch, revision 1)" in pre.stdout
+    assert "port 8001 is in use by deployment solo (orch, user 1000, revision 1)" in pre.stdout
+    assert all(row["orphans"] == [] for row in status(playbook(site, "base")).values())
+
+
 def apply_to_solo_only(pb: Path, shown: str) -> subprocess.CompletedProcess[str]:
     """Plan (solo's diff shows ``shown``, tp2 has no change), then apply; apply's run."""
     plan = orch("plan", pb, env=ENV)

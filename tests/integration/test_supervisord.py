@@ -84,7 +84,8 @@ def test_apply_change_rollback_crash_destroy(site: dict[str, Any]) -> None:
     logs = orch("logs", base, "-n", "400")
     assert "box sup | " in logs.stdout and "Application startup complete" in logs.stdout
 
-    # A crash of the server: supervisord starts it again, and it becomes ready by itself.
+    # A crash of the server: supervisord starts it again, and it becomes ready by itself. Its engine
+    # process outlives it (under PID 1, outside the new server's tree): status calls it a leftover.
     old_pid = sh(site, "supervisorctl pid orch-sup")
     sh(site, f"kill -9 {old_pid}")
     deadline = time.monotonic() + 300
@@ -94,8 +95,138 @@ def test_apply_change_rollback_crash_destroy(site: dict[str, Any]) -> None:
             break
         time.sleep(5)
     assert row["ready"], row
+    assert row["orphans"] and "processes that outlived a stop" in row["detail"], row
 
-    assert orch("destroy", "-y", base).returncode == 0
+    # destroy --reap ends them, names them, and leaves no process of the program (by its mark).
+    gone = orch("destroy", "-y", "--reap", base)
+    assert gone.returncode == 0
+    assert "--reap: ended the deployment's leftover processes:" in gone.stderr
+    assert all(p in gone.stderr for p in row["orphans"])
     assert "no such process" in sh(site, "supervisorctl status orch-sup || true")
     assert sh(site, "pgrep -f '[v]llm.entrypoints' || true") == ""
+    assert sh(site, "grep -l SUPERVISOR_PROCESS_NAME=orch-sup /proc/[0-9]*/environ 2>/dev/null || true") == ""
     assert sh(site, "ls /var/lib/orch/sup/revisions").split() == ["1", "2", "3"]
+
+
+BROKEN = """\
+inventory: inventory.yml
+deployments:
+  - name: broken
+    hosts: [box]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8029
+    launcher: {kind: api_server, venv: /opt/no-such-venv}
+    service: {start_limit_burst: 2}
+"""
+
+
+def test_a_start_supervisord_refuses_shows_the_programs_log(site: dict[str, Any]) -> None:
+    """The launcher does not exist: `supervisorctl start` exits 7 and prints nothing on stderr; the result
+    quotes the program's log, and the deployment this apply created is removed again."""
+    pb = site["dir"] / "broken.yml"
+    pb.write_text(BROKEN)
+    apply = orch("apply", "-y", "--force", pb)
+    assert apply.returncode == 1
+    assert "broken: the start failed: `restart orch-broken.service` exited 7" in apply.stdout
+    assert "journal of broken on box" in apply.stdout
+    assert "/opt/no-such-venv/bin/python: not found" in apply.stdout  # sh's words, from the log's tail
+    assert "rolled back to no deployment" in apply.stdout
+    assert sh(site, "test -e /etc/supervisor/conf.d/orch-broken.conf || echo removed") == "removed"
+
+
+PAIR = """\
+inventory: inventory.yml
+deployments:
+  - name: pair-a
+    hosts: [box]
+    model: /srv/models/tiny
+    served_model_name: tiny-a
+    accelerator: cpu
+    port: 8020
+    max_model_len: 512
+    dtype: bfloat16
+    launcher: {kind: api_server, venv: /opt/vllm}
+    env: {VLLM_CPU_KVCACHE_SPACE: "1"}
+    readiness: {timeout_s: 420, interval_s: 2}
+  - name: pair-b
+    hosts: [box]
+    model: /srv/models/tiny
+    served_model_name: tiny-b
+    accelerator: cpu
+    port: 8021
+    max_model_len: 512
+    dtype: bfloat16
+    launcher: {kind: api_server, venv: /opt/vllm}
+    env: {VLLM_CPU_KVCACHE_SPACE: "1"}
+    readiness: {timeout_s: 420, interval_s: 2}
+"""
+INTRUDER = """\
+inventory: inventory.yml
+deployments:
+  - name: intruder
+    hosts: [box]
+    model: /srv/models/tiny
+    accelerator: cpu
+    port: 8021
+    launcher: {kind: api_server, venv: /opt/vllm}
+"""
+
+
+def test_two_deployments_of_one_playbook_under_a_supervisord_whose_folder_is_gone(
+    site: dict[str, Any],
+) -> None:
+    """supervisord started from a folder that was then removed (its children would start in a deleted
+    working directory): both deployments of one playbook start and serve; a third on a taken port is
+    told whose it is, with and without `ss`; destroying one leaves the other serving."""
+    sh(
+        site,
+        "systemctl stop supervisor; mkdir -p /tmp/orch-gone && cd /tmp/orch-gone && "
+        "supervisord -c /etc/supervisor/supervisord.conf </dev/null >/dev/null 2>&1 && cd / && rmdir /tmp/orch-gone",
+    )
+    pair = site["dir"] / "pair.yml"
+    pair.write_text(PAIR)
+    try:
+        assert "(deleted)" in sh(site, "readlink /proc/$(cat /run/supervisord.pid)/cwd")
+        apply = orch("apply", "-y", pair)
+        assert apply.returncode == 0, apply.stdout
+        rows = {
+            row["deployment"]: row for row in json.loads(orch("status", pair, "--json").stdout)["deployments"]
+        }
+        assert rows["pair-a"]["ready"] and rows["pair-b"]["ready"]
+        assert rows["pair-a"]["orphans"] == [] and rows["pair-b"]["orphans"] == []
+
+        intruder = site["dir"] / "intruder.yml"
+        intruder.write_text(INTRUDER)
+        taken = "port 8021 is in use by deployment pair-b (orch, revision 1)"
+        assert taken in orch("preflight", intruder).stdout
+        ss = sh(site, "command -v ss")
+        sh(site, f"mv {ss} {ss}.off")
+        try:
+            assert taken in orch("preflight", intruder).stdout  # from /proc/net/tcp
+        finally:
+            sh(site, f"mv {ss}.off {ss}")
+
+        b_pid = sh(site, "supervisorctl pid orch-pair-b")
+        assert orch("destroy", "-y", "-d", "pair-a", pair).returncode == 0
+        assert (
+            sh(site, "grep -l SUPERVISOR_PROCESS_NAME=orch-pair-a /proc/[0-9]*/environ 2>/dev/null || true")
+            == ""
+        )
+        assert sh(site, "supervisorctl pid orch-pair-b") == b_pid and _row(pair, "pair-b")["ready"]
+
+        assert orch("destroy", "-y", pair).returncode == 0
+        assert sh(site, "pgrep -f 'served-model-name tiny-[ab]' || true") == ""
+        assert (
+            sh(site, "grep -l SUPERVISOR_PROCESS_NAME=orch-pair /proc/[0-9]*/environ 2>/dev/null || true")
+            == ""
+        )
+    finally:
+        orch("destroy", "-y", pair)  # after a failure: nothing of the pair left to start again below
+        sh(site, "supervisorctl shutdown; sleep 3; systemctl start supervisor")
+        sh(site, "for _ in $(seq 30); do supervisorctl version >/dev/null 2>&1 && break; sleep 1; done")
+
+
+def _row(pb: Path, name: str) -> dict[str, Any]:
+    rows = json.loads(orch("status", pb, "--json", "-d", name).stdout)["deployments"]
+    return dict(rows[0])

@@ -74,7 +74,7 @@ def show(unit: UnitState) -> str:
     return text
 
 
-def _deployment(name: str, f: DeploymentFacts) -> str:
+def _deployment(name: str, f: DeploymentFacts, kind: str) -> str:
     """One deployment's part of ``facts.gather``'s output (its sections in the script's order)."""
     assert f.model_files is None and f.hub_listing is None, "not rendered here"
     lines = [f"{MARK}dep {name}"]
@@ -82,6 +82,7 @@ def _deployment(name: str, f: DeploymentFacts) -> str:
         if role in f.files:
             lines += [f"{MARK}file {role}", b64(f.files[role])]
     lines += [f"{MARK}show", *show(f.unit).splitlines()]
+    lines += [f"{MARK}owner", kind]
     lines += [f"{MARK}current", *([str(f.current_revision)] if f.current_revision is not None else [])]
     lines += [f"{MARK}manifest", b64(manifest_json(f.manifest)) if f.manifest is not None else ""]
     lines += [f"{MARK}pending", *_pending(f.pending)]
@@ -100,9 +101,13 @@ def _pending(p: state.Pending | None) -> list[str]:
     return [str(p.revision), json.dumps(meta, sort_keys=True), "", *(["restarted"] if p.restarted else [])]
 
 
-def facts_output(deployments: Mapping[str, DeploymentFacts]) -> str:
-    """What ``facts.gather`` prints on a systemd host holding ``deployments``."""
-    text = "".join(_deployment(name, f) for name, f in deployments.items())
+def facts_output(deployments: Mapping[str, DeploymentFacts], *, kind: str = "system") -> str:
+    """What ``facts.gather`` prints on a systemd host holding ``deployments`` (``kind``: the mark its
+    runner leaves on processes, host.procs): the marked processes first, then each deployment."""
+    marked = [p for f in deployments.values() for p in f.processes]
+    head = [f"{MARK}procs", *(f"T {p.pid} {p.owner.kind} {p.owner.name}" for p in marked)]
+    head += [f"P {p.pid} {p.ppid} S {p.comm}" for p in marked]
+    text = "\n".join(head) + "\n" + "".join(_deployment(name, f, kind) for name, f in deployments.items())
     assert facts.parse(text, SYSTEMD) == dict(deployments)
     return text
 

@@ -174,3 +174,24 @@ def test_offline_plan_of_a_hub_model(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "fetch hf:Qwen/Qwen2.5-0.5B into /models/q (size not known yet; not fetched yet)" in proc.stdout
     assert "vllm serve /models/q" in proc.stdout
+
+
+def test_validate_accepts_a_shared_gpu_and_refuses_an_over_commit(tmp_path: Path) -> None:
+    (tmp_path / "inv.yml").write_text("hosts:\n  gpubox: {address: 10.0.0.9}\n")
+    dep = "  - name: {0}\n    hosts: [gpubox]\n    model: /m\n    gpus: [0]\n    gpu_memory_utilization: {1}\n    port: {2}\n"
+    pair = (
+        "inventory: inv.yml\ndeployments:\n"
+        + dep.format("tiny-a", 0.3, 8000)
+        + dep.format("tiny-b", 0.3, 8001)
+    )
+    (tmp_path / "pair.yml").write_text(pair)
+    ok = orch("validate", tmp_path / "pair.yml")
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"ok: {tmp_path}/pair.yml: 2 deployment(s) on 1 host(s)")
+    (tmp_path / "three.yml").write_text(pair + dep.format("tiny-c", 0.6, 8002))
+    refused = orch("validate", tmp_path / "three.yml")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/three.yml:19: deployments[2].gpu_memory_utilization: GPU 0 on host gpubox is "
+        "over-committed: 'tiny-a' 0.3 + 'tiny-b' 0.3 + 'tiny-c' 0.6 = 1.2 of the card "
+        "(the gpu_memory_utilization of the deployments on one GPU may add up to at most 1)"
+    ]

@@ -9,6 +9,7 @@ The host's answers are rendered by ``fakehost`` in the formats the real scripts 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ from orchestrator import converge, session
 from orchestrator.core.load import Loaded
 from orchestrator.facts import DeploymentFacts, UnitState
 from orchestrator.host import state
+from orchestrator.host.procs import REAPED_MARK, Owner, Proc
 from orchestrator.hostrun import HostRun, QuietReporter, Result
 from orchestrator.plan import TargetPlan
 from orchestrator.transport.fake import FakeTransport
@@ -289,3 +291,36 @@ def test_a_failed_first_apply_over_a_lone_unit_file_leaves_no_deployment(
     assert (
         f"remove {ENV}" in restore and f"remove {UNIT}" in restore and not any("write" in c for c in restore)
     )
+
+
+class Events(QuietReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def event(self, host: str, deployment: str, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_reap_on_a_running_deployment_ends_only_its_leftovers_and_says_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = new(tmp_path)
+    left = Proc(501, 1, "VLLM::EngineCor", Owner("system", "x"))
+    running = replace(RUNNING, main_pid=400)
+    fake = fresh(
+        FakeTransport("alpha"),
+        x=holding(desired(loaded), unit=running, current_revision=4, processes=(left,)),
+    )
+    fake.on("end leftover processes", ok(f"{REAPED_MARK} 501:VLLM::EngineCor\n"))
+    gates(monkeypatch)  # no restart: no gate
+    run, events = host(loaded, fake), Events()
+    run.facts, _ = converge.gather_host(run)
+    p = session.plan_one(run, run.targets[0], desired_of(loaded), meta=META, reap=True)
+
+    result = converge.execute(run, p, events, gate=True, restore=True)
+
+    assert result == Result("alpha", "x", "applied", revision=4)
+    assert fake.labels == ["gather facts", "end leftover processes of orch-x.service"]
+    assert events.lines[-1] == "--reap: ended the deployment's leftover processes: 501:VLLM::EngineCor"
+    reap = fake.sent[-1].script
+    assert "SUPERVISOR_PROCESS_NAME" in reap and "-v k=system -v n=x " in reap  # its own mark, nothing else

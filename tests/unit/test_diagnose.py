@@ -133,6 +133,12 @@ EXCERPTS = [
         "torch._inductor.config.cpp.cxx: (None, 'g++')",
     ),
     (
+        "working_directory_gone",
+        # dash's message, in the test bed's supervisord program log: supervisord started from a folder
+        # then removed, the program with no directory= (orch's before it set directory=/).
+        "sh: 0: getcwd() failed: No such file or directory",
+    ),
+    (
         "cpu_numa_binding",
         # vllm/utils/ompmultiprocessing.py: the assertion met on this machine at TP=2 (VLLM_FACTS.md).
         "AssertionError: Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers. "

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core.model import Deployment
+from orchestrator.host.procs import Owner
 from orchestrator.observe.gpu import (
     QUERY_GPUS,
     QUERY_PROCESSES,
@@ -16,16 +18,14 @@ from orchestrator.observe.gpu import (
     GpuProcess,
     NvidiaSmiParseError,
     TpBalance,
-    check_foreign_processes,
     check_free_memory,
     check_gpus_exist,
     check_tp_balance,
-    foreign_processes,
-    memory_by_gpu,
     parse_gpus,
     parse_processes,
     tp_balance,
 )
+from orchestrator.observe.sharing import Holder, View, foreign_check, gpu_status, holders
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 IDLE = FIXTURES / "nvidia-smi-h200x2"
@@ -241,10 +241,18 @@ def test_free_memory_unknown_warns() -> None:
     )
 
 
+def foreign(
+    gpus: list[Gpu] | tuple[Gpu, ...], procs: tuple[GpuProcess, ...], own: frozenset[int]
+) -> list[Holder]:
+    """The processes that neither the deployment (its live PIDs ``own``) nor another orch deployment owns."""
+    found = holders(gpus, procs, View(Owner("system", "d"), own))
+    return [h for h in found if h.kind == "foreign"]
+
+
 def test_own_workers_are_not_foreign() -> None:
     gpus = parse_gpus(read(SERVING / "nvsmi_query_serving.csv"))
     procs = parse_processes(read(SERVING / "nvsmi_apps_serving.csv"))
-    assert check_foreign_processes(gpus, procs, [0, 1], own_pids=WORKERS) == Check(
+    assert foreign_check(holders(gpus, procs, View(Owner("system", "d"), WORKERS)), [0, 1]) == Check(
         "foreign-processes", True, "ok", "no foreign processes on the deployment's GPUs"
     )
 
@@ -252,11 +260,11 @@ def test_own_workers_are_not_foreign() -> None:
 def test_foreign_processes_named_by_pid_and_name() -> None:
     gpus = parse_gpus(read(SERVING / "derived-foreign-process_query.csv"))
     procs = parse_processes(read(SERVING / "derived-foreign-process_apps.csv"))
-    assert foreign_processes(gpus, procs, [0, 1], own_pids=WORKERS) == (
-        (1, GpuProcess(2999, "VLLM::Worker_TP1", 1024, S1)),
-        (1, GpuProcess(4242, "python3", 2048, S1)),
-    )
-    assert check_foreign_processes(gpus, procs, [0, 1], own_pids=WORKERS) == Check(
+    assert [(h.gpu, h.pid, h.process, h.mib) for h in foreign(gpus, procs, WORKERS)] == [
+        (1, 2999, "VLLM::Worker_TP1", 1024),
+        (1, 4242, "python3", 2048),
+    ]
+    assert foreign_check(holders(gpus, procs, View(Owner("system", "d"), WORKERS)), [0, 1]) == Check(
         "foreign-processes",
         True,
         "warn",
@@ -268,21 +276,27 @@ def test_foreign_processes_named_by_pid_and_name() -> None:
 def test_foreign_processes_only_on_the_wanted_gpus() -> None:
     gpus = parse_gpus(read(SERVING / "derived-foreign-process_query.csv"))
     procs = parse_processes(read(SERVING / "derived-foreign-process_apps.csv"))
-    assert foreign_processes(gpus, procs, [0], own_pids=WORKERS) == ()
+    assert foreign_check(holders(gpus, procs, View(Owner("system", "d"), WORKERS)), [0]).severity == "ok"
 
 
 def test_without_own_pids_everything_is_foreign() -> None:
     gpus = parse_gpus(read(IDLE / "derived-busy-gpu1_query.csv"))
     procs = parse_processes(read(IDLE / "derived-busy-gpu1_apps.csv"))
-    assert foreign_processes(gpus, procs, [1], own_pids=frozenset()) == (
-        (1, GpuProcess(4242, "python3", 40500, U1)),
-    )
+    assert [(h.gpu, h.pid, h.mib, h.who) for h in foreign(gpus, procs, frozenset())] == [
+        (1, 4242, 40500, "pid 4242 python3")
+    ]
+
+
+def own_memory(gpus: tuple[Gpu, ...], procs: tuple[GpuProcess, ...]) -> dict[int, int]:
+    dep = Deployment(name="d", hosts=("h",), model="/m", gpus=(0, 1), tensor_parallel_size=2)
+    rows = gpu_status(dep, gpus, holders(gpus, procs, View(Owner("system", "d"), WORKERS)))["gpus"]
+    return {row["index"]: row["deployment_mib"] for row in rows}
 
 
 def test_tp_balance_of_the_real_deployment() -> None:
     gpus = parse_gpus(read(SERVING / "nvsmi_query_serving.csv"))
     procs = parse_processes(read(SERVING / "nvsmi_apps_serving.csv"))
-    used = memory_by_gpu(gpus, procs, own_pids=WORKERS)
+    used = own_memory(gpus, procs)
     assert used == {0: 133416, 1: 133416}
     assert tp_balance(used.values()) == TpBalance(max_mib=133416, min_mib=133416, spread_pct=0.0)
     assert check_tp_balance(used) == Check(
@@ -293,7 +307,7 @@ def test_tp_balance_of_the_real_deployment() -> None:
 def test_tp_imbalance_is_flagged() -> None:
     gpus = parse_gpus(read(SERVING / "nvsmi_query_serving.csv"))
     procs = parse_processes(read(SERVING / "derived-tp-imbalance_apps.csv"))
-    used = memory_by_gpu(gpus, procs, own_pids=WORKERS)
+    used = own_memory(gpus, procs)
     balance = tp_balance(used.values())
     assert balance == TpBalance(max_mib=133416, min_mib=118000, spread_pct=11.55)
     assert not balance.balanced

@@ -195,8 +195,62 @@ TWO = (
 )
 
 
-def test_gpu_used_twice_on_one_host(tmp_path: Path) -> None:
-    assert error_of(tmp_path, TWO) == "pb.yml:11: deployments[1].gpus: GPU 1 on host h1 is also used by 'a'"
+def test_a_gpu_shared_by_defaults_is_over_committed(tmp_path: Path) -> None:
+    """Both at vLLM's default 0.9: GPU 1 would be asked for 1.8 of itself (no line sets the share: the
+    deployment's own line is named)."""
+    assert error_of(tmp_path, TWO) == (
+        "pb.yml:8: deployments[1].gpu_memory_utilization: GPU 1 on host h1 is over-committed: "
+        "'a' 0.9 + 'b' 0.9 = 1.8 of the card "
+        "(the gpu_memory_utilization of the deployments on one GPU may add up to at most 1)"
+    )
+
+
+SHARED = """\
+inventory: inv.yml
+deployments:
+  - name: tiny-a
+    hosts: [h1]
+    model: /models/m
+    gpus: [0]
+    gpu_memory_utilization: 0.3
+    port: 8000
+  - name: tiny-b
+    hosts: [gpu]
+    model: /models/m
+    gpus: [0]
+    gpu_memory_utilization: 0.3
+    port: 8001
+"""
+
+
+def test_deployments_share_a_gpu_within_its_memory(tmp_path: Path) -> None:
+    """0.3 + 0.3 of GPU 0 on h1 (and 0.3 alone on h2); 0.3 + 0.3 + 0.4 is exactly the card."""
+    loaded = load(write(tmp_path, SHARED))
+    assert [(t.deployment.name, t.host_name) for t in loaded.targets()] == [
+        ("tiny-a", "h1"),
+        ("tiny-b", "h1"),
+        ("tiny-b", "h2"),
+    ]
+    third = "  - name: tiny-c\n    hosts: [h1]\n    model: /models/m\n    gpus: [0]\n    port: 8002\n"
+    full = SHARED + third + "    gpu_memory_utilization: 0.4\n"
+    assert len(load(write(tmp_path, full)).targets()) == 4
+
+
+def test_a_third_deployment_over_commits_the_gpu(tmp_path: Path) -> None:
+    third = "  - name: big\n    hosts: [h1]\n    model: /models/m\n    gpus: [0]\n    port: 8002\n"
+    playbook = SHARED + third + "    gpu_memory_utilization: 0.6\n"
+    assert error_of(tmp_path, playbook) == (
+        "pb.yml:20: deployments[2].gpu_memory_utilization: GPU 0 on host h1 is over-committed: "
+        "'tiny-a' 0.3 + 'tiny-b' 0.3 + 'big' 0.6 = 1.2 of the card "
+        "(the gpu_memory_utilization of the deployments on one GPU may add up to at most 1)"
+    )
+
+
+def test_sharing_deployments_still_need_their_own_ports(tmp_path: Path) -> None:
+    playbook = SHARED.replace("port: 8001", "port: 8000")
+    assert error_of(tmp_path, playbook) == (
+        "pb.yml:14: deployments[1].port: port 8000 on host h1 is also used by 'tiny-a'"
+    )
 
 
 def test_port_used_twice_on_one_host(tmp_path: Path) -> None:

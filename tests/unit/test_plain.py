@@ -28,8 +28,20 @@ def row(host: str, **over: Any) -> dict[str, Any]:
         "ready": True,
         "restarts": 0,
         "gpus": [
-            {"index": 0, "used_mib": 70000, "total_mib": 81559, "utilization_pct": 97},
-            {"index": 1, "used_mib": 69800, "total_mib": 81559, "utilization_pct": 96},
+            {
+                "index": 0,
+                "used_mib": 70000,
+                "total_mib": 81559,
+                "utilization_pct": 97,
+                "deployment_mib": 69000,
+            },
+            {
+                "index": 1,
+                "used_mib": 69800,
+                "total_mib": 81559,
+                "utilization_pct": 96,
+                "deployment_mib": 68800,
+            },
         ],
         "tp_balance": {"balanced": True, "spread_pct": 0.3},
         "detail": LONG_DETAIL,
@@ -55,7 +67,7 @@ def test_a_status_table_in_a_pipe_keeps_every_value_whole_one_row_a_line() -> No
         "qwen2.5-14b-instruct-production",
         "active (running) since Tue 2026-12-01 14:02:00 UTC",
         LONG_DETAIL,
-        "0: 70000/81559 97%; 1: 69800/81559 96%",  # a cell's lines, joined
+        "0: 69000 · 70000/81559 97%; 1: 68800 · 69800/81559 96%",  # a cell's lines, joined
         "0.3%",
     ):
         assert whole in first

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from orchestrator.apply import command_for
 from orchestrator.core.layout import Layout
 from orchestrator.core.model import ModelSource
 from orchestrator.core.render import Desired, DesiredFile
 from orchestrator.facts import DeploymentFacts, UnitState, parse, parse_state, parse_unit_state
 from orchestrator.host.commands import hub_fetch
+from orchestrator.host.procs import REAPED_MARK, Owner, Proc
 from orchestrator.host.runners import Supervisord, Systemd
 from orchestrator.plan import (
     DaemonReload,
@@ -17,6 +19,7 @@ from orchestrator.plan import (
     Enable,
     FetchModel,
     InstallVllm,
+    Reap,
     RecordRevision,
     RemoveFile,
     Restart,
@@ -151,6 +154,10 @@ def test_supervisord_states() -> None:
     assert fatal.crashed
     missing = parse_state("SupervisorStatus=orch-tiny: ERROR (no such process)", sup)
     assert missing == UnitState()
+    starting = parse_state(
+        "SupervisorStatus=orch-tiny   STARTING  \nSupervisorPid=4300\nUnitFileState=enabled", sup
+    )
+    assert (starting.running, starting.main_pid) == (True, 4300)  # its processes are not leftovers
 
 
 def test_vllm_install_only_when_the_version_differs() -> None:
@@ -242,3 +249,46 @@ def test_hub_request_carries_the_token_only_on_stdin() -> None:
         "/opt/vllm/bin/python", "print(1)", request("fetch", HF, {}), sudo=False, label="fetch"
     )
     assert command.script == "/opt/vllm/bin/python -c 'print(1)' 2>&1"
+
+
+LEFT = (Proc(501, 1, "VLLM::EngineCor", Owner("system", "tiny")),)
+
+
+def test_reap_ends_what_outlived_a_stop_only_when_asked() -> None:
+    """A converged deployment whose old engine lives on (its parent is PID 1, not the unit's main process)."""
+    live = replace(RUNNING, main_pid=400)
+    facts = DeploymentFacts(
+        files={"unit": UNIT.content, "env": ENV.content}, unit=live, manifest=MANIFEST, processes=LEFT
+    )
+    assert facts.orphans == LEFT
+    assert plan(facts) == []
+    reaped = plan_target(host="h", deployment="tiny", desired=DESIRED, facts=facts, reap=True).changes
+    assert reaped == (Reap("orch-tiny.service", ("501:VLLM::EngineCor",)),)
+    assert reaped[0].summary() == (
+        "end processes of orch-tiny.service that outlived a stop: 501:VLLM::EngineCor (--reap)"
+    )
+    under_main = DeploymentFacts(
+        files=facts.files, unit=live, manifest=MANIFEST, processes=(replace(LEFT[0], ppid=400),)
+    )
+    assert (
+        plan_target(host="h", deployment="tiny", desired=DESIRED, facts=under_main, reap=True).changes == ()
+    )
+
+
+def test_reap_rides_on_a_stop_or_restart() -> None:
+    """A stop or a restart ends the deployment's leftovers right after the stop, when asked."""
+    absent = Desired(LAYOUT, "orch-tiny.service", None)
+    running = DeploymentFacts(files={"unit": UNIT.content, "env": ENV.content}, unit=RUNNING, processes=LEFT)
+    changes = plan_target(host="h", deployment="tiny", desired=absent, facts=running, reap=True).changes
+    assert changes[0] == Stop("orch-tiny.service", reap=True)
+    stopped = DeploymentFacts(processes=LEFT)  # destroyed earlier, its engine left behind
+    assert plan_target(host="h", deployment="tiny", desired=absent, facts=stopped, reap=True).changes == (
+        Reap("orch-tiny.service", ("501:VLLM::EngineCor",)),
+    )
+    fresh = plan_target(host="h", deployment="tiny", desired=DESIRED, facts=stopped, reap=True).changes
+    assert Restart("orch-tiny.service", "changed: env, unit", reap=True) in fresh
+    assert not any(isinstance(c, Reap) for c in fresh)
+    script = command_for(Restart("orch-tiny.service", "x", reap=True), layout=LAYOUT, sudo=False).script
+    stop, start = script.split("systemctl stop", 1)[1].split("systemctl start", 1)
+    assert REAPED_MARK in stop and REAPED_MARK not in start  # ended after the stop, before the start
+    assert REAPED_MARK not in command_for(Restart("orch-tiny.service", "x"), layout=LAYOUT, sudo=False).script

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from orchestrator.core.model import Deployment, Host
 from orchestrator.observe import preflight
@@ -35,8 +39,14 @@ def output(
     listen: str = "",
     model: bool = True,
     runners: str = "systemd",
+    marked: str = "",
+    siblings: str = "",
+    name: str = "qwen14b",
 ) -> str:
-    """What ``preflight.script`` prints on a host, assembled from captured command output."""
+    """What ``preflight.script`` prints on a host, assembled from captured command output.
+
+    ``marked``: host.procs.LISTING's lines; ``siblings``: host.siblings.script's.
+    """
     config = base64.b64encode(CONFIG_14B.encode()).decode() if model else ""
     return "\n".join(
         [
@@ -50,7 +60,13 @@ def output(
             listen,
             "@@orchrunners",
             runners,
-            "@@orchdep qwen14b",
+            "@@orchuid",
+            "0",
+            "@@orchmarked",
+            marked,
+            "@@orchsiblings",
+            siblings,
+            f"@@orchdep {name}",
             "@@orchmainpid",
             str(main_pid),
             "@@orchlauncher",
@@ -65,8 +81,9 @@ def output(
     )
 
 
-def verdicts(dep: Deployment, text: str) -> dict[str, tuple[str, str]]:
-    return {c.name: (c.severity, c.message) for c in preflight.checks(dep, preflight.parse(text))}
+def verdicts(dep: Deployment, text: str, **kw: Any) -> dict[str, tuple[str, str]]:
+    checks = preflight.checks(dep, preflight.parse(text), host=kw.pop("host", HOST), **kw)
+    return {c.name: (c.severity, c.message) for c in checks}
 
 
 IDLE_Q = (FIX / "nvidia-smi-h200x2" / "nvsmi_query.csv").read_text()
@@ -174,10 +191,24 @@ def test_an_unreadable_model_config_is_no_model() -> None:
 def test_status_shows_gpus_and_tp_balance_from_real_capture() -> None:
     ps = "3000 1\n3161 3000\n3162 3000\n"
     probe = preflight.parse(output(query=SERVING_Q, apps=SERVING_A, main_pid=3000, ps=ps))
-    status = preflight.gpu_status(day4(), probe)
+    status = preflight.gpu_status(day4(), probe, HOST)
     assert status["gpus"] == [
-        {"index": 0, "used_mib": 133425, "total_mib": 143771, "utilization_pct": 0},
-        {"index": 1, "used_mib": 133425, "total_mib": 143771, "utilization_pct": 0},
+        {
+            "index": 0,
+            "used_mib": 133425,
+            "total_mib": 143771,
+            "utilization_pct": 0,
+            "deployment_mib": 133416,
+            "others": [],
+        },
+        {
+            "index": 1,
+            "used_mib": 133425,
+            "total_mib": 143771,
+            "utilization_pct": 0,
+            "deployment_mib": 133416,
+            "others": [],
+        },
     ]
     assert status["tp_balance"] == {"max_mib": 133416, "min_mib": 133416, "spread_pct": 0.0, "balanced": True}
 
@@ -186,7 +217,7 @@ def test_status_flags_tp_imbalance() -> None:
     apps = (FIX / "vllm-0.26-gpu-tp2" / "derived-tp-imbalance_apps.csv").read_text()
     ps = "3000 1\n3161 3000\n3162 3000\n"
     probe = preflight.parse(output(query=SERVING_Q, apps=apps, main_pid=3000, ps=ps))
-    assert preflight.gpu_status(day4(), probe)["tp_balance"]["balanced"] is False
+    assert preflight.gpu_status(day4(), probe, HOST)["tp_balance"]["balanced"] is False
 
 
 def test_h100_with_a_real_foreign_process() -> None:
@@ -199,17 +230,36 @@ def test_h100_with_a_real_foreign_process() -> None:
     v = verdicts(day4(gpus=[0], tensor_parallel_size=1), text)
     assert v["free-memory-gpu0"] == (
         "error",
-        "GPU 0: 39501 MiB free, gpu_memory_utilization 0.9 needs 72972 of 81080 MiB; vLLM will refuse to start",
+        "GPU 0: 39501 MiB free, gpu_memory_utilization 0.9 needs 72972 of 81080 MiB; "
+        "in use by pid 464 python3 41570 MiB; vLLM will refuse to start",
     )
     assert v["foreign-processes"] == ("warn", "foreign processes: GPU 0: pid 464 python3 41570 MiB")
+    assert v["gpu-share-gpu0"] == (
+        "error",
+        "GPU 0: 0.90 this deployment + 0.51 pid 464 python3 41570 MiB = 1.41 of the card: over-committed (at most 1)",
+    )
 
 
-def test_port_unchecked_without_ss() -> None:
-    text = output(query=IDLE_Q, apps=IDLE_A).replace("@@orchlisten\n", "@@orchlisten\n@@orchno-ss")
+def test_port_unchecked_without_ss_or_proc() -> None:
+    text = output(query=IDLE_Q, apps=IDLE_A).replace("@@orchlisten\n", "@@orchno-ss\n")
     assert verdicts(day4(), text)["port"] == (
         "warn",
-        "port 8000 not checked: the host has no `ss` (iproute2)",
+        "port 8000 not checked: the host has no `ss` and no /proc/net/tcp",
     )
+
+
+def test_port_read_from_proc_without_ss() -> None:
+    """No ss: /proc/net/tcp6 lists 8000 (0x1F40) listening as socket inode 5123, held by pid 77."""
+    listening = "00000000000000000000000000000000:1F40 5123\n0100007F:0016 6000"
+    text = output(query=IDLE_Q, apps=IDLE_A).replace(
+        "@@orchlisten\n", f"@@orchno-ss\n@@orchlisten-proc\n{listening}\n@@orchsockets\n77 5123\n"
+    )
+    assert verdicts(day4(), text)["port"] == (
+        "error",
+        "port 8000 is in use by pid 77; choose another port or stop it",
+    )
+    free = text.replace(":1F40 ", ":1F41 ")
+    assert verdicts(day4(), free)["port"] == ("ok", "port 8000 is free")
 
 
 def test_model_to_be_uploaded_is_not_missing() -> None:
@@ -226,11 +276,55 @@ def test_model_to_be_downloaded_is_not_missing() -> None:
 
 def test_no_systemd_says_which_runner_to_use() -> None:
     """The lent GPU machine: no systemd as PID 1; supervisorctl present once supervisor is installed."""
-    probe = preflight.parse(output(query=IDLE_Q, apps=IDLE_A, runners="supervisord"))
-    [check] = [c for c in preflight.checks(day4(), probe, runner="systemd") if c.name == "runner"]
-    assert (check.severity, check.message) == (
+    text = output(query=IDLE_Q, apps=IDLE_A, runners="supervisord")
+    assert verdicts(day4(), text)["runner"] == (
         "error",
         "systemd is not PID 1 on this host; set runner: supervisord for this host in the inventory",
     )
-    [ok] = [c for c in preflight.checks(day4(), probe, runner="supervisord") if c.name == "runner"]
-    assert ok.ok
+    assert verdicts(day4(), text, host=Host(address="gpu1", runner="supervisord"))["runner"][0] == "ok"
+
+
+def run_script(dep: Deployment) -> preflight.DeploymentProbe:
+    proc = subprocess.run(["/bin/sh", "-c", preflight.script(HOST, [dep])], capture_output=True, text=True)
+    return preflight.parse(proc.stdout).deployments[dep.name]
+
+
+def fake_vllm(site: Path, *, metadata: bool) -> None:
+    """vLLM as a folder on PYTHONPATH: installed (dist-info) or a checkout (only _version.py). Importing it
+    fails, so a version read means it was read without importing vLLM (and torch with it)."""
+    (site / "vllm").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text(
+        "raise ImportError('importing vLLM is too slow for a probe')\n"
+    )
+    if metadata:
+        (site / "vllm-0.26.0.dist-info").mkdir()
+        (site / "vllm-0.26.0.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: vllm\nVersion: 0.26.0\n"
+        )
+    else:
+        (site / "vllm" / "_version.py").write_text("__version__ = version = '0.26.1.dev5'\n")
+
+
+@pytest.mark.parametrize(("metadata", "version"), [(True, "0.26.0"), (False, "0.26.1.dev5")])
+def test_the_launchers_python_reads_vllms_version_in_the_deployments_env(
+    tmp_path: Path, metadata: bool, version: str
+) -> None:
+    """No venv: `python3 -m vllm…` finds vLLM only through the PYTHONPATH the deployment's env sets."""
+    fake_vllm(tmp_path / "site", metadata=metadata)
+    dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1, launcher={"kind": "api_server"})
+    assert run_script(dep).vllm_version == ""
+    with_env = dep.model_copy(update={"env": {"PYTHONPATH": str(tmp_path / "site")}})
+    assert run_script(with_env).vllm_version == version
+
+
+def test_a_vllm_scripts_own_interpreter_is_asked(tmp_path: Path) -> None:
+    """`vllm serve` with no venv: the `vllm` script the deployment's PATH finds names its Python."""
+    fake_vllm(tmp_path / "site", metadata=True)
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "vllm"
+    script.write_text("#!/usr/bin/env python3\nraise SystemExit('not run by the probe')\n")
+    script.chmod(0o755)
+    env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")}
+    dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1, launcher={"kind": "serve"}, env=env)
+    own = run_script(dep)
+    assert own.launcher_ok and own.vllm_version == "0.26.0"

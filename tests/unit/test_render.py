@@ -177,6 +177,8 @@ def test_supervisord_program() -> None:
     assert unit is not None and unit.path == "/etc/supervisor/conf.d/orch-d.conf"
     assert "[program:orch-d]" in unit.content
     assert "stopasgroup=true" in unit.content and "killasgroup=true" in unit.content
+    # vLLM starts in a folder that exists whatever supervisord's own working directory has become.
+    assert "directory=/" in unit.content.splitlines()
     assert "s3cret" not in unit.content
     [command] = [line for line in unit.content.splitlines() if line.startswith("command=")]
     # supervisord expands %(...)s, so % is doubled; sh reads the env file, then execs vLLM.

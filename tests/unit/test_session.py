@@ -199,13 +199,36 @@ def test_a_failing_command_names_host_command_exit_code_and_stderr(
 ) -> None:
     loaded = playbook(tmp_path, deployment("x", gate=False))
     fakes = on_fake_hosts(monkeypatch, fresh_host("alpha"))
-    fakes["alpha"].on("restart", CommandResult("", "Job for orch-x.service failed.\n", 1))
+    fakes["alpha"].on(f"write {UNIT}", CommandResult("", "mv: cannot move: Read-only file system\n", 1))
 
     [result] = run_apply(loaded)
 
     assert result == Result(
-        "alpha", "x", "failed", "alpha: `restart orch-x.service` exited 1: Job for orch-x.service failed."
+        "alpha", "x", "failed", f"alpha: `write {UNIT}` exited 1: mv: cannot move: Read-only file system"
     )
+
+
+def test_a_start_that_fails_is_restored_with_the_units_log_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner refused to start the server (supervisorctl exits 7 and prints nothing on stderr): the
+    result quotes the command and carries the unit's last log lines; what the verb created is undone."""
+    loaded = playbook(tmp_path, deployment("x", gate=False))
+    fakes = on_fake_hosts(monkeypatch, fresh_host("alpha"))
+    fakes["alpha"].on("restart", CommandResult("orch-x: ERROR (spawn error)\n", "", 7))
+    fakes["alpha"].on("logs of", ok("/bin/sh: 1: exec: /opt/nope/bin/python: not found\n"))
+
+    [result] = run_apply(loaded)
+
+    assert result == Result(
+        "alpha",
+        "x",
+        "rolled-back",
+        "alpha: x: the start failed: `restart orch-x.service` exited 7: (no stderr); "
+        "rolled back to no deployment (this verb created it)",
+        journal="/bin/sh: 1: exec: /opt/nope/bin/python: not found\n",
+    )
+    assert after(fakes["alpha"].sent, "restart")[:1] == ["logs of orch-x.service"]
 
 
 def test_an_unreachable_host_is_an_error_before_any_change(
