@@ -10,6 +10,7 @@ the ``serve`` launcher (``vllm serve``) → destroy.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import subprocess
@@ -126,12 +127,17 @@ def command_line(site: dict[str, Any], deployment: str) -> list[str]:
 
 
 def summary(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
-    """The result table of apply: (host, deployment) → (status, revision)."""
+    """The result table of apply: (host, deployment) → (status, revision).
+
+    In a pipe the table is plain: its title, a header line, then one line a row, cells two spaces apart.
+    """
+    lines = stdout.splitlines()
     rows = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if len(cells) == 6 and cells[0] and cells[1] and cells[0] != "host":
-            rows.setdefault((cells[0], cells[1]), (cells[2], cells[3]))
+    for line in itertools.takewhile(
+        lambda x: x and not x.startswith("──"), lines[lines.index("Result") + 2 :]
+    ):
+        host, deployment, status, revision = line.split()[:4]
+        rows.setdefault((host, deployment), (status, revision))
     return rows
 
 
