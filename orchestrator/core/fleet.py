@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .scalars import Bool, Float, Int, Strict, Text, Venv
+from .scalars import FLAG_LIKE, Bool, Float, Int, Strict, Text, Venv
 
 PERCENT = re.compile(r"^(100|[1-9][0-9]?)%$")
 ROUTER_PACKAGE = "vllm-router"
@@ -79,11 +79,16 @@ class RouterSpec(Strict):
     @field_validator("args")
     @classmethod
     def _args(cls, value: dict[str, object]) -> dict[str, object]:
-        for flag in value:
+        for flag, item in value.items():
             if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*", flag):
                 raise ValueError(f"argument {flag!r} is not a vllm-router flag like --retry-max-retries")
             if flag in ROUTER_OWNED_FLAGS:
                 raise ValueError(f"{flag} is set by {ROUTER_OWNED_FLAGS[flag]}, not in args")
+            # The router's argument parser would take "--port=9999" as a flag of its own.
+            if isinstance(item, str) and FLAG_LIKE.match(item):
+                raise ValueError(
+                    f"the value of {flag} looks like a flag ({item!r}): give each flag its own key"
+                )
         return value
 
 

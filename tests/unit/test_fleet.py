@@ -232,3 +232,9 @@ def test_the_plan_says_how_a_fleet_rolls_out() -> None:
         "rollout of tiny: 2 batch(es) [a, b] → [c], each gated before the next, stops after 1 failed host(s); "
         "behind tiny-router: each replica leaves it and drains before it stops"
     ]
+
+
+@pytest.mark.parametrize("value", ["--port=9999", "-x", "--worker-urls"])
+def test_a_router_arg_whose_value_looks_like_a_flag_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="looks like a flag"):
+        RouterSpec(host="lb", args={"--retry-max-retries": value})
