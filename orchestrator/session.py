@@ -19,11 +19,10 @@ from typing import Any, TypeVar
 
 from . import __version__, failpoints
 from .converge import api_address, deployment, endpoint, execute, gather_host, journal_tail, revision_desired
-from .core import render
 from .core.layout import Layout
 from .core.load import Loaded, Target
 from .core.render import Desired
-from .core.sources import templates_for
+from .desired import renderer
 from .errors import HostError, OrchError, RevisionError
 from .facts import DeploymentFacts
 from .host import commands, runners, state
@@ -31,7 +30,7 @@ from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, paralle
 from .observe import preflight
 from .observe.gpu import Check
 from .plan import TargetPlan, plan_target
-from .provision import hub, upload
+from .provision import hub
 from .transport import Result as CommandResult
 from .transport import connect
 
@@ -266,28 +265,6 @@ def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.L
     if answer.kind != "listing":
         raise HostError(run.name, f"model {spec.describe()}: {answer.message}")
     return answer.listing()
-
-
-def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[[Target], Desired]:
-    """The desired state from the playbook: templates rendered on the controller."""
-    sources = {d.name: templates_for(loaded, d) for d in loaded.playbook.deployments}
-    uploads = {
-        d.name: upload.local_spec(loaded.resolve(d.fetch.local), d.fetch.dest)
-        for d in loaded.playbook.deployments
-        if d.fetch is not None and d.fetch.local is not None
-    }
-
-    def render_target(target: Target) -> Desired:
-        dep = target.deployment
-        return render.render(
-            dep,
-            target.host,
-            secrets=secrets_of[dep.name],
-            templates=sources[dep.name],
-            upload=uploads.get(dep.name),
-        )
-
-    return render_target
 
 
 def rendered(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> DesiredOf:

@@ -1,47 +1,29 @@
-"""The verbs that compute or make changes: validate, plan, apply, rollback, destroy."""
+"""The verbs that reach hosts to compute or make changes: plan, apply, rollback, destroy.
+
+``validate`` and ``plan --offline`` are in offline.py.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from rich.markup import escape
 
-from .. import facts, failpoints
+from .. import failpoints
 from ..core import render
 from ..core.load import Loaded, Target
-from ..core.secrets import refs as secret_refs
 from ..hostrun import HostRun, Result
-from ..plan import TargetPlan, plan_target
-from ..session import DesiredOf, Session, from_revisions, manifest_meta, rendered, renderer
+from ..plan import TargetPlan
+from ..session import DesiredOf, Session, from_revisions, manifest_meta, rendered
 from .common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, confirm, loaded_of, secrets_of, targets_of
-from .output import Checks, RichReporter, err, out, show_notices, show_plans, show_summary
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    loaded = loaded_of(args)
-    # Validation never reads a secret: a placeholder no template text can be confused with stands in.
-    placeholders = {
-        d.name: dict.fromkeys(secret_refs(d), "orch-validate-placeholder")
-        for d in loaded.playbook.deployments
-    }
-    render_target = renderer(loaded, placeholders)
-    for t in loaded.targets():
-        render_target(t)
-    n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in loaded.targets()})
-    if args.json:
-        out.print_json(data={"valid": True, "deployments": n_dep, "hosts": n_hosts})
-    else:
-        out.print(f"[green]ok[/green]: {args.playbook}: {n_dep} deployment(s) on {n_hosts} host(s)")
-    return EXIT_OK
+from .output import Checks, RichReporter, err, out, show_notices, show_summary
+from .planout import show_plans
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
     targets = targets_of(loaded, args)
     secrets = secrets_of(loaded)
-    if args.offline:
-        return _plan_offline(targets, renderer(loaded, secrets), as_json=args.json)
     with Session(loaded, targets) as session:
         session.gather(with_preflight=True)
         if not args.json:
@@ -64,22 +46,6 @@ def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
         for c in checks.get((p.host, p.deployment), [])
         if not c.ok
     ]
-
-
-def _plan_offline(
-    targets: list[Target], render_target: Callable[[Target], render.Desired], *, as_json: bool
-) -> int:
-    plans = [
-        plan_target(
-            host=t.host_name,
-            deployment=t.deployment.name,
-            desired=render_target(t),
-            facts=facts.DeploymentFacts(),
-        )
-        for t in targets
-    ]
-    show_plans(plans, [], as_json=as_json, offline=True)
-    return EXIT_CHANGES
 
 
 # ---------------------------------------------------------------- apply / rollback / destroy

@@ -8,7 +8,6 @@ import sys
 from ..core.load import Loaded, Target, load
 from ..core.secrets import resolve
 from ..errors import SecretError
-from .output import err
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -31,5 +30,7 @@ def secrets_of(loaded: Loaded) -> dict[str, dict[str, str]]:
 def confirm(args: argparse.Namespace, question: str) -> bool:
     if args.yes or not sys.stdin.isatty():
         return True
+    from .output import err
+
     answer = err.input(f"{question} [y/N] ")
     return answer.strip().lower() in ("y", "yes")

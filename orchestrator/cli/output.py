@@ -1,90 +1,31 @@
-"""What the verbs print: plans, diffs, results, tables, the live reporter, JSON; only the terminal."""
+"""What the verbs print: results, tables, the live reporter, JSON; only the terminal (plans: planout.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
-from rich.text import Text
 
-from ..facts import UnitState
-from ..hostrun import Result
-from ..observe import bench, metrics
-from ..observe.diagnose import diagnose
-from ..observe.gpu import Check
-from ..observe.health import Probe
-from ..plan import TargetPlan
-from ..session import Session
+if TYPE_CHECKING:  # the verbs that print plans only need none of these at run time
+    from rich.live import Live
+
+    from ..facts import UnitState
+    from ..hostrun import Result
+    from ..observe import bench, metrics
+    from ..observe.gpu import Check
+    from ..observe.health import Probe
+    from ..session import Session
 
 # emoji=False: ':x:' in a file, a path or a message prints as ':x:'.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
-Checks = dict[tuple[str, str], list[Check]]
-
-
-def show_plans(
-    plans: list[TargetPlan],
-    errors: list[Result],
-    *,
-    as_json: bool,
-    offline: bool = False,
-    checks: Checks | None = None,
-) -> None:
-    checks = checks or {}
-    if as_json:
-        data = {
-            "plans": [plan_json(p, checks.get((p.host, p.deployment), [])) for p in plans],
-            "errors": [result_json(e) for e in errors],
-        }
-        out.print_json(data=data)
-        return
-    for p in plans:
-        show_plan(p)
-        show_checks(checks.get((p.host, p.deployment), []), quiet=True)
-    for e in errors:
-        out.print(f"[red]✗ {escape(e.host)}[/red] {escape(e.deployment)}: {escape(e.message)}")
-    changed = sum(p.changed for p in plans)
-    restarts = sum(p.restarts for p in plans)
-    note = " (offline: compared with nothing)" if offline else ""
-    out.print(f"\n[bold]Plan:[/bold] {changed} of {len(plans)} to change, {restarts} restart(s){note}.")
-
-
-def show_plan(p: TargetPlan) -> None:
-    scope = p.desired.layout.scope
-    state = p.facts.unit.describe()
-    rev = p.facts.current_revision
-    header = f"{p.host} · {p.deployment} ({p.desired.unit_name}, {scope}; now {state}, revision {rev or '-'})"
-    out.rule(f"[bold]{escape(header)}[/bold]", align="left")
-    for d in p.diffs:
-        if d.secret_only:
-            out.print(f"  {escape(d.path)}: [yellow]secret values change (masked)[/yellow]")
-        for line in d.text.removesuffix("\n").split("\n") if d.text else ():
-            out.print(diff_line(line))
-    if not p.changed:
-        out.print("  [green]no changes[/green]")
-    for c in p.changes:
-        out.print(f"  [yellow]~[/yellow] {escape(c.summary())}")
-
-
-def diff_line(line: str) -> Text:
-    """A diff line as the file holds it: no markup or emoji read in it; characters a terminal would act on
-    or not show (ESC, CR, U+2028, zero-width…) appear as escapes, highlighted."""
-    style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
-    if line.startswith(("+++", "---")):
-        style = "bold"
-    shown = Text(style=style)
-    for ch in line:
-        plain = ch.isprintable() or ch == "\t"
-        shown.append(ch if plain else ascii(ch)[1:-1], style="" if plain else "reverse")
-    return shown
+Checks: TypeAlias = "dict[tuple[str, str], list[Check]]"
 
 
 def show_checks(checks: list[Check], *, quiet: bool) -> None:
@@ -96,19 +37,6 @@ def show_checks(checks: list[Check], *, quiet: bool) -> None:
 
 def check_json(c: Check) -> dict[str, Any]:
     return {"name": c.name, "ok": c.ok, "severity": c.severity, "message": c.message}
-
-
-def plan_json(p: TargetPlan, checks: list[Check]) -> dict[str, Any]:
-    return {
-        "preflight": [check_json(c) for c in checks],
-        "host": p.host,
-        "deployment": p.deployment,
-        "changed": p.changed,
-        "unit_state": p.facts.unit.describe(),
-        "revision": p.facts.current_revision,
-        "changes": [{"type": type(c).__name__, "summary": c.summary()} for c in p.changes],
-        "diffs": [{"path": d.path, "diff": d.text, "secret_only": d.secret_only} for d in p.diffs],
-    }
 
 
 def result_json(r: Result) -> dict[str, Any]:
@@ -152,6 +80,8 @@ def show_summary(results: list[Result]) -> None:
 
 
 def print_diagnosis(journal: str) -> None:
+    from ..observe.diagnose import diagnose
+
     for d in diagnose(journal):
         out.print(f"[bold yellow]cause:[/bold yellow] {escape(d.cause)}\n[bold]fix:[/bold] {escape(d.fix)}")
 
@@ -170,6 +100,8 @@ class RichReporter:
         """A live table of the gates on a terminal; elsewhere progress comes as lines."""
         if not err.is_terminal:
             return contextlib.nullcontext()
+        from rich.live import Live
+
         self._live = Live(self._table(), console=err, refresh_per_second=4, transient=True)
         return self._live
 
@@ -324,6 +256,10 @@ def show_host_errors(errors: list[Result]) -> None:
 
 def run_bench(cfg: bench.BenchConfig) -> bench.BenchResult:
     """Run the benchmark under a progress bar on stderr."""
+    from rich.progress import Progress
+
+    from ..observe import bench
+
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(
             f"{cfg.num_requests} requests, concurrency {cfg.concurrency}", total=cfg.num_requests

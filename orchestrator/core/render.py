@@ -275,6 +275,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+@functools.cache
 def _model_attribute(cls: type[BaseModel], attr: str) -> bool:
     """A field, or a property or method that orch's models define (not one Pydantic defines)."""
     if attr in cls.model_fields:
