@@ -13,6 +13,7 @@ import sys
 
 from ..core.load import Loaded
 from ..core.secrets import refs as secret_refs
+from ..core.yamlread import printable
 from ..desired import renderer
 from .common import EXIT_CHANGES, EXIT_OK, loaded_of, secrets_of, targets_of
 
@@ -27,7 +28,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"valid": True, "deployments": n_dep, "hosts": n_hosts}, indent=2))
     else:
-        print(f"{_green('ok')}: {args.playbook}: {n_dep} deployment(s) on {n_hosts} host(s)")
+        path = printable(str(args.playbook), limit=4096)
+        print(f"{_green('ok')}: {path}: {n_dep} deployment(s) on {n_hosts} host(s)")
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,10 @@ def show_plans(
             "plans": [plan_json(p, checks.get((p.host, p.deployment), [])) for p in plans],
             "errors": [result_json(e) for e in errors],
         }
-        out.print_json(data=data)
+        if out.is_terminal:
+            out.print_json(data=data)
+        else:  # as print_json writes it, without its highlighter's time
+            _write([json.dumps(data, indent=2, ensure_ascii=False)])
         return
     for p in plans:
         _write([*plan_lines(p), *check_lines(checks.get((p.host, p.deployment), []))])
