@@ -7,6 +7,7 @@ the changes that touch the live deployment, in order. The revision records
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,6 +60,9 @@ class Applied:
     after: UnitState
     # Processes of the unit that outlived a stop, as "pid:name".
     leftovers: tuple[str, ...] = ()
+    # time.monotonic() when the restart command was sent, and when it returned (the new process runs).
+    restart_sent: float | None = None
+    restart_done: float | None = None
 
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
@@ -104,6 +108,7 @@ def run_changes(
 ) -> Applied:
     """Run the live changes in order (``before`` is called ahead of each: a lock check, a failpoint)."""
     after, restarted, leftovers = UnitState(), False, []
+    sent = done = None
     for change in plan.changes:
         if isinstance(change, RecordRevision | Abandon):
             continue
@@ -115,13 +120,14 @@ def run_changes(
             fetch_model(transport, plan.desired, sudo=sudo, progress=progress)
             continue
         timeout = _timeout(change)
+        sent = time.monotonic() if isinstance(change, Restart) else sent
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
         leftovers += _leftovers(result.stdout)
         if isinstance(change, Restart):
-            restarted = True
+            restarted, done = True, time.monotonic()
             state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
             after = facts.parse_state(state, runners.of(plan.desired.layout))
-    return Applied(restarted, after, tuple(leftovers))
+    return Applied(restarted, after, tuple(leftovers), sent, done)
 
 
 def _timeout(change: Change) -> float:

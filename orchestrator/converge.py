@@ -27,9 +27,9 @@ from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .host import commands, runners, state
 from .host.state import REVISION_FILES, revision_contents
-from .hostrun import HostRun, Reporter, Result, as_error
+from .hostrun import HostRun, Reporter, Result, Timeline, as_error
 from .observe import preflight
-from .observe.health import Endpoint, Outcome, wait_ready
+from .observe.health import Endpoint, wait_ready
 from .plan import Abandon, Change, RecordRevision, Restart, TargetPlan, WriteFile, plan_target
 from .provision import hub, upload
 
@@ -77,22 +77,22 @@ def _converge(
     )
     _warn_leftovers(run, dep, applied, reporter)
     failpoints.reach("after-restart")
-    elapsed = None
+    timeline = None
     if gate and not dep.readiness.enabled and applied.restarted:
         reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
     if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
-        elapsed = _gate(run, dep, p.desired, applied.after, reporter).elapsed_s
+        timeline = _gate(run, dep, p.desired, applied, reporter)
     failpoints.reach("before-commit")
     if not pending:
-        return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, elapsed_s=elapsed)
+        return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, timeline=timeline)
     try:
         run.check_lock()
         run.run(state.commit(state_dir, pending[0], sudo=sudo))
     except OrchError as exc:
         message = f"revision {pending[0]} serves but could not be made current ({exc}); apply again"
-        return Result(run.name, dep.name, "failed", message, elapsed_s=elapsed)
+        return Result(run.name, dep.name, "failed", message, timeline=timeline)
     reporter.event(run.name, dep.name, f"revision {pending[0]} is current")
-    return Result(run.name, dep.name, "applied", revision=pending[0], elapsed_s=elapsed)
+    return Result(run.name, dep.name, "applied", revision=pending[0], timeline=timeline)
 
 
 def _before(run: HostRun) -> Callable[[Change], None]:
@@ -124,9 +124,8 @@ def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: R
         reporter.event(run.name, dep.name, f"WARNING: processes outlived the stop: {survivors}")
 
 
-def _gate(
-    run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState, reporter: Reporter
-) -> Outcome:
+def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, reporter: Reporter) -> Timeline:
+    """Wait until the restarted server answers; its timeline counts from the restart command."""
     env_file = desired.file("env")
     ep = endpoint(run.host, dep, env_file.content if env_file else "")
     runner = runners.of(desired.layout)
@@ -145,13 +144,17 @@ def _gate(
         interval_s=dep.readiness.interval_s,
         request_timeout_s=dep.readiness.request_timeout_s,
         unit_state=unit_state,
-        baseline=baseline,
+        baseline=applied.after,
         on_progress=progress,
+        since=applied.restart_sent,
     )
     if not outcome.ready:
         raise GateError(run.name, f"{dep.name}: {outcome.reason}", journal=journal_tail(run, dep, desired))
-    reporter.event(run.name, dep.name, f"ready after {outcome.elapsed_s:.1f}s")
-    return outcome
+    sent, done = applied.restart_sent, applied.restart_done
+    started = done - sent if sent is not None and done is not None else 0.0
+    timeline = Timeline(round(started, 3), outcome.up_s, outcome.elapsed_s)
+    reporter.event(run.name, dep.name, f"ready after {outcome.elapsed_s:.2f}s ({timeline.describe()})")
+    return timeline
 
 
 def _restore(

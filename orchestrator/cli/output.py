@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rich.console import Console
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # the verbs that print plans only need none of these at run t
     from rich.live import Live
 
     from ..facts import UnitState
-    from ..hostrun import Result
+    from ..hostrun import Result, Timeline
     from ..observe import bench, metrics
     from ..observe.gpu import Check
     from ..observe.health import Probe
@@ -47,7 +48,14 @@ def result_json(r: Result) -> dict[str, Any]:
         "message": r.message,
         "revision": r.revision,
         "ready_after_s": r.elapsed_s,
+        "ready_timeline": asdict(r.timeline) if r.timeline else None,
     }
+
+
+def timeline_cell(t: Timeline) -> str:
+    """``0.61 → 20.10 → 20.31s``: the process started, vLLM answered /health, the first completion."""
+    up = "-" if t.up_s is None else f"{t.up_s:.2f}"
+    return f"{t.started_s:.2f} → {up} → {t.answer_s:.2f}s"
 
 
 def show_notices(session: Session) -> None:
@@ -57,18 +65,20 @@ def show_notices(session: Session) -> None:
 
 def show_summary(results: list[Result]) -> None:
     table = Table(title="Result", show_lines=False)
-    for col in ("host", "deployment", "status", "revision", "ready after", "message"):
+    columns = ("host", "deployment", "status", "revision", "ready after", "started → up → answer", "message")
+    for col in columns:
         table.add_column(col)
     colors = {"applied": "green", "unchanged": "green", "rolled-back": "yellow"}
     for r in results:
         color = colors.get(r.status, "red")
-        ready = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else ""
+        t = r.timeline
         table.add_row(
             r.host,
             r.deployment,
             f"[{color}]{r.status}[/{color}]",
             str(r.revision or "-"),
-            ready,
+            f"{t.answer_s:.2f}s" if t else "",
+            timeline_cell(t) if t else "",
             escape(r.message),
         )
     out.print(table)

@@ -6,6 +6,12 @@ answers 200 while a dead engine fails every request). The gate polls with
 tenacity until an overall deadline, and stops early when the unit crashes. Whatever a
 server answers (HTML, the wrong JSON, a reset, an endless or enormous body) is a
 not-ready probe with a one-line reason, never an exception (httpio bounds every read).
+
+Polling is cheap until the server answers: while ``/health`` refuses or fails, the next probe
+follows within ``POLL_S``, so the gate sees a server within a fraction of a second of its first
+answer. The unit's state (a round trip to the host) is read every ``interval_s``, and once more
+alongside every probe that gets past ``/health``: a ready verdict always rests on a state read
+while its requests ran. A probe that fails past ``/health`` (real completions) waits ``interval_s``.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
 
 from ..errors import AnswerError
 from ..host.runners import UnitState
@@ -40,24 +47,31 @@ class Probe:
     detail: str = ""
 
 
+POLL_S = 0.1  # between probes while /health does not answer 200: each is one small request
+CHEAP_STAGES = frozenset({"connect", "health"})  # a probe that failed here sent no completion
+
+
 @dataclass(frozen=True)
 class Outcome:
+    """The gate's verdict; times in seconds from ``since`` (the restart), or from the gate's start."""
+
     ready: bool
     reason: str
     elapsed_s: float
     unit: UnitState | None = None
+    up_s: float | None = None  # when /health first answered 200
 
 
 Progress = Callable[[float, UnitState, Probe], None]
 
 
-def probe(client: httpx.Client, ep: Endpoint) -> Probe:
-    """One pass over the four checks; the first that fails names the stage.
+def probe(client: httpx.Client, ep: Endpoint, *, first: int = 0, last: int | None = None) -> Probe:
+    """One pass over the four checks (or ``_CHECKS[first:last]``); the first that fails names the stage.
 
     Never raises for what a server does: every unusable answer (no connection, HTML, the
     wrong JSON, a reset, a body too large or too slow) is a not-ready probe with a one-line reason.
     """
-    for stage, check in _CHECKS:
+    for stage, check in _CHECKS[first:last]:
         try:
             detail = check(client, ep)
         except AnswerError as exc:
@@ -132,6 +146,12 @@ def _chat(ep: Endpoint, *, stream: bool) -> dict[str, object]:
     }
 
 
+def pause(last: Probe, *, poll_s: float, interval_s: float) -> float:
+    """How long to wait after a failed probe: briefly while the server does not answer (each probe
+    is then one small request), ``interval_s`` after one that sent completions."""
+    return min(poll_s, interval_s) if last.stage in CHEAP_STAGES else interval_s
+
+
 def _died(state: UnitState, baseline: UnitState) -> bool:
     """Crashed, restarted since the gate began (restart count or main PID moved), or stopped."""
     restarted = state.n_restarts > baseline.n_restarts or (
@@ -150,38 +170,83 @@ def wait_ready(
     baseline: UnitState,
     on_progress: Progress | None = None,
     transport: httpx.BaseTransport | None = None,
+    since: float | None = None,
+    poll_s: float = POLL_S,
 ) -> Outcome:
-    """Poll until ready, the unit crashes, or ``timeout_s`` passes."""
+    """Poll until ready, the unit crashes, or ``timeout_s`` passes (from the gate's start).
+
+    ``since`` (``time.monotonic()``): where the outcome's times count from, e.g. the restart.
+    """
     start = time.monotonic()
+    origin = start if since is None else since
+    watch = _Watch(unit_state, interval_s)
     last: list[tuple[UnitState, Probe]] = []
+    up: list[float] = []
 
     def attempt() -> Probe | None:
-        state = unit_state()
-        if _died(state, baseline):
-            last.append(
-                (state, Probe(False, "unit", f"unit {state.describe()} (restarts {state.n_restarts})"))
-            )
+        state = watch.read() if watch.due() else watch.state
+        if state is None or _died(state, baseline):
+            _dead(state)
             return None
-        result = probe(client, ep)
+        result = probe(client, ep, last=1)
+        if result.ready:  # the server answers: the completions, with the state read while they run
+            if not up:
+                up.append(time.monotonic() - origin)
+            reading = pool.submit(watch.read)
+            result = probe(client, ep, first=1)
+            state = reading.result()
+            if _died(state, baseline):
+                _dead(state)
+                return None
         last.append((state, result))
         if on_progress is not None:
-            on_progress(time.monotonic() - start, state, result)
+            on_progress(time.monotonic() - origin, state, result)
         return result
 
-    with httpx.Client(timeout=request_timeout_s, transport=transport) as client:
+    def _dead(state: UnitState | None) -> None:
+        assert state is not None  # the first read always happens: watch.due() starts true
+        last.append((state, Probe(False, "unit", f"unit {state.describe()} (restarts {state.n_restarts})")))
+
+    def wait(_: RetryCallState) -> float:  # never past the deadline: one last probe happens there
+        left = start + timeout_s - time.monotonic()
+        return max(0.0, min(pause(last[-1][1], poll_s=poll_s, interval_s=interval_s), left))
+
+    with httpx.Client(timeout=request_timeout_s, transport=transport) as client, _pool() as pool:
         retrying = Retrying(
             stop=stop_after_delay(timeout_s),
-            wait=wait_fixed(interval_s),
+            wait=wait,
             retry=retry_if_result(lambda p: p is not None and not p.ready),
         )
         with contextlib.suppress(RetryError):
             retrying(attempt)
-    elapsed = time.monotonic() - start
+    elapsed = time.monotonic() - origin
     state, result = last[-1]
+    up_s = up[0] if up else None
     if result.ready:
-        return Outcome(True, "ready", elapsed, state)
+        return Outcome(True, "ready", elapsed, state, up_s)
     if result.stage == "unit":
-        return Outcome(False, f"the unit died: {result.detail}", elapsed, state)
+        return Outcome(False, f"the unit died: {result.detail}", elapsed, state, up_s)
     return Outcome(
-        False, f"not ready after {timeout_s:.0f}s: {result.stage}: {result.detail}", elapsed, state
+        False, f"not ready after {timeout_s:.0f}s: {result.stage}: {result.detail}", elapsed, state, up_s
     )
+
+
+class _Watch:
+    """The unit's last state, and whether ``interval_s`` has passed since it was read."""
+
+    def __init__(self, read: Callable[[], UnitState], interval_s: float) -> None:
+        self._read, self._interval_s = read, interval_s
+        self.state: UnitState | None = None
+        self._at = 0.0
+
+    def due(self) -> bool:
+        return self.state is None or time.monotonic() - self._at >= self._interval_s
+
+    def read(self) -> UnitState:
+        self._at = time.monotonic()
+        self.state = self._read()
+        return self.state
+
+
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="orch-gate-state")

@@ -133,3 +133,15 @@ def test_offline_plan_of_a_hub_model(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "fetch hf:Qwen/Qwen2.5-0.5B into /models/q (size not known yet; not fetched yet)" in proc.stdout
     assert "vllm serve /models/q" in proc.stdout
+
+
+def test_the_summary_splits_ready_after_into_its_phases() -> None:
+    from orchestrator.cli.output import result_json, timeline_cell
+    from orchestrator.hostrun import Result, Timeline
+
+    t = Timeline(started_s=0.614, up_s=20.1, answer_s=20.312)
+    assert timeline_cell(t) == "0.61 → 20.10 → 20.31s"
+    assert t.describe() == "process started 0.61s → vLLM up 20.10s → first answer 20.31s"
+    row = result_json(Result("h1", "d", "applied", revision=3, timeline=t))
+    assert row["ready_after_s"] == 20.312
+    assert row["ready_timeline"] == {"started_s": 0.614, "up_s": 20.1, "answer_s": 20.312}
