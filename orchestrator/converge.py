@@ -129,10 +129,11 @@ def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, rep
     env_file = desired.file("env")
     ep = endpoint(run.host, dep, env_file.content if env_file else "")
     runner = runners.of(desired.layout)
-    state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
+    with_log = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
+    state_only = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo, journal_lines=0)
 
-    def unit_state() -> UnitState:
-        return facts.parse_unit_state(run.run(state_cmd, timeout=30), runner)
+    def unit_state(command: commands.Command = with_log) -> UnitState:
+        return facts.parse_unit_state(run.run(command, timeout=30), runner)
 
     def progress(elapsed: float, unit: UnitState, probe: object) -> None:
         reporter.gate(run.name, dep.name, elapsed, unit, probe)  # type: ignore[arg-type]
@@ -147,6 +148,7 @@ def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, rep
         baseline=applied.after,
         on_progress=progress,
         since=applied.restart_sent,
+        quick_state=lambda: unit_state(state_only),
     )
     if not outcome.ready:
         raise GateError(run.name, f"{dep.name}: {outcome.reason}", journal=journal_tail(run, dep, desired))

@@ -9,17 +9,19 @@ not-ready probe with a one-line reason, never an exception (httpio bounds every 
 
 Polling is cheap until the server answers: while ``/health`` refuses or fails, the next probe
 follows within ``POLL_S``, so the gate sees a server within a fraction of a second of its first
-answer. The unit's state (a round trip to the host) is read every ``interval_s``, and once more
-alongside every probe that gets past ``/health``: a ready verdict always rests on a state read
-while its requests ran. A probe that fails past ``/health`` (real completions) waits ``interval_s``.
+answer; then the other three checks run at once. The unit's state (a round trip to the host) is
+read in the background every ``interval_s``, so no probe waits for the host, and once more alongside
+every probe that gets past ``/health``: a ready verdict rests on a state read made while its requests
+ran. After a probe whose completions failed the gate waits ``interval_s``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -172,46 +174,50 @@ def wait_ready(
     transport: httpx.BaseTransport | None = None,
     since: float | None = None,
     poll_s: float = POLL_S,
+    quick_state: Callable[[], UnitState] | None = None,
 ) -> Outcome:
     """Poll until ready, the unit crashes, or ``timeout_s`` passes (from the gate's start).
 
     ``since`` (``time.monotonic()``): where the outcome's times count from, e.g. the restart.
+    ``quick_state``: a cheaper read of the state (no log line), for the read beside the completions.
     """
     start = time.monotonic()
     origin = start if since is None else since
-    watch = _Watch(unit_state, interval_s)
     last: list[tuple[UnitState, Probe]] = []
     up: list[float] = []
 
     def attempt() -> Probe | None:
-        state = watch.read() if watch.due() else watch.state
-        if state is None or _died(state, baseline):
-            _dead(state)
-            return None
+        state = reads.latest()
+        if _died(state, baseline):
+            return _dead(state)
         result = probe(client, ep, last=1)
         if result.ready:  # the server answers: the completions, with the state read while they run
             if not up:
                 up.append(time.monotonic() - origin)
-            reading = pool.submit(watch.read)
-            result = probe(client, ep, first=1)
-            state = reading.result()
+            beside = reads.beside()
+            result = _completions(client, ep, requests)
+            state = reads.settle(beside)
             if _died(state, baseline):
-                _dead(state)
-                return None
+                return _dead(state)
         last.append((state, result))
         if on_progress is not None:
             on_progress(time.monotonic() - origin, state, result)
         return result
 
-    def _dead(state: UnitState | None) -> None:
-        assert state is not None  # the first read always happens: watch.due() starts true
+    def _dead(state: UnitState) -> Probe | None:  # None: tenacity stops
         last.append((state, Probe(False, "unit", f"unit {state.describe()} (restarts {state.n_restarts})")))
+        return None
 
     def wait(_: RetryCallState) -> float:  # never past the deadline: one last probe happens there
         left = start + timeout_s - time.monotonic()
         return max(0.0, min(pause(last[-1][1], poll_s=poll_s, interval_s=interval_s), left))
 
-    with httpx.Client(timeout=request_timeout_s, transport=transport) as client, _pool() as pool:
+    with (
+        httpx.Client(timeout=request_timeout_s, transport=transport) as client,
+        ThreadPoolExecutor(1, thread_name_prefix="orch-gate-state") as host,
+        ThreadPoolExecutor(len(_CHECKS) - 1, thread_name_prefix="orch-gate-http") as requests,
+    ):
+        reads = _Reads(unit_state, quick_state or unit_state, interval_s=interval_s, pool=host)
         retrying = Retrying(
             stop=stop_after_delay(timeout_s),
             wait=wait,
@@ -231,22 +237,54 @@ def wait_ready(
     )
 
 
-class _Watch:
-    """The unit's last state, and whether ``interval_s`` has passed since it was read."""
-
-    def __init__(self, read: Callable[[], UnitState], interval_s: float) -> None:
-        self._read, self._interval_s = read, interval_s
-        self.state: UnitState | None = None
-        self._at = 0.0
-
-    def due(self) -> bool:
-        return self.state is None or time.monotonic() - self._at >= self._interval_s
-
-    def read(self) -> UnitState:
-        self._at = time.monotonic()
-        self.state = self._read()
-        return self.state
+def _completions(client: httpx.Client, ep: Endpoint, pool: ThreadPoolExecutor) -> Probe:
+    """The checks after /health, at once (the two completions go into one batch); the first failure
+    in the checks' order names the stage."""
+    runs = [pool.submit(probe, client, ep, first=i, last=i + 1) for i in range(1, len(_CHECKS))]
+    return next((p for p in (r.result() for r in runs) if not p.ready), Probe(True, "ready"))
 
 
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="orch-gate-state")
+class _Reads:
+    """The unit's state, read in the background every ``interval_s``, one read at a time (one command
+    on the host's connection), so that no probe waits for the host."""
+
+    def __init__(
+        self,
+        full: Callable[[], UnitState],
+        quick: Callable[[], UnitState],
+        *,
+        interval_s: float,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self._full, self._quick, self._interval_s, self._pool = full, quick, interval_s, pool
+        self._flying: Future[UnitState] | None = None
+        self._started = -math.inf
+        self._state: UnitState | None = None
+
+    def latest(self) -> UnitState:
+        """The newest state read (the first is waited for); starts the next read when one is due.
+        A read that failed raises here."""
+        if self._flying is not None and (self._flying.done() or self._state is None):
+            self.settle(self._flying)
+        if self._flying is None and time.monotonic() - self._started >= self._interval_s:
+            self._flying = self._start(self._full)
+            if self._state is None:
+                self.settle(self._flying)
+        assert self._state is not None
+        return self._state
+
+    def beside(self) -> Future[UnitState]:
+        """A read that overlaps what happens next: the one under way, or a quick one started now."""
+        if self._flying is None:
+            self._flying = self._start(self._quick)
+        return self._flying
+
+    def settle(self, read: Future[UnitState]) -> UnitState:
+        self._state = read.result()
+        if read is self._flying:
+            self._flying = None
+        return self._state
+
+    def _start(self, read: Callable[[], UnitState]) -> Future[UnitState]:
+        self._started = time.monotonic()
+        return self._pool.submit(read)

@@ -152,14 +152,17 @@ def test_the_poll_never_waits_longer_than_the_interval() -> None:
 class Counting:
     """A server whose /health answers 503 ``loading`` times before all four checks pass."""
 
-    def __init__(self, loading: int, *, chat: int = 200) -> None:
+    def __init__(self, loading: int, *, chat: int = 200, on_ready: Callable[[], None] = lambda: None) -> None:
         self.loading, self.requests = loading, {"/health": 0, "/v1/models": 0, "/v1/chat/completions": 0}
-        self.ready = server(chat=chat)
+        self.ready, self.on_ready, self.lock = server(chat=chat), on_ready, threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests[request.url.path] += 1
-        if request.url.path == "/health" and self.requests["/health"] <= self.loading:
+        with self.lock:
+            self.requests[request.url.path] += 1
+            loading = request.url.path == "/health" and self.requests["/health"] <= self.loading
+        if loading:
             return httpx.Response(503)
+        self.on_ready()
         return self.ready.handle_request(request)
 
 
@@ -202,8 +205,58 @@ def test_after_a_failed_completion_the_gate_waits_the_interval_or_the_deadline()
         poll_s=0.001,
     )
     assert not outcome.ready and outcome.reason.startswith("not ready after 1s: chat: ")
-    assert srv.requests["/v1/chat/completions"] == 2  # at the start, and at the deadline (not 10 s later)
+    # Plain and streamed, at the start and at the deadline (not 10 s later).
+    assert srv.requests["/v1/chat/completions"] == 4
     assert outcome.elapsed_s < 5
+
+
+def test_no_probe_waits_for_a_state_read() -> None:
+    """The unit's state is read in the background: here every read after the first hangs until the
+    server answers, which it does only after 20 more probes; a probe that waited would never get there."""
+    answered = threading.Event()
+    srv = Counting(loading=20, on_ready=answered.set)
+
+    def unit_state() -> UnitState:
+        if not answered.is_set() and srv.requests["/health"]:
+            assert answered.wait(10), "the server was never polled again"
+        return RUNNING
+
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=0.001,
+        request_timeout_s=1,
+        unit_state=unit_state,
+        baseline=RUNNING,
+        transport=httpx.MockTransport(srv),
+        poll_s=0.001,
+    )
+    assert outcome.ready and srv.requests["/health"] == 21
+
+
+def test_the_completions_after_health_run_at_once() -> None:
+    """The plain and the streamed completion are sent together: each waits here for the other."""
+    both = threading.Barrier(2, timeout=5)
+    ready = server()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/chat/completions":
+            try:
+                both.wait()
+            except threading.BrokenBarrierError:
+                return httpx.Response(500, text="alone")
+        return ready.handle_request(request)
+
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=1,
+        request_timeout_s=10,
+        unit_state=lambda: RUNNING,
+        baseline=RUNNING,
+        transport=httpx.MockTransport(handle),
+    )
+    assert outcome.ready
 
 
 def test_times_count_from_the_restart() -> None:
