@@ -7,6 +7,7 @@ the changes that touch the live deployment, in order. The revision records
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,6 +63,9 @@ class Applied:
     leftovers: tuple[str, ...] = ()
     # What --reap ended, as "pid:name"; None when nothing was asked to reap.
     reaped: tuple[str, ...] | None = None
+    # time.monotonic() when the restart command was sent, and when it returned (the new process runs).
+    restart_sent: float | None = None
+    restart_done: float | None = None
 
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
@@ -110,6 +114,7 @@ def run_changes(
     """Run the live changes in order (``before`` is called ahead of each: a lock check, a failpoint)."""
     after, restarted, leftovers = UnitState(), False, []
     reaped: list[str] | None = None
+    sent = done = None
     for change in plan.changes:
         if isinstance(change, RecordRevision | Abandon):
             continue
@@ -121,15 +126,16 @@ def run_changes(
             fetch_model(transport, plan.desired, sudo=sudo, progress=progress)
             continue
         timeout = _timeout(change)
+        sent = time.monotonic() if isinstance(change, Restart) else sent
         result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
         leftovers += _leftovers(result.stdout)
         if isinstance(change, Reap) or (isinstance(change, Stop | Restart) and change.reap):
             reaped = [*(reaped or []), *procs.reaped(result.stdout)]
         if isinstance(change, Restart):
-            restarted = True
+            restarted, done = True, time.monotonic()
             state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
             after = facts.parse_state(state, runners.of(plan.desired.layout))
-    return Applied(restarted, after, tuple(leftovers), None if reaped is None else tuple(reaped))
+    return Applied(restarted, after, tuple(leftovers), None if reaped is None else tuple(reaped), sent, done)
 
 
 def _timeout(change: Change) -> float:

@@ -27,9 +27,9 @@ from .errors import CommandError, GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .host import commands, runners, state
 from .host.state import REVISION_FILES, revision_contents
-from .hostrun import HostRun, Reporter, Result, as_error
+from .hostrun import HostRun, Reporter, Result, Timeline, as_error
 from .observe import preflight
-from .observe.health import Endpoint, Outcome, wait_ready
+from .observe.health import Endpoint, wait_ready
 from .plan import Abandon, Change, RecordRevision, Restart, TargetPlan, WriteFile, plan_target
 from .provision import hub, upload
 
@@ -86,22 +86,22 @@ def _converge(
         raise GateError(run.name, f"{dep.name}: the start failed: {detail}", journal=journal) from None
     _warn_leftovers(run, dep, applied, reporter)
     failpoints.reach("after-restart")
-    elapsed = None
+    timeline = None
     if gate and not dep.readiness.enabled and applied.restarted:
         reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
     if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
-        elapsed = _gate(run, dep, p.desired, applied.after, reporter).elapsed_s
+        timeline = _gate(run, dep, p.desired, applied, reporter)
     failpoints.reach("before-commit")
     if not pending:
-        return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, elapsed_s=elapsed)
+        return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, timeline=timeline)
     try:
         run.check_lock()
         run.run(state.commit(state_dir, pending[0], sudo=sudo))
     except OrchError as exc:
         message = f"revision {pending[0]} serves but could not be made current ({exc}); apply again"
-        return Result(run.name, dep.name, "failed", message, elapsed_s=elapsed)
+        return Result(run.name, dep.name, "failed", message, timeline=timeline)
     reporter.event(run.name, dep.name, f"revision {pending[0]} is current")
-    return Result(run.name, dep.name, "applied", revision=pending[0], elapsed_s=elapsed)
+    return Result(run.name, dep.name, "applied", revision=pending[0], timeline=timeline)
 
 
 def _before(run: HostRun, ran: list[Change]) -> Callable[[Change], None]:
@@ -140,15 +140,15 @@ def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: R
         reporter.event(run.name, dep.name, f"--reap: ended the deployment's leftover processes: {ended}")
 
 
-def _gate(
-    run: HostRun, dep: Deployment, desired: Desired, baseline: UnitState, reporter: Reporter
-) -> Outcome:
+def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, reporter: Reporter) -> Timeline:
+    """Wait until the restarted server answers; its timeline counts from the restart command."""
     ep = endpoint(run.host, dep, desired.env)
     runner = runners.of(desired.layout)
-    state_cmd = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
+    with_log = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
+    state_only = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo, journal_lines=0)
 
-    def unit_state() -> UnitState:
-        return facts.parse_unit_state(run.run(state_cmd, timeout=30), runner)
+    def unit_state(command: commands.Command = with_log) -> UnitState:
+        return facts.parse_unit_state(run.run(command, timeout=30), runner)
 
     def progress(elapsed: float, unit: UnitState, probe: object) -> None:
         reporter.gate(run.name, dep.name, elapsed, unit, probe)  # type: ignore[arg-type]
@@ -160,13 +160,18 @@ def _gate(
         interval_s=dep.readiness.interval_s,
         request_timeout_s=dep.readiness.request_timeout_s,
         unit_state=unit_state,
-        baseline=baseline,
+        baseline=applied.after,
         on_progress=progress,
+        since=applied.restart_sent,
+        quick_state=lambda: unit_state(state_only),
     )
     if not outcome.ready:
         raise GateError(run.name, f"{dep.name}: {outcome.reason}", journal=journal_tail(run, dep, desired))
-    reporter.event(run.name, dep.name, f"ready after {outcome.elapsed_s:.1f}s")
-    return outcome
+    sent, done = applied.restart_sent, applied.restart_done
+    started = done - sent if sent is not None and done is not None else 0.0
+    timeline = Timeline(round(started, 3), outcome.up_s, outcome.elapsed_s)
+    reporter.event(run.name, dep.name, f"ready after {outcome.elapsed_s:.2f}s ({timeline.describe()})")
+    return timeline
 
 
 def _restore(

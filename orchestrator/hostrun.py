@@ -79,6 +79,19 @@ class HostRun:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """How a restarted deployment became ready, in seconds from the restart command being sent."""
+
+    started_s: float  # the restart returned: the old process stopped, the new one started
+    up_s: float | None  # vLLM up: /health first answered 200
+    answer_s: float  # the first real completion passed the gate: ready
+
+    def describe(self) -> str:
+        up = "-" if self.up_s is None else f"{self.up_s:.2f}s"
+        return f"process started {self.started_s:.2f}s → vLLM up {up} → first answer {self.answer_s:.2f}s"
+
+
+@dataclass(frozen=True)
 class Result:
     """How one deployment on one host ended."""
 
@@ -88,7 +101,12 @@ class Result:
     message: str = ""
     revision: int | None = None
     journal: str = ""
-    elapsed_s: float | None = None
+    timeline: Timeline | None = None  # when the gate passed
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Ready after this long, counted from the restart."""
+        return self.timeline.answer_s if self.timeline else None
 
     @property
     def ok(self) -> bool:

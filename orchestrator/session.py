@@ -17,14 +17,13 @@ from typing import Any, TypeVar
 
 from . import __version__, failpoints, rollout
 from .converge import api_address, deployment, endpoint, gather_host, journal_tail, revision_desired
-from .core import render
 from .core.layout import Layout
 from .core.load import Loaded, Target
 from .core.masking import env_secrets
 from .core.quoting import parse_env
 from .core.render import Desired
 from .core.secrets import refs
-from .core.sources import templates_for
+from .desired import renderer
 from .errors import HostError, OrchError, RevisionError
 from .facts import DeploymentFacts
 from .host import state
@@ -32,7 +31,7 @@ from .hostrun import HostRun, QuietReporter, Reporter, Result, as_error, paralle
 from .observe import preflight
 from .observe.gpu import Check
 from .plan import TargetPlan, plan_target
-from .provision import hub, upload
+from .provision import hub
 from .trace import Trace
 from .transport import Observed, connect
 from .transport import Result as CommandResult
@@ -295,28 +294,6 @@ def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.L
     if answer.kind != "listing":
         raise HostError(run.name, f"model {spec.describe()}: {answer.message}")
     return answer.listing()
-
-
-def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[[Target], Desired]:
-    """The desired state from the playbook: templates rendered on the controller."""
-    sources = {d.name: templates_for(loaded, d) for d in loaded.playbook.deployments}
-    uploads = {
-        d.name: upload.local_spec(loaded.resolve(d.fetch.local), d.fetch.dest)
-        for d in loaded.playbook.deployments
-        if d.fetch is not None and d.fetch.local is not None
-    }
-
-    def render_target(target: Target) -> Desired:
-        dep = target.deployment
-        return render.render(
-            dep,
-            target.host,
-            secrets=secrets_of[dep.name],
-            templates=sources[dep.name],
-            upload=uploads.get(dep.name),
-        )
-
-    return render_target
 
 
 def rendered(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> DesiredOf:

@@ -1,54 +1,30 @@
-"""The verbs that compute or make changes: validate, plan, apply, rollback, destroy."""
+"""The verbs that reach hosts to compute or make changes: plan, apply, rollback, destroy.
+
+``validate`` and ``plan --offline`` are in offline.py.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.markup import escape
 
-from .. import facts, failpoints, outputs, planfile, rollout
+from .. import failpoints, outputs, planfile
 from ..core import render
 from ..core.load import Loaded, Target, load
 from ..errors import ConfigError
 from ..hostrun import HostRun, Result
-from ..plan import TargetPlan, plan_target
-from ..session import DesiredOf, Session, from_revisions, manifest_meta, rendered, renderer
-from .common import (
-    EXIT_CHANGES,
-    EXIT_ERROR,
-    EXIT_OK,
-    confirm,
-    loaded_of,
-    placeholders,
-    secrets_of,
-    targets_of,
-    trace_of,
-)
-from .output import Checks, RichReporter, err, out, show_notices, show_plans, show_summary
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    loaded = loaded_of(args)
-    render_target = renderer(loaded, placeholders(loaded))  # validation never reads a secret
-    for t in loaded.targets():
-        render_target(t)
-    n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in loaded.targets()})
-    if args.json:
-        out.print_json(data={"valid": True, "deployments": n_dep, "hosts": n_hosts})
-    else:
-        out.print(f"[green]ok[/green]: {args.playbook}: {n_dep} deployment(s) on {n_hosts} host(s)")
-    return EXIT_OK
+from ..plan import TargetPlan
+from ..session import DesiredOf, Session, from_revisions, manifest_meta, rendered
+from .common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, confirm, loaded_of, secrets_of, targets_of, trace_of
+from .output import Checks, RichReporter, err, out, show_notices, show_summary
+from .planout import show_plans, show_rollout
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
     targets = targets_of(loaded, args)
-    if args.offline and args.out:
-        raise ConfigError("an offline plan compares with nothing and cannot be saved", file=str(args.out))
-    if args.offline:  # compared with nothing, the files show secrets as *** anyway: no value is read
-        return _plan_offline(targets, renderer(loaded, placeholders(loaded)), as_json=args.json)
     secrets = secrets_of(loaded)  # the host's env file is compared with the one these values make
     with Session(loaded, targets, trace=trace_of(args)) as session:
         session.gather(with_preflight=True)
@@ -59,7 +35,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         checks = session.preflight()
     show_plans(plans, errors, as_json=args.json, checks=checks)
     if not args.json:
-        show_rollout(loaded, plans)
+        show_rollout(plans, loaded.playbook.deployments)
     if errors or _blocking(plans, checks):
         if args.out:
             err.print(f"[red]plan not saved[/red] to {escape(str(args.out))}: it has errors")
@@ -77,11 +53,6 @@ def _save_plan(path: Path, loaded: Loaded, plans: list[TargetPlan]) -> None:
     )
 
 
-def show_rollout(loaded: Loaded, plans: list[TargetPlan]) -> None:
-    for line in rollout.describe(plans, {d.name: d for d in loaded.playbook.deployments}):
-        out.print(f"[bold]{escape(line)}[/bold]")
-
-
 def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
     """Preflight errors of deployments that the plan would (re)start."""
     return [
@@ -91,22 +62,6 @@ def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
         for c in checks.get((p.host, p.deployment), [])
         if not c.ok
     ]
-
-
-def _plan_offline(
-    targets: list[Target], render_target: Callable[[Target], render.Desired], *, as_json: bool
-) -> int:
-    plans = [
-        plan_target(
-            host=t.host_name,
-            deployment=t.deployment.name,
-            desired=render_target(t),
-            facts=facts.DeploymentFacts(),
-        )
-        for t in targets
-    ]
-    show_plans(plans, [], as_json=as_json, offline=True)
-    return EXIT_CHANGES
 
 
 # ---------------------------------------------------------------- apply / rollback / destroy
@@ -193,7 +148,7 @@ def _converge(
         if saved is not None and _stale(saved, plans, errors):
             return EXIT_ERROR
         show_plans(plans, errors, as_json=False, checks=checks)
-        show_rollout(loaded, plans)
+        show_rollout(plans, loaded.playbook.deployments)
         if not any(p.changed for p in plans):
             out.print("[green]Nothing to do.[/green]")
             return _summary([*session.execute(plans), *errors]) if errors else EXIT_OK

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..core.load import Loaded, Target, load
 from ..core.secrets import refs, resolve
 from ..errors import SecretError
-from ..trace import Trace
-from .output import err, trace_line
+
+if TYPE_CHECKING:
+    from ..trace import Trace
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -41,11 +43,18 @@ def placeholders(loaded: Loaded) -> dict[str, dict[str, str]]:
 def trace_of(args: argparse.Namespace) -> Trace | None:
     """What ``-v``/``-vv`` asked to see of the commands run on hosts (None: nothing)."""
     level = getattr(args, "verbose", 0)
-    return Trace(level, trace_line) if level else None
+    if not level:
+        return None
+    from ..trace import Trace
+    from .output import trace_line
+
+    return Trace(level, trace_line)
 
 
 def confirm(args: argparse.Namespace, question: str) -> bool:
     if args.yes or not sys.stdin.isatty():
         return True
+    from .output import err
+
     answer = err.input(f"{question} [y/N] ")
     return answer.strip().lower() in ("y", "yes")

@@ -14,7 +14,7 @@ from .args import parser
 
 # verb → "module:function" under orchestrator.cli; imported when that verb runs.
 VERBS: dict[str, str] = {
-    "validate": "change:cmd_validate",
+    "validate": "offline:cmd_validate",
     "plan": "change:cmd_plan",
     "apply": "change:cmd_apply",
     "rollback": "change:cmd_rollback",
@@ -32,7 +32,9 @@ VERBS: dict[str, str] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    module, function = VERBS[args.verb].split(":")
+    # plan --offline reaches no host: it runs without importing the transports.
+    verb_path = "offline:cmd_plan_offline" if getattr(args, "offline", False) else VERBS[args.verb]
+    module, function = verb_path.split(":")
     from ..errors import OrchError
 
     try:

@@ -1,34 +1,35 @@
-"""What the verbs print: plans, diffs, results, tables, the live reporter, JSON; only the terminal."""
+"""What the verbs print: results, tables, the live reporter, JSON; only the terminal (plans: planout.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from ..facts import UnitState
-from ..hostrun import Result
-from ..observe import bench, benchclient, metrics
-from ..observe.diagnose import diagnose
-from ..observe.gpu import Check
-from ..observe.health import Probe
-from ..plan import TargetPlan
-from ..session import Session
 from .plain import plain_table
+
+if TYPE_CHECKING:  # the verbs that print plans only need none of these at run time
+    from rich.live import Live
+
+    from ..facts import UnitState
+    from ..hostrun import Result, Timeline
+    from ..observe import bench, metrics
+    from ..observe.gpu import Check
+    from ..observe.health import Probe
+    from ..session import Session
 
 # emoji=False: ':x:' in a file, a path or a message prints as ':x:'.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
-Checks = dict[tuple[str, str], list[Check]]
+Checks: TypeAlias = "dict[tuple[str, str], list[Check]]"
 
 
 def show_table(table: Table, *, console: Console = out) -> None:
@@ -53,63 +54,6 @@ def trace_line(text: str) -> None:
     err.print(Text(text, style="dim"))
 
 
-def show_plans(
-    plans: list[TargetPlan],
-    errors: list[Result],
-    *,
-    as_json: bool,
-    offline: bool = False,
-    checks: Checks | None = None,
-) -> None:
-    checks = checks or {}
-    if as_json:
-        data = {
-            "plans": [plan_json(p, checks.get((p.host, p.deployment), [])) for p in plans],
-            "errors": [result_json(e) for e in errors],
-        }
-        out.print_json(data=data)
-        return
-    for p in plans:
-        show_plan(p)
-        show_checks(checks.get((p.host, p.deployment), []), quiet=True)
-    for e in errors:
-        out.print(f"[red]✗ {escape(e.host)}[/red] {escape(e.deployment)}: {escape(e.message)}")
-    changed = sum(p.changed for p in plans)
-    restarts = sum(p.restarts for p in plans)
-    note = " (offline: compared with nothing)" if offline else ""
-    out.print(f"\n[bold]Plan:[/bold] {changed} of {len(plans)} to change, {restarts} restart(s){note}.")
-
-
-def show_plan(p: TargetPlan) -> None:
-    scope = p.desired.layout.scope
-    state = p.facts.unit.describe()
-    rev = p.facts.current_revision
-    header = f"{p.host} · {p.deployment} ({p.desired.unit_name}, {scope}; now {state}, revision {rev or '-'})"
-    heading(f"[bold]{escape(header)}[/bold]")
-    for d in p.diffs:
-        if d.secret_only:
-            out.print(f"  {escape(d.path)}: [yellow]secret values change (masked)[/yellow]")
-        for line in d.text.removesuffix("\n").split("\n") if d.text else ():
-            out.print(diff_line(line))
-    if not p.changed:
-        out.print("  [green]no changes[/green]")
-    for c in p.changes:
-        out.print(f"  [yellow]~[/yellow] {escape(c.summary())}")
-
-
-def diff_line(line: str) -> Text:
-    """A diff line as the file holds it: no markup or emoji read in it; characters a terminal would act on
-    or not show (ESC, CR, U+2028, zero-width…) appear as escapes, highlighted."""
-    style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "")
-    if line.startswith(("+++", "---")):
-        style = "bold"
-    shown = Text(style=style)
-    for ch in line:
-        plain = ch.isprintable() or ch == "\t"
-        shown.append(ch if plain else ascii(ch)[1:-1], style="" if plain else "reverse")
-    return shown
-
-
 def show_checks(checks: list[Check], *, quiet: bool) -> None:
     marks = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "error": "[red]✗[/red]"}
     for c in checks:
@@ -121,19 +65,6 @@ def check_json(c: Check) -> dict[str, Any]:
     return {"name": c.name, "ok": c.ok, "severity": c.severity, "message": c.message}
 
 
-def plan_json(p: TargetPlan, checks: list[Check]) -> dict[str, Any]:
-    return {
-        "preflight": [check_json(c) for c in checks],
-        "host": p.host,
-        "deployment": p.deployment,
-        "changed": p.changed,
-        "unit_state": p.facts.unit.describe(),
-        "revision": p.facts.current_revision,
-        "changes": [{"type": type(c).__name__, "summary": c.summary()} for c in p.changes],
-        "diffs": [{"path": d.path, "diff": d.text, "secret_only": d.secret_only} for d in p.diffs],
-    }
-
-
 def result_json(r: Result) -> dict[str, Any]:
     return {
         "host": r.host,
@@ -142,7 +73,14 @@ def result_json(r: Result) -> dict[str, Any]:
         "message": r.message,
         "revision": r.revision,
         "ready_after_s": r.elapsed_s,
+        "ready_timeline": asdict(r.timeline) if r.timeline else None,
     }
+
+
+def timeline_cell(t: Timeline) -> str:
+    """``0.61 → 20.10 → 20.31s``: the process started, vLLM answered /health, the first completion."""
+    up = "-" if t.up_s is None else f"{t.up_s:.2f}"
+    return f"{t.started_s:.2f} → {up} → {t.answer_s:.2f}s"
 
 
 def show_notices(session: Session) -> None:
@@ -152,18 +90,20 @@ def show_notices(session: Session) -> None:
 
 def show_summary(results: list[Result]) -> None:
     table = Table(title="Result", show_lines=False)
-    for col in ("host", "deployment", "status", "revision", "ready after", "message"):
+    columns = ("host", "deployment", "status", "revision", "ready after", "started → up → answer", "message")
+    for col in columns:
         table.add_column(col)
     colors = {"applied": "green", "unchanged": "green", "rolled-back": "yellow"}
     for r in results:
         color = colors.get(r.status, "red")
-        ready = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else ""
+        t = r.timeline
         table.add_row(
             r.host,
             r.deployment,
             f"[{color}]{r.status}[/{color}]",
             str(r.revision or "-"),
-            ready,
+            f"{t.answer_s:.2f}s" if t else "",
+            timeline_cell(t) if t else "",
             escape(r.message),
         )
     show_table(table)
@@ -175,6 +115,8 @@ def show_summary(results: list[Result]) -> None:
 
 
 def print_diagnosis(journal: str) -> None:
+    from ..observe.diagnose import diagnose
+
     for d in diagnose(journal):
         out.print(f"[bold yellow]cause:[/bold yellow] {escape(d.cause)}\n[bold]fix:[/bold] {escape(d.fix)}")
 
@@ -193,6 +135,8 @@ class RichReporter:
         """A live table of the gates on a terminal; elsewhere progress comes as lines."""
         if not err.is_terminal:
             return contextlib.nullcontext()
+        from rich.live import Live
+
         self._live = Live(self._table(), console=err, refresh_per_second=4, transient=True)
         return self._live
 
@@ -352,6 +296,10 @@ def show_host_errors(errors: list[Result]) -> None:
 
 def run_bench(cfg: bench.BenchConfig) -> bench.BenchResult:
     """Run the benchmark under a progress bar on stderr."""
+    from rich.progress import Progress
+
+    from ..observe import benchclient
+
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(
             f"{cfg.num_requests} requests, concurrency {cfg.concurrency}", total=cfg.num_requests

@@ -175,6 +175,8 @@ class Readiness(Strict):
     # Off only where the controller cannot reach the API port; then a start counts as success.
     enabled: Bool = True
     timeout_s: Float = Field(default=1800.0, gt=0)
+    # How often the unit's state is read, and the wait after a probe whose completions failed; until
+    # /health answers, the gate probes every 0.1 s (observe.health.POLL_S), or this if it is shorter.
     interval_s: Float = Field(default=2.0, gt=0)
     request_timeout_s: Float = Field(default=30.0, gt=0)
 

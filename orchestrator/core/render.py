@@ -282,6 +282,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # Every check below and in Jinja's sandbox looks at the type of ``obj`` and the name only,
+        # never at the value: the answer is kept per (type, name), a template reads the same few.
+        key = (type(obj), attr)
+        safe = _SAFE.get(key)
+        if safe is None:
+            safe = self._safe(obj, attr, value)
+            if len(_SAFE) < MAX_SAFE_KEPT:
+                _SAFE[key] = safe
+        return safe
+
+    def _safe(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, BaseModel) and not _model_attribute(type(obj), attr):
             return False  # Pydantic's own methods include parse_file, which reads a file
         return super().is_safe_attribute(obj, attr, value)
@@ -292,6 +303,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if operator == "*" and _repeats(left, right) > MAX_RENDERED:
             raise SecurityError("the product is too large")
         return super().call_binop(context, operator, left, right)
+
+
+_SAFE: dict[tuple[type, str], bool] = {}
+MAX_SAFE_KEPT = 4096  # a template that makes up names cannot grow it without bound
 
 
 def _model_attribute(cls: type[BaseModel], attr: str) -> bool:

@@ -7,6 +7,7 @@ An override is a regular UTF-8 file below the playbook's folder (symlinks follow
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from importlib import resources
@@ -24,8 +25,9 @@ MAX_TEMPLATE_BYTES = 256 * 1024
 SHIPPED = {"unit": "vllm.service.j2", "env": "vllm.env.j2", "supervisor": "vllm.supervisor.j2"}
 
 
+@functools.cache
 def shipped(name: str) -> TemplateSource:
-    """A template of the package (``orchestrator/templates``), wherever orch is installed."""
+    """A template of the package (``orchestrator/templates``), wherever orch is installed; read once."""
     ref = resources.files("orchestrator").joinpath("templates", name)
     return TemplateSource(str(ref), ref.read_text(encoding="utf-8"))
 

@@ -71,7 +71,9 @@ def logs(runner: Runner, unit: str, *, sudo: bool, lines: int, follow: bool = Fa
 
 
 def unit_state(runner: Runner, unit: str, *, sudo: bool, journal_lines: int = 1) -> Command:
-    """The unit's state, then its last log lines (for the progress line)."""
+    """The unit's state, then its last log lines (for the progress line; none read when 0)."""
+    if journal_lines == 0:
+        return Command(runner.state(unit), sudo=sudo, label=f"state of {unit}")
     script = (
         f"{runner.state(unit)}; echo {MARK}journal; "
         f"{runner.logs(unit, lines=journal_lines, follow=False)} 2>/dev/null | grep -v '^-- ' || true"

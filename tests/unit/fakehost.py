@@ -16,7 +16,7 @@ import json
 import tarfile
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -242,16 +242,18 @@ class Gate:
 
     ready: list[bool]
     calls: list[int]  # at each call: how many commands the host had been sent
+    since: list[float | None] = field(default_factory=list)  # where each call's times count from
 
 
 def gates(monkeypatch: pytest.MonkeyPatch, *ready: bool, host: FakeTransport | None = None) -> Gate:
     """Replace the HTTP readiness gate (tested in test_health): its n-th call is ready when ``ready[n]``."""
     gate = Gate(list(ready), [])
 
-    def wait_ready(*_: object, **__: object) -> Outcome:
+    def wait_ready(*_: object, since: float | None = None, **__: object) -> Outcome:
         gate.calls.append(len(host.sent) if host else 0)
+        gate.since.append(since)
         ok = gate.ready.pop(0)  # IndexError: a gate this test did not expect
-        return Outcome(ok, "" if ok else "/health answered 500 for 4s", 4.0)
+        return Outcome(ok, "" if ok else "/health answered 500 for 4s", 4.0, up_s=3.5)
 
     monkeypatch.setattr(converge, "wait_ready", wait_ready)
     return gate

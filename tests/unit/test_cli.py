@@ -176,6 +176,26 @@ def test_offline_plan_of_a_hub_model(tmp_path: Path) -> None:
     assert "vllm serve /models/q" in proc.stdout
 
 
+def test_offline_plan_prints_the_rollout_and_cannot_be_saved(tmp_path: Path) -> None:
+    (tmp_path / "inv.yml").write_text(
+        "hosts:\n" + "".join(f"  h{i}: {{address: 192.0.2.{i}}}\n" for i in (1, 2, 3))
+    )
+    (tmp_path / "pb.yml").write_text(
+        "inventory: inv.yml\ndeployments:\n  - name: q\n    hosts: [h1, h2, h3]\n    accelerator: cpu\n"
+        "    model: /m\n    rollout: {batch: 2}\n"
+    )
+    proc = orch("plan", "--offline", tmp_path / "pb.yml")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.splitlines()[-1] == (
+        "rollout of q: 2 batch(es) [h1, h2] → [h3], each gated before the next, stops after 1 failed host(s)"
+    )
+    assert "── h1 · q (" in proc.stdout  # a pipe gets one heading line, not a rule
+    saved = orch("plan", "--offline", "--out", tmp_path / "p.json", tmp_path / "pb.yml")
+    assert (saved.returncode, saved.stdout) == (1, "")
+    assert "an offline plan compares with nothing and cannot be saved" in saved.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_validate_accepts_a_shared_gpu_and_refuses_an_over_commit(tmp_path: Path) -> None:
     (tmp_path / "inv.yml").write_text("hosts:\n  gpubox: {address: 10.0.0.9}\n")
     dep = "  - name: {0}\n    hosts: [gpubox]\n    model: /m\n    gpus: [0]\n    gpu_memory_utilization: {1}\n    port: {2}\n"
@@ -195,3 +215,15 @@ def test_validate_accepts_a_shared_gpu_and_refuses_an_over_commit(tmp_path: Path
         "over-committed: 'tiny-a' 0.3 + 'tiny-b' 0.3 + 'tiny-c' 0.6 = 1.2 of the card "
         "(the gpu_memory_utilization of the deployments on one GPU may add up to at most 1)"
     ]
+
+
+def test_the_summary_splits_ready_after_into_its_phases() -> None:
+    from orchestrator.cli.output import result_json, timeline_cell
+    from orchestrator.hostrun import Result, Timeline
+
+    t = Timeline(started_s=0.614, up_s=20.1, answer_s=20.312)
+    assert timeline_cell(t) == "0.61 → 20.10 → 20.31s"
+    assert t.describe() == "process started 0.61s → vLLM up 20.10s → first answer 20.31s"
+    row = result_json(Result("h1", "d", "applied", revision=3, timeline=t))
+    assert row["ready_after_s"] == 20.312
+    assert row["ready_timeline"] == {"started_s": 0.614, "up_s": 20.1, "answer_s": 20.312}

@@ -9,6 +9,7 @@ The host's answers are rendered by ``fakehost`` in the formats the real scripts 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,6 +101,12 @@ def test_a_first_apply_records_writes_restarts_then_makes_the_revision_current(
 
     assert (result.status, result.revision, result.elapsed_s) == ("applied", 1, 4.0)
     assert fake.labels == FIRST_APPLY
+    # "ready after" counts from the restart command: the gate is told when it was sent.
+    [since] = gate.since
+    assert since is not None and since <= time.monotonic()
+    assert result.timeline is not None
+    assert (result.timeline.up_s, result.timeline.answer_s) == (3.5, 4.0)
+    assert 0 <= result.timeline.started_s < 4.0
     assert gate.calls == [
         FIRST_APPLY.index("restart orch-x.service") + 1
     ]  # once: after the restart, before the commit

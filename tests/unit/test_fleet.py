@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import rollout
+from orchestrator import rollout, waves
 from orchestrator.core.fleet import Rollout, RouterSpec, worker_url
 from orchestrator.core.layout import Layout
 from orchestrator.core.model import Deployment, Host
@@ -70,7 +70,7 @@ def test_waves_take_each_deployment_in_its_batches_and_the_router_last() -> None
         target("b", "big"),
     ]
     plans += [target("lb", "tiny-router")]
-    got = [[(p.host, p.deployment) for p in w] for w in rollout.waves(plans, deployments)]
+    got = [[(p.host, p.deployment) for p in w] for w in waves.waves(plans, deployments)]
     assert got == [
         [("a", "tiny"), ("a", "big"), ("b", "big")],
         [("b", "tiny")],
@@ -82,7 +82,7 @@ def test_waves_take_each_deployment_in_its_batches_and_the_router_last() -> None
 def test_targets_with_nothing_to_do_take_no_batch_of_their_own() -> None:
     fleet = dep("tiny", ["a", "b", "c"], rollout=Rollout(batch=1))
     plans = [target("a", "tiny", changed=False), target("b", "tiny"), target("c", "tiny")]
-    got = [[p.host for p in w] for w in rollout.waves(plans, {"tiny": fleet})]
+    got = [[p.host for p in w] for w in waves.waves(plans, {"tiny": fleet})]
     assert got == [["a", "b"], ["c"]]
 
 
@@ -228,7 +228,7 @@ def test_the_plan_says_how_a_fleet_rolls_out() -> None:
     fleet = dep("tiny", ["a", "b", "c"], rollout=Rollout(batch=2), router=RouterSpec(host="lb"))
     alone = dep("big", ["a", "b"])
     plans = [target("a", "tiny"), target("b", "tiny"), target("c", "tiny"), target("a", "big")]
-    assert rollout.describe(plans, {"tiny": fleet, "big": alone}) == [
+    assert waves.describe(plans, {"tiny": fleet, "big": alone}) == [
         "rollout of tiny: 2 batch(es) [a, b] → [c], each gated before the next, stops after 1 failed host(s); "
         "behind tiny-router: each replica leaves it and drains before it stops"
     ]

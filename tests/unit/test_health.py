@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from orchestrator.host.runners import UnitState
-from orchestrator.observe.health import Endpoint, probe, wait_ready
+from orchestrator.observe.health import Endpoint, Probe, pause, probe, wait_ready
 
 EP = Endpoint("http://h:8000", "tiny", api_key="k")
 RUNNING = UnitState(active_state="active", sub_state="running", main_pid=100)
@@ -132,6 +132,163 @@ def test_gate_notices_a_new_main_pid() -> None:
         transport=server(health=503),
     )
     assert outcome.reason == "the unit died: unit active/running (restarts 0)"
+
+
+# ---------------------------------------------------------------- how often the gate polls
+
+
+@pytest.mark.parametrize(
+    ("stage", "wait"),
+    [("connect", 0.1), ("health", 0.1), ("models", 2.0), ("chat", 2.0), ("stream", 2.0)],
+)
+def test_a_probe_that_sent_no_completion_is_followed_at_once(stage: str, wait: float) -> None:
+    assert pause(Probe(False, stage), poll_s=0.1, interval_s=2.0) == wait
+
+
+def test_the_poll_never_waits_longer_than_the_interval() -> None:
+    assert pause(Probe(False, "connect"), poll_s=0.1, interval_s=0.05) == 0.05
+
+
+class Counting:
+    """A server whose /health answers 503 ``loading`` times before all four checks pass."""
+
+    def __init__(self, loading: int, *, chat: int = 200, on_ready: Callable[[], None] = lambda: None) -> None:
+        self.loading, self.requests = loading, {"/health": 0, "/v1/models": 0, "/v1/chat/completions": 0}
+        self.ready, self.on_ready, self.lock = server(chat=chat), on_ready, threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.requests[request.url.path] += 1
+            loading = request.url.path == "/health" and self.requests["/health"] <= self.loading
+        if loading:
+            return httpx.Response(503)
+        self.on_ready()
+        return self.ready.handle_request(request)
+
+
+def test_a_loading_server_is_polled_cheaply_and_seen_as_soon_as_it_answers() -> None:
+    """Twenty cheap probes, not twenty intervals: the unit's state (a round trip to the host) is read
+    once at the start and once alongside the completions, not at every probe."""
+    srv, reads = Counting(loading=20), []
+
+    def unit_state() -> UnitState:
+        reads.append(time.monotonic())
+        return RUNNING
+
+    outcome = wait_ready(
+        EP,
+        timeout_s=600,
+        interval_s=60,
+        request_timeout_s=1,
+        unit_state=unit_state,
+        baseline=RUNNING,
+        transport=httpx.MockTransport(srv),
+        poll_s=0.001,
+    )
+    assert outcome.ready
+    assert outcome.elapsed_s < 60  # one interval would be 60 s
+    assert srv.requests == {"/health": 21, "/v1/models": 1, "/v1/chat/completions": 2}
+    assert len(reads) == 2
+    assert outcome.up_s is not None and outcome.up_s <= outcome.elapsed_s
+
+
+def test_after_a_failed_completion_the_gate_waits_the_interval_or_the_deadline() -> None:
+    srv = Counting(loading=0, chat=500)
+    outcome = wait_ready(
+        EP,
+        timeout_s=1,
+        interval_s=10,
+        request_timeout_s=1,
+        unit_state=lambda: RUNNING,
+        baseline=RUNNING,
+        transport=httpx.MockTransport(srv),
+        poll_s=0.001,
+    )
+    assert not outcome.ready and outcome.reason.startswith("not ready after 1s: chat: ")
+    # Plain and streamed, at the start and at the deadline (not 10 s later).
+    assert srv.requests["/v1/chat/completions"] == 4
+    assert outcome.elapsed_s < 5
+
+
+def test_no_probe_waits_for_a_state_read() -> None:
+    """The unit's state is read in the background: here every read after the first hangs until the
+    server answers, which it does only after 20 more probes; a probe that waited would never get there."""
+    answered = threading.Event()
+    srv = Counting(loading=20, on_ready=answered.set)
+
+    def unit_state() -> UnitState:
+        if not answered.is_set() and srv.requests["/health"]:
+            assert answered.wait(10), "the server was never polled again"
+        return RUNNING
+
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=0.001,
+        request_timeout_s=1,
+        unit_state=unit_state,
+        baseline=RUNNING,
+        transport=httpx.MockTransport(srv),
+        poll_s=0.001,
+    )
+    assert outcome.ready and srv.requests["/health"] == 21
+
+
+def test_the_completions_after_health_run_at_once() -> None:
+    """The plain and the streamed completion are sent together: each waits here for the other."""
+    both = threading.Barrier(2, timeout=5)
+    ready = server()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/chat/completions":
+            try:
+                both.wait()
+            except threading.BrokenBarrierError:
+                return httpx.Response(500, text="alone")
+        return ready.handle_request(request)
+
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=1,
+        request_timeout_s=10,
+        unit_state=lambda: RUNNING,
+        baseline=RUNNING,
+        transport=httpx.MockTransport(handle),
+    )
+    assert outcome.ready
+
+
+def test_times_count_from_the_restart() -> None:
+    restart = time.monotonic() - 5
+    outcome = wait_ready(
+        EP,
+        timeout_s=5,
+        interval_s=1,
+        request_timeout_s=1,
+        unit_state=lambda: RUNNING,
+        baseline=RUNNING,
+        transport=server(),
+        since=restart,
+    )
+    assert outcome.ready and outcome.up_s is not None
+    assert 5 <= outcome.up_s <= outcome.elapsed_s
+
+
+def test_a_unit_that_restarts_while_the_completions_run_is_not_ready() -> None:
+    """The state read alongside the completions decides: a server that answers is not enough."""
+    restarted = UnitState(active_state="active", sub_state="running", main_pid=100, n_restarts=1)
+    states = iter([RUNNING, restarted])
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=10,
+        request_timeout_s=1,
+        unit_state=lambda: next(states),
+        baseline=RUNNING,
+        transport=server(),
+    )
+    assert (outcome.ready, outcome.reason) == (False, "the unit died: unit active/running (restarts 1)")
 
 
 # ---------------------------------------------------------------- hostile answers (MockTransport)

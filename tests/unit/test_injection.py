@@ -150,6 +150,7 @@ def command_builders(value: str) -> list[tuple[str, Command | str]]:
             (f"{name} disable", commands.disable(r, unit, sudo=False)),
             (f"{name} logs", commands.logs(r, unit, sudo=False, lines=5)),
             (f"{name} unit_state", commands.unit_state(r, unit, sudo=False)),
+            (f"{name} unit_state, no log", commands.unit_state(r, unit, sudo=False, journal_lines=0)),
             (f"{name} stop", commands.stop(r, unit, sudo=False)),
             (f"{name} restart", commands.restart(r, unit, sudo=False)),
             (f"{name} main_pid", r.main_pid(unit)),

@@ -82,6 +82,16 @@ def test_hostile_template_is_one_config_error(
     assert capfd.readouterr() == ("", "")
 
 
+def test_a_refusal_holds_when_the_attribute_was_read_before() -> None:
+    """The sandbox keeps its answers per (type, name): one name allowed does not let another through,
+    and a name refused once is refused again."""
+    fine = render(dep(), Host(address="x"), secrets={}, templates=with_unit("{{ host.address }}\n"))
+    assert fine.file("unit") is not None
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="model_dump"):
+            render(dep(), Host(address="x"), secrets={}, templates=with_unit("{{ host.model_dump() }}"))
+
+
 def test_error_names_the_line() -> None:
     with pytest.raises(ConfigError) as info:
         render(dep(), Host(address="x"), secrets={}, templates=with_unit("a\nb\n{{ 1 // 0 }}\n"))
