@@ -2,7 +2,8 @@
 router told before a replica stops and after it serves again.
 
     wave k = the k-th batch of every deployment's changing targets (one batch of all of them unless
-             ``rollout.batch`` says otherwise); a router deployment comes after every wave of its fleet
+             ``rollout.batch`` says otherwise); a router deployment comes after every wave of its fleet;
+             the nodes of a multi-node deployment are one replica: one batch, carried out by multinode.py
     in a wave: hosts in parallel, a host's targets in order; per target:
              router: take the replica out, drain it → converge.execute → router: put it back once it serves
     after a wave: a deployment with more failed targets than ``rollout.max_failed`` stops; the targets it
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from . import multinode
 from .converge import api_address, execute
 from .core.fleet import worker_url
 from .core.model import Deployment, Host
@@ -55,7 +57,8 @@ def batch_of(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment])
     routers = fleet_of(deployments)
     for name, hosts in changing.items():
         if name not in routers:
-            for k, batch in enumerate(deployments[name].rollout.batches(hosts)):
+            dep = deployments[name]
+            for k, batch in enumerate([hosts] if dep.nodes else dep.rollout.batches(hosts)):
                 out.update({(h, name): k for h in batch})
     for name, hosts in changing.items():
         if name in routers:
@@ -77,7 +80,7 @@ def describe(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment])
     for name, dep in deployments.items():
         hosts = [p.host for p in plans if p.deployment == name and p.changed]
         batches = dep.rollout.batches(hosts) if hosts else []
-        if len(batches) < 2 and dep.router is None:
+        if (len(batches) < 2 and dep.router is None) or dep.nodes:  # nodes: multinode.describe
             continue
         order = " → ".join(f"[{', '.join(b)}]" for b in batches) or "nothing to change"
         stop = f"stops after {dep.rollout.allowed_failures(len(hosts)) + 1} failed host(s)"
@@ -141,7 +144,11 @@ def run(
                 )
             else:
                 todo.append(p)
-        done.update(_wave(runs, todo, fence_of, reporter, gate=gate, restore=restore))
+        grouped = multinode.groups(todo)
+        alone = [p for p in todo if p.deployment not in grouped]
+        done.update(_wave(runs, alone, fence_of, reporter, gate=gate, restore=restore))
+        for group in grouped.values():
+            done.update(multinode.run_group(runs, group, reporter, gate=gate, restore_all=restore))
         for p in todo:
             failed[p.deployment] = failed.get(p.deployment, 0) + (not done[(p.host, p.deployment)].ok)
         for name in dict.fromkeys(p.deployment for p in todo):

@@ -17,9 +17,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import __version__, failpoints, rollout
+from . import __version__, failpoints, multinode, rollout
 from .converge import api_address, deployment, endpoint, gather_host, journal_tail, revision_desired
-from .core import render
+from .core import nodes, render
 from .core.layout import Layout
 from .core.load import Loaded, Target
 from .core.render import Desired
@@ -174,12 +174,17 @@ class Session:
 
     def preflight(self) -> dict[tuple[str, str], list[Check]]:
         """Preflight verdicts per (host, deployment), from what ``gather`` read."""
-        return {
-            (run.name, t.deployment.name): preflight.checks(t.deployment, run.probe, runner=run.host.runner)
+        out = {
+            (run.name, t.deployment.name): preflight.checks(
+                nodes.view(t.deployment, t.node), run.probe, runner=run.host.runner
+            )
             for run in self.live()
             if run.probe is not None
             for t in run.targets
         }
+        for key, more in multinode.checks(self.runs, self.loaded.playbook.deployments).items():
+            out[key] = [*out.get(key, []), *more]
+        return out
 
     def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any]) -> list[TargetPlan]:
         """A plan per target, in the targets' order; a target that cannot be planned fails on its own."""
@@ -201,7 +206,7 @@ class Session:
                 continue
             plans += [p for p in outcome if isinstance(p, TargetPlan)]
             self.failed += [r for r in outcome if isinstance(r, Result)]
-        return sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)])
+        return multinode.align(sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)]))
 
     def host_errors(self) -> list[Result]:
         """A result for each target that failed before any change (its host, or its own planning)."""
@@ -263,8 +268,9 @@ def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.L
     return answer.listing()
 
 
-def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[[Target], Desired]:
-    """The desired state from the playbook: templates rendered on the controller."""
+def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[[Target, str], Desired]:
+    """The desired state from the playbook: templates rendered on the controller (given the vLLM version
+    found on the host, which decides a multi-node deployment's backend when it says ``auto``)."""
     sources = {d.name: templates_for(loaded, d) for d in loaded.playbook.deployments}
     uploads = {
         d.name: upload.local_spec(loaded.resolve(d.fetch.local), d.fetch.dest)
@@ -272,7 +278,7 @@ def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[
         if d.fetch is not None and d.fetch.local is not None
     }
 
-    def render_target(target: Target) -> Desired:
+    def render_target(target: Target, version: str = "") -> Desired:
         dep = target.deployment
         return render.render(
             dep,
@@ -280,6 +286,7 @@ def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[
             secrets=secrets_of[dep.name],
             templates=sources[dep.name],
             upload=uploads.get(dep.name),
+            node=nodes.resolved(target.node, version) if target.node else None,
         )
 
     return render_target
@@ -287,7 +294,10 @@ def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[
 
 def rendered(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> DesiredOf:
     render_target = renderer(loaded, secrets_of)
-    return lambda run, target: render_target(target)
+    def desired_of(run: HostRun, target: Target) -> Desired:
+        return render_target(target, multinode.found_version(run, target.deployment) if target.node else "")
+
+    return desired_of
 
 
 def manifest_meta(loaded: Loaded, **extra: Any) -> dict[str, Any]:

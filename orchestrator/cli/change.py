@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from .. import facts, failpoints, outputs, planfile, rollout
+from .. import facts, failpoints, multinode, outputs, planfile, rollout
 from ..core import render
 from ..core.load import Loaded, Target, load
 from ..core.secrets import refs as secret_refs
@@ -29,7 +29,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     }
     render_target = renderer(loaded, placeholders)
     for t in loaded.targets():
-        render_target(t)
+        render_target(t, "")
     n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in loaded.targets()})
     if args.json:
         out.print_json(data={"valid": True, "deployments": n_dep, "hosts": n_hosts})
@@ -83,7 +83,10 @@ def _save_plan(path: Path, loaded: Loaded, plans: list[TargetPlan]) -> None:
 
 
 def show_rollout(loaded: Loaded, plans: list[TargetPlan]) -> None:
-    for line in rollout.describe(plans, {d.name: d for d in loaded.playbook.deployments}):
+    lines = rollout.describe(plans, {d.name: d for d in loaded.playbook.deployments}) + multinode.describe(
+        plans
+    )
+    for line in lines:
         out.print(f"[bold]{escape(line)}[/bold]")
 
 
@@ -99,13 +102,13 @@ def _blocking(plans: list[TargetPlan], checks: Checks) -> list[str]:
 
 
 def _plan_offline(
-    targets: list[Target], render_target: Callable[[Target], render.Desired], *, as_json: bool
+    targets: list[Target], render_target: Callable[[Target, str], render.Desired], *, as_json: bool
 ) -> int:
     plans = [
         plan_target(
             host=t.host_name,
             deployment=t.deployment.name,
-            desired=render_target(t),
+            desired=render_target(t, ""),
             facts=facts.DeploymentFacts(),
         )
         for t in targets
@@ -168,7 +171,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
 
     def absent(run: HostRun, t: Target) -> render.Desired:
-        return render.absent(t.deployment, t.host)
+        return render.absent(t.deployment, t.host, t.node)
 
     args.no_rollback, args.force = True, False
     return _converge(args, loaded, absent, verb="destroy")

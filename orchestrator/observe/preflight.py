@@ -41,6 +41,7 @@ class DeploymentProbe:
     vllm_version: str = ""
     model_is_dir: bool = False
     model_config: dict[str, Any] | None = None
+    model_files: str = ""  # a digest of the model folder's file names and sizes (nodes compare it)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class HostProbe:
     # None when the host has no ``ss`` to list listening ports.
     listeners: dict[int, frozenset[int]] | None = field(default_factory=dict)
     deployments: dict[str, DeploymentProbe] = field(default_factory=dict)
+    # "address:port" of another node → "open", "refused" (reachable, nothing listens) or why not reached.
+    peers: dict[str, str] = field(default_factory=dict)
 
     def descendants(self, pid: int) -> frozenset[int]:
         """``pid`` and every process below it."""
@@ -84,9 +87,10 @@ def launcher_exe(dep: Deployment) -> str:
     return f"{bindir}{'vllm' if dep.launcher.kind == 'serve' else 'python' if bindir else 'python3'}"
 
 
-def script(host: Host, deployments: list[Deployment]) -> str:
-    """One shell script reading everything preflight judges, for every deployment of a host."""
-    parts = []
+def script(host: Host, deployments: list[Deployment], *, peers: tuple[tuple[str, int], ...] = ()) -> str:
+    """One shell script reading everything preflight judges, for every deployment of a host (``peers``:
+    the other nodes' addresses and ports, tried from this host)."""
+    parts = [f'echo "{MARK}peers"', *map(_peer_script, peers)]
     if any(d.accelerator == "cuda" for d in deployments):
         parts += [
             f'echo "{MARK}gpus"',
@@ -105,6 +109,11 @@ def script(host: Host, deployments: list[Deployment]) -> str:
     ]
     parts += [_deployment_script(host, d) for d in deployments]
     return "; ".join(parts)
+
+
+def _peer_script(peer: tuple[str, int]) -> str:
+    target = shlex.quote(f"exec 3<>/dev/tcp/{peer[0]}/{peer[1]}")
+    return f"r=$(timeout 3 bash -c {target} 2>&1); echo {shlex.quote(f'{peer[0]}:{peer[1]}')} $? $r"
 
 
 def _deployment_script(host: Host, dep: Deployment) -> str:
@@ -127,6 +136,8 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
             f"test -d {model} && echo dir",
             f'echo "{MARK}config"',
             f"base64 -w0 -- {model}/config.json 2>/dev/null; echo",
+            f'echo "{MARK}files"',
+            f"(cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum) 2>/dev/null",
         ]
     )
 
@@ -150,7 +161,17 @@ def parse(output: str) -> HostProbe:
         listeners=None if "no-ss" in sec else _parse_listeners(sec.get("listen", [])),
         runners=frozenset(line.strip() for line in sec.get("runners", []) if line.strip()),
         deployments={name: _parse_deployment(_sections("\n".join(body))) for name, body in blocks.items()},
+        peers=dict(_parse_peer(line) for line in sec.get("peers", []) if len(line.split()) >= 2),
     )
+
+
+def _parse_peer(line: str) -> tuple[str, str]:
+    peer, code, *said = line.split()
+    text = " ".join(said)
+    verdict = (
+        "open" if code == "0" else "refused" if "refused" in text else "timed out" if code == "124" else ""
+    )
+    return peer, verdict or text.rsplit(": ", 1)[-1] or f"exit code {code}"
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -215,6 +236,7 @@ def _parse_deployment(sec: dict[str, list[str]]) -> DeploymentProbe:
         vllm_version=first("version"),
         model_is_dir=first("model") == "dir",
         model_config=config if isinstance(config, dict) else None,
+        model_files=first("files").split(" ")[0],
     )
 
 
