@@ -80,7 +80,8 @@ def describe(plans: Sequence[TargetPlan]) -> list[str]:
             continue
         where = "; ".join(f"{p.host}: {p.desired.node.describe()}" for p in group if p.desired.node)
         order = "the others first, the head last, gated on the head" if any(p.changed for p in group) else ""
-        lines.append(f"{name} across {head.nnodes} nodes ({where}); backend {head.backend} ({head.why})")
+        backend = f"; backend {head.backend} ({head.why})" if head.why else ""
+        lines.append(f"{name} across {head.nnodes} nodes ({where}){backend}")
         if order:
             lines.append(
                 f"{name}: one revision on every node; started {order}; a failure restores every node"

@@ -65,7 +65,9 @@ def status_rows(loaded: Loaded, targets: list[Target]) -> tuple[list[Row], list[
 def status_row(run: HostRun, t: Target) -> dict[str, Any]:
     f = run.facts.get(t.deployment.name, DeploymentFacts())
     ready: Probe | None = None
-    if f.unit.running:
+    if f.unit.running and t.node is not None and not t.node.serves:  # no API: it serves through the head
+        ready = Probe(True, "node", f"runs; serves through {t.node.head}")
+    elif f.unit.running:
         ep = endpoint(run.host, t.deployment, f.files.get("env", ""))
         with httpx.Client(timeout=5) as client:
             ready = health.probe(client, ep)
@@ -73,6 +75,9 @@ def status_row(run: HostRun, t: Target) -> dict[str, Any]:
         "host": run.name,
         "deployment": t.deployment.name,
         "unit": t.deployment.unit_name,
+        "node": None
+        if t.node is None
+        else {"rank": t.node.rank, "of": t.node.nnodes, "role": t.node.describe()},
         "scope": run.host.scope,
         "state": f.unit.describe(),
         "enabled": f.unit.enabled,
@@ -167,7 +172,10 @@ def scrape(targets: list[Target]) -> list[tuple[Target, metrics.MetricsSummary |
 
 
 def bench_target(loaded: Loaded, targets: list[Target]) -> tuple[Target, int | None, Endpoint]:
-    """The one deployment on one host to load, its revision and endpoint (API key read from the host)."""
+    """The one deployment on one host to load, its revision and endpoint (API key read from the host).
+
+    A multi-node deployment is loaded through its head (the only node that answers the API)."""
+    targets = [t for t in targets if t.node is None or t.node.serves]
     if len(targets) != 1:
         names = ", ".join(f"{t.deployment.name}@{t.host_name}" for t in targets)
         raise ConfigError(

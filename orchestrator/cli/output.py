@@ -60,8 +60,10 @@ def show_plans(
 def show_plan(p: TargetPlan) -> None:
     scope = p.desired.layout.scope
     state = p.facts.unit.describe()
-    rev = p.facts.current_revision
-    header = f"{p.host} · {p.deployment} ({p.desired.unit_name}, {scope}; now {state}, revision {rev or '-'})"
+    rev = f"revision {p.facts.current_revision or '-'}" + (
+        f"; {p.desired.node.describe()}" if p.desired.node else ""
+    )
+    header = f"{p.host} · {p.deployment} ({p.desired.unit_name}, {scope}; now {state}, {rev})"
     out.rule(f"[bold]{escape(header)}[/bold]", align="left")
     for d in p.diffs:
         if d.secret_only:
@@ -108,6 +110,9 @@ def plan_json(p: TargetPlan, checks: list[Check]) -> dict[str, Any]:
         "revision": p.facts.current_revision,
         "changes": [{"type": type(c).__name__, "summary": c.summary()} for c in p.changes],
         "diffs": [{"path": d.path, "diff": d.text, "secret_only": d.secret_only} for d in p.diffs],
+        "node": None
+        if (n := p.desired.node) is None
+        else {"rank": n.rank, "of": n.nnodes, "backend": n.backend},
     }
 
 
@@ -253,9 +258,10 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
         balance = (
             "" if not bal else (f"{'[green]' if bal['balanced'] else '[red]'}{bal['spread_pct']:.1f}%[/]")
         )
+        node = r.get("node")
         table.add_row(
             r["host"],
-            r["deployment"],
+            r["deployment"] + (f"\n{escape(node['role'])}" if node else ""),
             r["state"],
             str(r["revision"] or "-") + (f" ({r['pending']['revision']} pending)" if r["pending"] else ""),
             r["vllm"] or "-",

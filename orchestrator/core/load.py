@@ -64,8 +64,11 @@ class Loaded:
         interfaces = {n.host: hosts[n.host].interface for n in dep.nodes}
         return {r.hosts[r.rank]: r for r in nodes.roles(dep, addresses, interfaces)}
 
-    def select(self, *, limit: Sequence[str] | None = None, deployment: str | None = None) -> list[Target]:
-        """The targets a verb's ``--limit``/``--deployment`` name; an unknown host or no match is an error."""
+    def select(
+        self, *, limit: Sequence[str] | None = None, deployment: str | None = None, whole: bool = False
+    ) -> list[Target]:
+        """The targets a verb's ``--limit``/``--deployment`` name; an unknown host or no match is an error
+        (``whole``: so is a part of a multi-node deployment's nodes, for the verbs that change them)."""
         wanted = set(limit) if limit else None
         unknown = sorted((wanted or set()) - set(self.inventory.hosts))
         if unknown:
@@ -73,7 +76,7 @@ class Loaded:
         targets = self.targets(limit=wanted, deployment=deployment)
         if not targets:
             raise ConfigError("no deployment matches --limit/--deployment", file=str(self.path))
-        for t in targets:
+        for t in targets if whole else ():
             if t.node is not None and not set(t.node.hosts) <= {u.host_name for u in targets}:
                 raise ConfigError(
                     f"--limit takes every node of {t.deployment.name} or none: {', '.join(t.node.hosts)}",
