@@ -220,7 +220,7 @@ def _same(
     if len({v for v in seen.values() if v}) <= 1:
         return Check("nodes", True, "ok", f"the same {what} on every node")
     listed = ", ".join(f"{h} {str(v)[:16] or 'none'}" for h, v in seen.items())
-    return Check("nodes", False, "error", f"{what} differ between the nodes: {listed}")
+    return Check("nodes", False, "error", f"not the same {what} on every node: {listed}")
 
 
 def _reach(run: HostRun, dep: Deployment, probe: HostProbe) -> list[Check]:
