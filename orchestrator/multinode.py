@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from .converge import advance, execute, make_current, restore, unit_state
 from .core import nodes
+from .core.load import Target
 from .core.model import Deployment
 from .errors import GateError, OrchError
 from .facts import UnitState
@@ -68,6 +69,31 @@ def align(plans: list[TargetPlan]) -> list[TargetPlan]:
                 )
             if extra:
                 out[out.index(p)] = replace(p, changes=(*p.changes, *extra))
+    return out
+
+
+def together(plans: list[TargetPlan], targets: Sequence[Target]) -> tuple[list[TargetPlan], list[Result]]:
+    """The plans of the deployments that can go on, and an error for each node of those that cannot."""
+    nodes_of = {t.deployment.name: t.node.hosts for t in targets if t.node}
+    apart = disagreements(plans, nodes_of)
+    failed = [
+        Result(p.host, p.deployment, "error", apart[p.deployment]) for p in plans if p.deployment in apart
+    ]
+    return [p for p in plans if p.deployment not in apart], failed
+
+
+def disagreements(plans: Sequence[TargetPlan], nodes_of: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """Multi-node deployments that cannot go on: a node could not be planned (it failed alone), or the nodes
+    would end on different revisions (a rollback); and why."""
+    out = {}
+    for name, group in groups(plans).items():
+        origins = {p.host: p.desired.origin for p in group if p.desired.present}
+        missing = [h for h in nodes_of.get(name, ()) if h not in {p.host for p in group}]
+        if missing:
+            out[name] = f"{name}: not planned on {', '.join(missing)} (see there); its nodes change together"
+        elif len(set(origins.values())) > 1:
+            said = ", ".join(f"{h}: {o}" for h, o in origins.items())
+            out[name] = f"the nodes of {name} would go to different revisions ({said}); name one with --to"
     return out
 
 

@@ -206,7 +206,11 @@ class Session:
                 continue
             plans += [p for p in outcome if isinstance(p, TargetPlan)]
             self.failed += [r for r in outcome if isinstance(r, Result)]
-        return multinode.align(sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)]))
+        targets = [t for r in self.runs.values() for t in r.targets]
+        ordered = sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)])
+        plans, apart = multinode.together(multinode.align(ordered), targets)
+        self.failed += apart
+        return plans
 
     def host_errors(self) -> list[Result]:
         """A result for each target that failed before any change (its host, or its own planning)."""
@@ -294,6 +298,7 @@ def renderer(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> Callable[
 
 def rendered(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> DesiredOf:
     render_target = renderer(loaded, secrets_of)
+
     def desired_of(run: HostRun, target: Target) -> Desired:
         return render_target(target, multinode.found_version(run, target.deployment) if target.node else "")
 

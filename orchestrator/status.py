@@ -160,9 +160,9 @@ def _revision_row(host: str, dep: str, rev: state.RevisionInfo, st: state.StateF
 
 
 def scrape(targets: list[Target]) -> list[tuple[Target, metrics.MetricsSummary | str]]:
-    """Each target's /metrics summarised, or why it could not be read."""
+    """Each target's /metrics summarised, or why it could not be read (a headless node has none)."""
     results: list[tuple[Target, metrics.MetricsSummary | str]] = []
-    for t in targets:
+    for t in (t for t in targets if t.node is None or t.node.serves):
         url = f"http://{api_address(t.host)}:{t.deployment.port}/metrics"
         try:
             results.append((t, metrics.scrape(url)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,23 @@ def test_a_change_to_one_node_changes_all_of_them(tmp_path: Path) -> None:
     beta = aligned[1].changes
     assert [type(c) for c in beta] == [Restart, RecordRevision]
     assert "alpha restarts: the nodes start together" in beta[0].summary()
+
+
+def test_nodes_that_cannot_go_together_do_not_go_at_all(tmp_path: Path) -> None:
+    loaded = book(tmp_path, CPU)
+    runs = hosts(loaded, alpha=DeploymentFacts(), beta=DeploymentFacts())
+    both = plans(loaded, runs)
+    targets = loaded.targets()
+    assert multinode.together(both, targets) == (both, [])
+    kept, failed = multinode.together(both[:1], targets)  # beta's plan failed on its own
+    assert kept == [] and [(r.host, r.status) for r in failed] == [("alpha", "error")]
+    assert failed[0].message == "mn: not planned on beta (see there); its nodes change together"
+    apart = [both[0], replace(both[1], desired=replace(both[1].desired, origin="rollback to 1"))]
+    kept, failed = multinode.together(apart, targets)
+    assert (
+        kept == []
+        and "would go to different revisions (alpha: apply, beta: rollback to 1)" in failed[1].message
+    )
 
 
 def test_limit_takes_every_node_or_none_for_changing_verbs(tmp_path: Path) -> None:
