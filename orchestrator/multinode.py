@@ -131,9 +131,10 @@ def run_group(
         }
     head, others = group[0], group[1:]
     pending: dict[str, list[int]] = {p.host: [] for p in group}
+    ready_after: dict[str, float | None] = {}
 
     def start(p: TargetPlan) -> UnitState:
-        advance(runs[p.host], p, reporter, gate=gate, pending=pending[p.host])
+        ready_after[p.host] = advance(runs[p.host], p, reporter, gate=gate, pending=pending[p.host]).elapsed_s
         return unit_state(runs[p.host], p)
 
     changing = [p for p in others if p.changed]
@@ -154,7 +155,12 @@ def run_group(
         except Exception as exc:  # the head's failure, whatever it is
             failure = (head.host, as_error(head.host, exc))
     if failure is None:
-        return {(p.host, p.deployment): _commit(runs[p.host], p, pending[p.host], reporter) for p in group}
+        return {
+            (p.host, p.deployment): _commit(
+                runs[p.host], p, pending[p.host], reporter, ready_after.get(p.host)
+            )
+            for p in group
+        }
     return _restore_all(runs, group, failure, pending, reporter, restore_all=restore_all)
 
 
@@ -172,11 +178,13 @@ def _still_running(
     return None
 
 
-def _commit(run: HostRun, p: TargetPlan, pending: list[int], reporter: Reporter) -> Result:
+def _commit(
+    run: HostRun, p: TargetPlan, pending: list[int], reporter: Reporter, elapsed_s: float | None
+) -> Result:
     if pending:
-        return make_current(run, p, pending[0], reporter)
+        return make_current(run, p, pending[0], reporter, elapsed_s=elapsed_s)
     status = "applied" if p.changed else "unchanged"
-    return Result(run.name, p.deployment, status, revision=p.facts.current_revision)
+    return Result(run.name, p.deployment, status, revision=p.facts.current_revision, elapsed_s=elapsed_s)
 
 
 def _restore_all(

@@ -109,7 +109,7 @@ def served_len(site: dict[str, Any], port: int = 8000) -> int:
 
 
 def vllm_processes(site: dict[str, Any], i: int) -> list[str]:
-    listed = sh(site, i, "ps -eo comm=,args= | grep -E '^VLLM::|vllm' | grep -v grep || true")
+    listed = sh(site, i, "ps -eo args= | grep -E '^VLLM::|vllm' | grep -v grep || true")
     return [line for line in listed.splitlines() if line.strip()]
 
 

@@ -299,9 +299,9 @@ def test_the_other_node_starts_first_the_head_is_gated_then_both_are_made_curren
     )
 
     assert order == ["beta", "alpha"] and len(gate.calls) == 1  # the head alone is gated
-    assert [(r.host, r.status, r.revision) for r in results.values()] == [
-        ("alpha", "applied", 1),
-        ("beta", "applied", 1),
+    assert [(r.host, r.status, r.revision, r.elapsed_s) for r in results.values()] == [
+        ("alpha", "applied", 1, 4.0),  # the head's readiness gate
+        ("beta", "applied", 1, None),
     ]
     for name in runs:
         assert fake(runs, name).labels[-1] == "make revision 1 current in /var/lib/orch/mn"
