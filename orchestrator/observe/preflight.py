@@ -112,8 +112,11 @@ def script(host: Host, deployments: list[Deployment], *, peers: tuple[tuple[str,
 
 
 def _peer_script(peer: tuple[str, int]) -> str:
-    target = shlex.quote(f"exec 3<>/dev/tcp/{peer[0]}/{peer[1]}")
-    return f"r=$(timeout 3 bash -c {target} 2>&1); echo {shlex.quote(f'{peer[0]}:{peer[1]}')} $? $r"
+    """A TCP connect to another node (bash's /dev/tcp; the address travels as an argument, never as code)."""
+    name, address = shlex.quote(f"{peer[0]}:{peer[1]}"), shlex.quote(peer[0])
+    try_it = f"""timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ {address} {int(peer[1])} 2>&1"""
+    tried = f'r=$({try_it}); echo {name} $? "$r"'
+    return f"if command -v bash >/dev/null; then {tried}; else echo {name} 127 no bash; fi"
 
 
 def _deployment_script(host: Host, dep: Deployment) -> str:
@@ -171,6 +174,7 @@ def _parse_peer(line: str) -> tuple[str, str]:
     verdict = (
         "open" if code == "0" else "refused" if "refused" in text else "timed out" if code == "124" else ""
     )
+    verdict = "not tried (no bash on the host)" if text == "no bash" else verdict
     return peer, verdict or text.rsplit(": ", 1)[-1] or f"exit code {code}"
 
 

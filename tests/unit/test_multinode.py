@@ -220,6 +220,7 @@ def test_preflight_reads_the_way_to_the_other_nodes() -> None:
             "10.0.0.3:29501 124",
             "10.0.0.4:29501 0",
             "10.0.0.5:29501 1 bash: connect: No route to host",
+            "10.0.0.6:29501 127 no bash",
         ]
     ).replace("@@orch ", preflight.MARK)
     assert preflight.parse(out).peers == {
@@ -227,6 +228,7 @@ def test_preflight_reads_the_way_to_the_other_nodes() -> None:
         "10.0.0.3:29501": "timed out",
         "10.0.0.4:29501": "open",
         "10.0.0.5:29501": "No route to host",
+        "10.0.0.6:29501": "not tried (no bash on the host)",
     }
 
 
