@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from .scalars import Int, Strict, Text
+from .scalars import ENV_NAME, Int, Strict, Text
 
 if TYPE_CHECKING:
     from .model import Deployment
@@ -51,6 +51,14 @@ CLI_SHIM = (
     "from vllm.entrypoints.cli.main import main; main()"
 )
 _IFNAME = r"^[A-Za-z0-9_.:-]{1,15}$"
+# Environment orch sets on each node: a node's env: may not set it.
+NODE_ENV = (
+    "VLLM_HOST_IP",
+    "GLOO_SOCKET_IFNAME",
+    "NCCL_SOCKET_IFNAME",
+    "CUDA_VISIBLE_DEVICES",
+    "VLLM_API_KEY",
+)
 
 
 class Node(Strict):
@@ -61,6 +69,16 @@ class Node(Strict):
     # This node's address on the network between the nodes (VLLM_HOST_IP; the head's is --master-addr):
     # the inventory's address unless given.
     address: Text | None = None
+    # Added to (and over) the deployment's env on this node only, e.g. its own CPU binding.
+    env: dict[Text, Text] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not ENV_NAME.fullmatch(key) or key in NODE_ENV:
+                raise ValueError(f"{key!r}: not a variable a node's env may set")
+        return value
 
     @field_validator("address")
     @classmethod
@@ -88,6 +106,7 @@ class NodeRole:
     addresses: tuple[str, ...]  # every node's address between the nodes, head first
     gpus: tuple[int, ...]
     interface: str | None
+    env: tuple[tuple[str, str], ...]  # the node's own env: (over the deployment's)
     backend: Backend
     master_port: int
     ray_port: int
@@ -131,6 +150,7 @@ def roles(dep: Deployment, addresses: dict[str, str], interfaces: dict[str, str 
             own,
             n.gpus,
             interfaces.get(n.host),
+            tuple(sorted(n.env.items())),
             dep.backend,
             dep.master_port,
             dep.ray_port,

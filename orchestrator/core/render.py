@@ -178,7 +178,7 @@ def environment(
         items.append(("CUDA_DEVICE_ORDER", "PCI_BUS_ID"))
         items.append(("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in (node.gpus if node else dep.gpus))))
     items.extend(nodes.environment(node) if node else [])
-    items.extend(sorted(dep.env.items()))
+    items.extend(sorted({**dep.env, **dict(node.env if node else ())}.items()))
     items.extend(sorted(secrets.items()))
     return items
 

@@ -141,6 +141,20 @@ def test_each_node_sees_its_own_gpus_and_address(tmp_path: Path) -> None:
     assert nodes.peers(r["alpha"]) == [("10.9.0.2", 29501)]
 
 
+def test_a_node_env_adds_to_and_overrides_the_deployments(tmp_path: Path) -> None:
+    body = CPU.replace("{host: beta}", "{host: beta, env: {VLLM_CPU_OMP_THREADS_BIND: '1', B: b}}")
+    loaded = book(tmp_path, body + "  env: {VLLM_CPU_OMP_THREADS_BIND: '0', A: a}\n")
+    dep, r = loaded.playbook.deployments[0], roles(loaded)
+    assert render.environment(dep, {}, r["alpha"])[-2:] == [("A", "a"), ("VLLM_CPU_OMP_THREADS_BIND", "0")]
+    assert render.environment(dep, {}, r["beta"])[-3:] == [
+        ("A", "a"),
+        ("B", "b"),
+        ("VLLM_CPU_OMP_THREADS_BIND", "1"),
+    ]
+    with pytest.raises(ConfigError, match="'VLLM_HOST_IP': not a variable a node's env may set"):
+        book(tmp_path, CPU.replace("{host: beta}", "{host: beta, env: {VLLM_HOST_IP: x}}"))
+
+
 def test_ray_starts_a_cluster_and_vllm_on_the_head_only(tmp_path: Path) -> None:
     loaded = book(tmp_path, CUDA + "  backend: ray\n  ray_port: 6400\n")
     dep, r = loaded.playbook.deployments[0], roles(loaded)
