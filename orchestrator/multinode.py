@@ -170,11 +170,15 @@ def _still_running(
     """The first other node whose process died or restarted while the head started, if any."""
     for p, before in zip(others, started, strict=True):
         now = unit_state(runs[p.host], p)
-        if isinstance(before, UnitState) and (
-            not now.running or now.n_restarts != before.n_restarts or now.main_pid != before.main_pid
-        ):
-            message = f"{p.deployment}: {p.host} stopped while the head started (unit {now.describe()})"
-            return p.host, GateError(p.host, message)
+        if not isinstance(before, UnitState):
+            continue
+        if not now.running:
+            what = f"stopped (unit {now.describe()})"
+        elif now.n_restarts != before.n_restarts or now.main_pid != before.main_pid:
+            what = f"restarted (main PID {before.main_pid} → {now.main_pid}, restarts {now.n_restarts})"
+        else:
+            continue
+        return p.host, GateError(p.host, f"{p.deployment}: {p.host} {what} while the head started")
     return None
 
 

@@ -16,7 +16,7 @@ from orchestrator import multinode, session
 from orchestrator.core import nodes, render
 from orchestrator.core.load import Loaded, load
 from orchestrator.errors import ConfigError
-from orchestrator.facts import DeploymentFacts
+from orchestrator.facts import DeploymentFacts, UnitState
 from orchestrator.host.commands import Command
 from orchestrator.hostrun import HostRun, QuietReporter
 from orchestrator.observe import preflight
@@ -324,7 +324,24 @@ def test_the_other_node_starts_first_the_head_is_gated_then_both_are_made_curren
     assert fake(runs, "beta").labels.count("state of orch-mn.service") == 2  # after its start, after the gate
 
 
-def test_a_failed_head_gate_puts_every_node_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+RESTARTED = replace(RUNNING, main_pid=5151, n_restarts=1)
+
+
+@pytest.mark.parametrize(
+    ("head_ready", "beta_after", "said"),
+    [
+        (False, RUNNING, "beta: mn: failed on alpha: mn: /health answered 500"),
+        (
+            True,
+            RESTARTED,
+            "beta: mn: beta restarted (main PID 4242 → 5151, restarts 1) while the head started",
+        ),
+    ],
+    ids=["the head's gate fails", "the other node restarts while the head starts"],
+)
+def test_a_failure_on_either_node_puts_every_node_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head_ready: bool, beta_after: UnitState, said: str
+) -> None:
     old = book(tmp_path, CPU + "  max_model_len: 512\n", name="old.yml")
     before = {
         p.host: p.desired for p in plans(old, hosts(old, alpha=DeploymentFacts(), beta=DeploymentFacts()))
@@ -343,9 +360,10 @@ def test_a_failed_head_gate_puts_every_node_back(tmp_path: Path, monkeypatch: py
         )
         fake(runs, p.host).on("gather facts", ok(facts_output({"mn": live})))
         fake(runs, p.host).on("record pending", ok("4\n")).on("restart", ok(restart_output(RUNNING)))
-        fake(runs, p.host).on("state of", ok(show(RUNNING)))
+        fake(runs, p.host).on("state of", ok(show(RUNNING)), times=1)
+        fake(runs, p.host).on("state of", ok(show(beta_after)))
         fake(runs, p.host).on("read revision 3", ok(revision_text(files_of(want), manifest_of(want))))
-    gates(monkeypatch, False, True, host=fake(runs, "alpha"))  # the new revision fails; the old one serves
+    gates(monkeypatch, head_ready, True, host=fake(runs, "alpha"))  # the old revision serves again
 
     results = multinode.run_group(runs, group, QuietReporter(), gate=True, restore_all=True)
 
@@ -353,7 +371,7 @@ def test_a_failed_head_gate_puts_every_node_back(tmp_path: Path, monkeypatch: py
         "alpha": ("rolled-back", 3),
         "beta": ("rolled-back", 3),
     }
-    assert results[("beta", "mn")].message.startswith("beta: mn: failed on alpha: mn: /health answered 500")
+    assert results[("beta", "mn")].message.startswith(said)
     for name, want in before.items():
         sent = fake(runs, name).sent
         assert sent[-1].label == "mark revision 4 failed in /var/lib/orch/mn"
