@@ -83,10 +83,10 @@ def bench(d: Path, pb: Path, shape: str, n: int) -> dict[str, float]:
     orch("bench", pb, "-d", shape, *BENCH, "--save", saved)
     data = json.loads(saved.read_text())
     return {
-        "req_s": data["request_throughput"],
-        "out_tok_s": data["output_throughput"],
-        "ttft_ms": data["ttft"]["median"],
-        "tpot_ms": data["tpot"]["median"],
+        "requests/s": data["request_throughput"],
+        "output tok/s": data["output_throughput"],
+        "TTFT median ms": data["ttft"]["median"],
+        "TPOT median ms": data["tpot"]["median"],
         "failed": data["failed"],
     }
 
@@ -96,12 +96,12 @@ def measure(d: Path, shape: str) -> dict[str, float]:
     warm_s, warm = orch("apply", "-y", playbook(d, shape, 1))
     runs = [bench(d, playbook(d, shape, 1), shape, n) for n in (1, 2)]
     orch("destroy", "-y", playbook(d, shape, 1))
-    best = max(runs, key=lambda r: r["req_s"])
+    best = max(runs, key=lambda r: r["requests/s"])
     return {
-        "first apply": first_s,
-        "first ready": ready_after(first),
-        "warm apply": warm_s,
-        "warm ready": ready_after(warm),
+        "first apply s": first_s,
+        "first ready s": ready_after(first),
+        "warm apply s": warm_s,
+        "warm ready s": ready_after(warm),
         **best,
         "failed": sum(r["failed"] for r in runs),
     }
