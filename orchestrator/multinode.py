@@ -119,12 +119,7 @@ def run_group(
     runs: Mapping[str, HostRun], group: list[TargetPlan], reporter: Reporter, *, gate: bool, restore_all: bool
 ) -> dict[Key, Result]:
     """One multi-node deployment's plans carried out together; a result for each node."""
-    if not any(p.changed for p in group):
-        return {
-            (p.host, p.deployment): execute(runs[p.host], p, reporter, gate=gate, restore=False)
-            for p in group
-        }
-    if not group[0].desired.present:  # destroy: the head (the API) first
+    if not any(p.changed for p in group) or not group[0].desired.present:  # nothing, or destroy: head first
         return {
             (p.host, p.deployment): execute(runs[p.host], p, reporter, gate=gate, restore=False)
             for p in group

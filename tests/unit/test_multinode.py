@@ -20,7 +20,7 @@ from orchestrator.facts import DeploymentFacts, UnitState
 from orchestrator.host.commands import Command
 from orchestrator.hostrun import HostRun, QuietReporter
 from orchestrator.observe import preflight
-from orchestrator.plan import RecordRevision, Restart, TargetPlan
+from orchestrator.plan import RecordRevision, Restart, TargetPlan, plan_target
 from orchestrator.transport.base import Result
 from orchestrator.transport.fake import FakeTransport
 
@@ -285,6 +285,16 @@ def plans(loaded: Loaded, runs: dict[str, HostRun]) -> list[TargetPlan]:
     )
 
 
+def noting(seen: list[str], name: str, result: Result) -> Callable[[Command], Result]:
+    """An answer that notes, in ``seen``, which host was asked."""
+
+    def answer(command: Command) -> Result:
+        seen.append(name)
+        return result
+
+    return answer
+
+
 def fake(runs: dict[str, HostRun], name: str) -> FakeTransport:
     transport = runs[name].transport
     assert isinstance(transport, FakeTransport)
@@ -297,16 +307,10 @@ def test_the_other_node_starts_first_the_head_is_gated_then_both_are_made_curren
     loaded = book(tmp_path, CPU)
     runs = hosts(loaded, alpha=DeploymentFacts(), beta=DeploymentFacts())
     order: list[str] = []
-
-    def restarted(name: str) -> Callable[[Command], Result]:
-        def answer(command: Command) -> Result:
-            order.append(name)
-            return ok(restart_output(RUNNING))
-
-        return answer
-
     for name in runs:
-        fake(runs, name).on("record pending", ok("1\n")).on("restart", restarted(name))
+        fake(runs, name).on("record pending", ok("1\n")).on(
+            "restart", noting(order, name, ok(restart_output(RUNNING)))
+        )
         fake(runs, name).on("state of", ok(show(RUNNING)))
     gate = gates(monkeypatch, True, host=fake(runs, "alpha"))
 
@@ -322,6 +326,33 @@ def test_the_other_node_starts_first_the_head_is_gated_then_both_are_made_curren
     for name in runs:
         assert fake(runs, name).labels[-1] == "make revision 1 current in /var/lib/orch/mn"
     assert fake(runs, "beta").labels.count("state of orch-mn.service") == 2  # after its start, after the gate
+
+
+def test_destroy_stops_the_head_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = book(tmp_path, CPU)
+    runs = hosts(loaded, alpha=DeploymentFacts(), beta=DeploymentFacts())
+    serving = {p.host: holding(p.desired, current_revision=1) for p in plans(loaded, runs)}
+    for name, f in serving.items():
+        runs[name].facts = {"mn": f}
+    stopped: list[str] = []
+    for name in runs:
+        fake(runs, name).on("stop orch-mn", noting(stopped, name, ok()))
+    gates(monkeypatch)
+    gone = [
+        plan_target(
+            host=t.host_name,
+            deployment="mn",
+            desired=render.absent(t.deployment, t.host, t.node),
+            facts=serving[t.host_name],
+        )
+        for t in loaded.targets()
+    ]
+
+    results = multinode.run_group(
+        runs, multinode.groups(gone)["mn"], QuietReporter(), gate=True, restore_all=True
+    )
+
+    assert stopped == ["alpha", "beta"] and {r.status for r in results.values()} == {"applied"}
 
 
 RESTARTED = replace(RUNNING, main_pid=5151, n_restarts=1)
