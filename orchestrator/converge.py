@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from . import facts, failpoints
 from .apply import Applied, command_for, run_changes
-from .core import render, secrets
+from .core import nodes, render, secrets
 from .core.layout import Layout
 from .core.load import Target
 from .core.masking import Masker
@@ -54,10 +54,25 @@ def execute(run: HostRun, p: TargetPlan, reporter: Reporter, *, gate: bool, rest
         return Result(run.name, dep.name, "failed", str(as_error(run.name, exc)))
 
 
+def advance(run: HostRun, p: TargetPlan, reporter: Reporter, *, gate: bool, pending: list[int]) -> Result:
+    """A target's changes and gate, its revision left pending (``pending`` gets its number): the nodes of a
+    multi-node deployment are made current together, once every node has come through."""
+    return _converge(
+        run, deployment(run, p.deployment), p, reporter, gate=gate, pending=pending, commit=False
+    )
+
+
 def _converge(
-    run: HostRun, dep: Deployment, p: TargetPlan, reporter: Reporter, *, gate: bool, pending: list[int]
+    run: HostRun,
+    dep: Deployment,
+    p: TargetPlan,
+    reporter: Reporter,
+    *,
+    gate: bool,
+    pending: list[int],
+    commit: bool = True,
 ) -> Result:
-    sudo, state_dir = run.host.sudo, p.desired.layout.state_dir
+    sudo = run.host.sudo
     run.check_lock()
     for change in p.changes:  # the records come first: nothing live changes before they are written
         if isinstance(change, Abandon | RecordRevision):
@@ -89,19 +104,39 @@ def _converge(
     timeline = None
     if gate and not dep.readiness.enabled and applied.restarted:
         reporter.event(run.name, dep.name, "readiness gate disabled (readiness.enabled: false)")
-    if gate and dep.readiness.enabled and p.desired.present and applied.restarted:
+    node = p.desired.node
+    if node is not None and not node.serves:  # a headless node: the head's gate speaks for it
+        if p.desired.present and applied.restarted:
+            reporter.event(run.name, dep.name, f"started: {node.describe()}")
+    elif gate and dep.readiness.enabled and p.desired.present and applied.restarted:
         timeline = _gate(run, dep, p.desired, applied, reporter)
+    if not commit:
+        return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, timeline=timeline)
     failpoints.reach("before-commit")
     if not pending:
         return Result(run.name, dep.name, "applied", revision=p.facts.current_revision, timeline=timeline)
+    return make_current(run, p, pending[0], reporter, timeline=timeline)
+
+
+def make_current(
+    run: HostRun, p: TargetPlan, number: int, reporter: Reporter, *, timeline: Timeline | None = None
+) -> Result:
+    """Make the pending revision ``number`` current, once it serves."""
     try:
         run.check_lock()
-        run.run(state.commit(state_dir, pending[0], sudo=sudo))
+        run.run(state.commit(p.desired.layout.state_dir, number, sudo=run.host.sudo))
     except OrchError as exc:
-        message = f"revision {pending[0]} serves but could not be made current ({exc}); apply again"
-        return Result(run.name, dep.name, "failed", message, timeline=timeline)
-    reporter.event(run.name, dep.name, f"revision {pending[0]} is current")
-    return Result(run.name, dep.name, "applied", revision=pending[0], timeline=timeline)
+        message = f"revision {number} serves but could not be made current ({exc}); apply again"
+        return Result(run.name, p.deployment, "failed", message, timeline=timeline)
+    reporter.event(run.name, p.deployment, f"revision {number} is current")
+    return Result(run.name, p.deployment, "applied", revision=number, timeline=timeline)
+
+
+def unit_state(run: HostRun, p: TargetPlan) -> UnitState:
+    """The target's unit as its runner reports it now."""
+    runner = runners.of(p.desired.layout)
+    command = commands.unit_state(runner, p.desired.unit_name, sudo=run.host.sudo)
+    return facts.parse_unit_state(run.run(command, timeout=30), runner)
 
 
 def _before(run: HostRun, ran: list[Change]) -> Callable[[Change], None]:
@@ -174,6 +209,13 @@ def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, rep
     return timeline
 
 
+def restore(
+    run: HostRun, failed: TargetPlan, cause: GateError, reporter: Reporter, *, pending: int | None
+) -> Result:
+    """Return one target to what ran before this verb (a node whose deployment failed on another node)."""
+    return _restore(run, deployment(run, failed.deployment), failed, cause, reporter, pending=pending)
+
+
 def _restore(
     run: HostRun,
     dep: Deployment,
@@ -186,6 +228,7 @@ def _restore(
     """Return to what ran before this verb; mark the failed revision as never current."""
     good = failed.facts.current_revision
     target = next(t for t in run.targets if t.deployment.name == dep.name)
+    node = failed.desired.node
     # Unrecorded files are put back only when they made a whole deployment (unit and env file); a lone
     # unit could not run without its env file, and this verb has replaced it either way.
     before = dict(failed.facts.files) if len(failed.facts.files) == 2 else None
@@ -203,9 +246,11 @@ def _restore(
             desired = revision_desired(run, target, good, origin=f"restore of {good}")
         elif before:
             keys = failed.desired.secret_keys
-            desired = render.from_revision(dep, run.host, before, secret_keys=keys, origin="restore")
+            desired = render.from_revision(
+                dep, run.host, before, secret_keys=keys, origin="restore", node=node
+            )
         else:
-            desired = render.absent(dep, run.host)
+            desired = render.absent(dep, run.host, node)
         fresh = replace(gather_host(run)[0][dep.name], pending=None)
         p = plan_target(host=run.name, deployment=dep.name, desired=desired, facts=fresh)
         # A restore returns to what was; it records nothing (the failed revision is still pending).
@@ -241,7 +286,8 @@ def gather_host(
     """One round trip: the deployments' facts, and optionally what preflight judges."""
     command = facts.gather([fact_query(run.host, t.deployment) for t in run.targets], sudo=run.host.sudo)
     if with_preflight:
-        extra = preflight.script(run.host, [t.deployment for t in run.targets])
+        peers = tuple(dict.fromkeys(p for t in run.targets if t.node for p in nodes.peers(t.node)))
+        extra = preflight.script(run.host, [t.deployment for t in run.targets], peers=peers)
         script = f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}"
         command = replace(command, script=script, label="gather facts and preflight probes")
     head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
@@ -282,4 +328,4 @@ def revision_desired(run: HostRun, target: Target, number: int, *, origin: str) 
             raise RevisionError(
                 f"{run.name}: {name} revision {number} is damaged: {what} does not match its checksum"
             )
-    return render.from_revision(target.deployment, run.host, contents, origin=origin)
+    return render.from_revision(target.deployment, run.host, contents, origin=origin, node=target.node)

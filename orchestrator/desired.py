@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .core import render
+from .core import nodes, render
 from .core.load import Loaded, Target
 from .core.model import Templates
 from .core.render import Desired, TemplateSources, UploadSpec
@@ -18,8 +18,12 @@ from .core.sources import templates_for
 
 def renderer(
     loaded: Loaded, secrets_of: dict[str, dict[str, str]], *, checksums: bool = True
-) -> Callable[[Target], Desired]:
-    """Render a target's files; ``checksums=False`` leaves out a local model's upload (and its reads)."""
+) -> Callable[[Target, str], Desired]:
+    """Render a target's files; ``checksums=False`` leaves out a local model's upload (and its reads).
+
+    The renderer takes the vLLM version found on the target's host ("" when not known), which decides
+    a multi-node deployment's backend when it says ``auto``.
+    """
     by_choice: dict[Templates, TemplateSources] = {}
     for d in loaded.playbook.deployments:
         if d.templates not in by_choice:
@@ -27,7 +31,7 @@ def renderer(
     sources = {d.name: by_choice[d.templates] for d in loaded.playbook.deployments}
     uploads = _uploads(loaded) if checksums else {}
 
-    def render_target(target: Target) -> Desired:
+    def render_target(target: Target, version: str = "") -> Desired:
         dep = target.deployment
         return render.render(
             dep,
@@ -35,6 +39,7 @@ def renderer(
             secrets=secrets_of[dep.name],
             templates=sources[dep.name],
             upload=uploads.get(dep.name),
+            node=nodes.resolved(target.node, version) if target.node else None,
         )
 
     return render_target

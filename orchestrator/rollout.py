@@ -2,7 +2,8 @@
 router told before a replica stops and after it serves again.
 
     wave k = the k-th batch of every deployment's changing targets (one batch of all of them unless
-             ``rollout.batch`` says otherwise); a router deployment comes after every wave of its fleet
+             ``rollout.batch`` says otherwise); a router deployment comes after every wave of its fleet;
+             the nodes of a multi-node deployment are one replica: one batch, carried out by multinode.py
     in a wave: hosts in parallel, a host's targets in order; per target:
              router: take the replica out, drain it → converge.execute → router: put it back once it serves
     after a wave: a deployment with more failed targets than ``rollout.max_failed`` stops; the targets it
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from . import multinode
 from .converge import api_address, execute
 from .core.fleet import worker_url
 from .core.model import Deployment, Host
@@ -24,7 +26,7 @@ from .errors import AnswerError
 from .hostrun import HostRun, Reporter, Result, as_error, parallel
 from .observe.router import Router, drain
 from .plan import Restart, Stop, TargetPlan
-from .waves import Key, batch_of, fleet_of, waves
+from .waves import Key, batch_of, fleet_of, groups, waves
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,11 @@ def run(
                 )
             else:
                 todo.append(p)
-        done.update(_wave(runs, todo, fence_of, reporter, gate=gate, restore=restore))
+        grouped = groups(todo)
+        alone = [p for p in todo if p.deployment not in grouped]
+        done.update(_wave(runs, alone, fence_of, reporter, gate=gate, restore=restore))
+        for group in grouped.values():
+            done.update(multinode.run_group(runs, group, reporter, gate=gate, restore_all=restore))
         for p in todo:
             failed[p.deployment] = failed.get(p.deployment, 0) + (not done[(p.host, p.deployment)].ok)
         for name in dict.fromkeys(p.deployment for p in todo):

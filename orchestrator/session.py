@@ -15,8 +15,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import __version__, failpoints, rollout
+from . import __version__, failpoints, multinode, rollout
 from .converge import api_address, deployment, endpoint, gather_host, journal_tail, revision_desired
+from .core import nodes
 from .core.layout import Layout
 from .core.load import Loaded, Target
 from .core.masking import env_secrets
@@ -192,15 +193,23 @@ class Session:
 
     def preflight(self, *, reap: bool = False) -> dict[tuple[str, str], list[Check]]:
         """Preflight verdicts per (host, deployment), from what ``gather`` read (``reap``: the verb ends
-        each deployment's leftover processes before it starts it)."""
-        return {
+        each deployment's leftover processes before it starts it); a multi-node deployment's nodes are
+        also checked against each other."""
+        out = {
             (run.name, t.deployment.name): preflight.checks(
-                t.deployment, run.probe, host=run.host, peers=[p.deployment for p in run.targets], reap=reap
+                nodes.view(t.deployment, t.node),
+                run.probe,
+                host=run.host,
+                peers=[nodes.view(p.deployment, p.node) for p in run.targets],
+                reap=reap,
             )
             for run in self.live()
             if run.probe is not None
             for t in run.targets
         }
+        for key, more in multinode.checks(self.runs, self.loaded.playbook.deployments).items():
+            out[key] = [*out.get(key, []), *more]
+        return out
 
     def plans(self, desired_of: DesiredOf, *, meta: dict[str, Any], reap: bool = False) -> list[TargetPlan]:
         """A plan per target, in the targets' order; a target that cannot be planned fails on its own.
@@ -230,7 +239,11 @@ class Session:
                 continue
             plans += [p for p in outcome if isinstance(p, TargetPlan)]
             self.failed += [r for r in outcome if isinstance(r, Result)]
-        return sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)])
+        targets = [t for r in self.runs.values() for t in r.targets]
+        ordered = sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)])
+        plans, apart = multinode.together(multinode.align(ordered), targets)
+        self.failed += apart
+        return plans
 
     def host_errors(self) -> list[Result]:
         """A result for each target that failed before any change (its host, or its own planning)."""
@@ -298,7 +311,11 @@ def hub_listing(run: HostRun, desired: Desired, known: DeploymentFacts) -> hub.L
 
 def rendered(loaded: Loaded, secrets_of: dict[str, dict[str, str]]) -> DesiredOf:
     render_target = renderer(loaded, secrets_of)
-    return lambda run, target: render_target(target)
+
+    def desired_of(run: HostRun, target: Target) -> Desired:
+        return render_target(target, multinode.found_version(run, target.deployment) if target.node else "")
+
+    return desired_of
 
 
 def manifest_meta(loaded: Loaded, **extra: Any) -> dict[str, Any]:

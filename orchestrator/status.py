@@ -73,7 +73,9 @@ def status_rows(
 def status_row(run: HostRun, t: Target, *, trace: Trace | None = None) -> dict[str, Any]:
     f = run.facts.get(t.deployment.name, DeploymentFacts())
     ready: Probe | None = None
-    if f.unit.running:
+    if f.unit.running and t.node is not None and not t.node.serves:  # no API: it serves through the head
+        ready = Probe(True, "node", f"runs; serves through {t.node.head}")
+    elif f.unit.running:
         ep = endpoint(run.host, t.deployment, parse_env(f.files.get("env", "")))
         start = time.monotonic()
         with httpx.Client(timeout=5) as client:
@@ -85,6 +87,9 @@ def status_row(run: HostRun, t: Target, *, trace: Trace | None = None) -> dict[s
         "host": run.name,
         "deployment": t.deployment.name,
         "unit": t.deployment.unit_name,
+        "node": None
+        if t.node is None
+        else {"rank": t.node.rank, "of": t.node.nnodes, "role": t.node.describe()},
         "scope": run.host.scope,
         "state": f.unit.describe(),
         "enabled": f.unit.enabled,
@@ -180,9 +185,9 @@ def _revision_row(host: str, dep: str, rev: state.RevisionInfo, st: state.StateF
 def scrape(
     targets: list[Target], *, trace: Trace | None = None
 ) -> list[tuple[Target, metrics.MetricsSummary | str]]:
-    """Each target's /metrics summarised, or why it could not be read."""
+    """Each target's /metrics summarised, or why it could not be read (a headless node has none)."""
     results: list[tuple[Target, metrics.MetricsSummary | str]] = []
-    for t in targets:
+    for t in (t for t in targets if t.node is None or t.node.serves):
         url = f"http://{api_address(t.host)}:{t.deployment.port}/metrics"
         start = time.monotonic()
         try:
@@ -198,7 +203,10 @@ def scrape(
 def bench_target(
     loaded: Loaded, targets: list[Target], *, trace: Trace | None = None
 ) -> tuple[Target, int | None, Endpoint]:
-    """The one deployment on one host to load, its revision and endpoint (API key read from the host)."""
+    """The one deployment on one host to load, its revision and endpoint (API key read from the host).
+
+    A multi-node deployment is loaded through its head (the only node that answers the API)."""
+    targets = [t for t in targets if t.node is None or t.node.serves]
     if len(targets) != 1:
         names = ", ".join(f"{t.deployment.name}@{t.host_name}" for t in targets)
         raise ConfigError(

@@ -1,5 +1,6 @@
 """The order of a rollout, from plans alone (pure): a deployment's changing hosts in batches, a router
-after its fleet. ``rollout.py`` carries it out; ``plan`` (offline too) prints it.
+after its fleet, a multi-node deployment's nodes as one group. ``rollout.py`` carries it out; ``plan``
+(offline too) prints it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def batch_of(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment])
     routers = fleet_of(deployments)
     for name, hosts in changing.items():
         if name not in routers:
-            for k, batch in enumerate(deployments[name].rollout.batches(hosts)):
+            dep = deployments[name]  # a multi-node deployment's nodes go together (multinode.py)
+            for k, batch in enumerate([hosts] if dep.nodes else dep.rollout.batches(hosts)):
                 out.update({(h, name): k for h in batch})
     for name, hosts in changing.items():
         if name in routers:
@@ -46,12 +48,13 @@ def waves(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment]) ->
 
 
 def describe(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment]) -> list[str]:
-    """What a rollout will do: a line per deployment taken in more than one batch or behind a router."""
+    """What a rollout will do: a line per deployment taken in more than one batch or behind a router, and
+    what happens to each multi-node deployment."""
     lines = []
     for name, dep in deployments.items():
         hosts = [p.host for p in plans if p.deployment == name and p.changed]
         batches = dep.rollout.batches(hosts) if hosts else []
-        if len(batches) < 2 and dep.router is None:
+        if (len(batches) < 2 and dep.router is None) or dep.nodes:  # nodes: describe_nodes
             continue
         order = " → ".join(f"[{', '.join(b)}]" for b in batches) or "nothing to change"
         stop = f"stops after {dep.rollout.allowed_failures(len(hosts)) + 1} failed host(s)"
@@ -61,4 +64,33 @@ def describe(plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment])
         lines.append(
             f"rollout of {name}: {len(batches)} batch(es) {order}, each gated before the next, {stop}{front}"
         )
+    return lines + describe_nodes(plans)
+
+
+def groups(plans: Sequence[TargetPlan]) -> dict[str, list[TargetPlan]]:
+    """Each multi-node deployment's plans, head first."""
+    out: dict[str, list[TargetPlan]] = {}
+    for p in plans:
+        if p.desired.node is not None:
+            out.setdefault(p.deployment, []).append(p)
+    return {
+        name: sorted(g, key=lambda p: p.desired.node.rank if p.desired.node else 0) for name, g in out.items()
+    }
+
+
+def describe_nodes(plans: Sequence[TargetPlan]) -> list[str]:
+    """What a plan does with each multi-node deployment: where each rank runs, and the backend and why."""
+    lines = []
+    for name, group in groups(plans).items():
+        head = group[0].desired.node
+        if head is None or not group[0].desired.present:
+            continue
+        where = "; ".join(f"{p.host}: {p.desired.node.describe()}" for p in group if p.desired.node)
+        order = "the others first, the head last, gated on the head" if any(p.changed for p in group) else ""
+        backend = f"; backend {head.backend} ({head.why})" if head.why else ""
+        lines.append(f"{name} across {head.nnodes} nodes ({where}){backend}")
+        if order:
+            lines.append(
+                f"{name}: one revision on every node; started {order}; a failure restores every node"
+            )
     return lines

@@ -119,7 +119,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     loaded = loaded_of(args)
 
     def absent(run: HostRun, t: Target) -> render.Desired:
-        return render.absent(t.deployment, t.host)
+        return render.absent(t.deployment, t.host, t.node)
 
     args.no_rollback, args.force = True, False
     return _converge(args, loaded, absent, verb="destroy")

@@ -20,8 +20,15 @@ def loaded_of(args: argparse.Namespace) -> Loaded:
     return load(args.playbook, inventory_override=args.inventory)
 
 
+CHANGING = ("plan", "apply", "rollback", "destroy")
+
+
 def targets_of(loaded: Loaded, args: argparse.Namespace) -> list[Target]:
-    return loaded.select(limit=getattr(args, "limit", None), deployment=getattr(args, "deployment", None))
+    return loaded.select(
+        limit=getattr(args, "limit", None),
+        deployment=getattr(args, "deployment", None),
+        whole=getattr(args, "verb", None) in CHANGING,
+    )
 
 
 def secrets_of(loaded: Loaded) -> dict[str, dict[str, str]]:

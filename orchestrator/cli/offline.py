@@ -22,7 +22,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     render_target = renderer(loaded, placeholders(loaded), checksums=False)
     targets = loaded.targets()
     for t in targets:
-        render_target(t)
+        render_target(t, "")
     n_dep, n_hosts = len(loaded.playbook.deployments), len({t.host_name for t in targets})
     if args.json:
         print(json.dumps({"valid": True, "deployments": n_dep, "hosts": n_hosts}, indent=2))
@@ -46,7 +46,7 @@ def cmd_plan_offline(args: argparse.Namespace) -> int:
         plan_target(
             host=t.host_name,
             deployment=t.deployment.name,
-            desired=render_target(t),
+            desired=render_target(t, ""),
             facts=facts.DeploymentFacts(),
         )
         for t in targets_of(loaded, args)

@@ -217,9 +217,10 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
         balance = (
             "" if not bal else (f"{'[green]' if bal['balanced'] else '[red]'}{bal['spread_pct']:.1f}%[/]")
         )
+        node = r.get("node")
         table.add_row(
             r["host"],
-            r["deployment"],
+            r["deployment"] + (f"\n{escape(node['role'])}" if node else ""),
             r["state"],
             str(r["revision"] or "-") + (f" ({r['pending']['revision']} pending)" if r["pending"] else ""),
             r["vllm"] or "-",

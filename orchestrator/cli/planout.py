@@ -68,10 +68,11 @@ def show_rollout(plans: list[TargetPlan], deployments: Sequence[Deployment]) -> 
 
 def plan_lines(p: TargetPlan) -> list[str]:
     """One target's part of the plan: a rule naming it, its diffs, then its changes."""
-    rev = p.facts.current_revision
+    rev = f"revision {p.facts.current_revision or '-'}"
+    node = f"; {p.desired.node.describe()}" if p.desired.node else ""
     header = (
         f"{p.host} · {p.deployment} ({p.desired.unit_name}, {p.desired.layout.scope}; "
-        f"now {p.facts.unit.describe()}, revision {rev or '-'})"
+        f"now {p.facts.unit.describe()}, {rev}{node})"
     )
     lines = [rule(header)]
     for d in p.diffs:
@@ -135,6 +136,9 @@ def plan_json(p: TargetPlan, checks: list[Check]) -> dict[str, Any]:
         "revision": p.facts.current_revision,
         "changes": [{"type": type(c).__name__, "summary": c.summary()} for c in p.changes],
         "diffs": [{"path": d.path, "diff": d.text, "secret_only": d.secret_only} for d in p.diffs],
+        "node": None
+        if (n := p.desired.node) is None
+        else {"rank": n.rank, "of": n.nnodes, "backend": n.backend},
     }
 
 

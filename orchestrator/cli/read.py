@@ -128,6 +128,7 @@ def cmd_monitoring(args: argparse.Namespace) -> int:
             served_name=t.deployment.served_name,
         )
         for t in targets
+        if t.node is None or t.node.serves  # a headless node has no API and no /metrics
     ]
     files = monitoring.files(monitored, gpu_exporter_port=args.gpu_exporter_port)
     written = outputs.write_files(args.out, files)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from . import fleet, sources
+from . import fleet, nodes, sources
 from .model import Deployment, Host, Inventory, Launcher, Playbook, Readiness, VllmInstall
 from .yamlread import Loc, Source, parse_yaml, printable, read_source
 
@@ -30,11 +30,12 @@ __all__ = ["Loaded", "Loc", "Source", "Target", "load", "load_inventory", "parse
 
 @dataclass(frozen=True)
 class Target:
-    """One deployment on one host."""
+    """One deployment on one host; for a node of a multi-node deployment, its role there."""
 
     deployment: Deployment
     host_name: str
     host: Host
+    node: nodes.NodeRole | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,24 @@ class Loaded:
         for dep in self.playbook.deployments:
             if deployment is not None and dep.name != deployment:
                 continue
-            for name in _expand(dep.hosts, groups):
+            roles = self.roles(dep)
+            for name in _expand(dep.host_refs, groups):
                 if limit is None or name in limit:
-                    out.append(Target(dep, name, self.inventory.hosts[name]))
+                    out.append(Target(dep, name, self.inventory.hosts[name], roles.get(name)))
         return out
 
-    def select(self, *, limit: Sequence[str] | None = None, deployment: str | None = None) -> list[Target]:
-        """The targets a verb's ``--limit``/``--deployment`` name; an unknown host or no match is an error."""
+    def roles(self, dep: Deployment) -> dict[str, nodes.NodeRole]:
+        """Host name → its role, for the nodes of a multi-node deployment (empty for any other)."""
+        hosts = self.inventory.hosts
+        addresses = {n.host: hosts[n.host].address for n in dep.nodes}
+        interfaces = {n.host: hosts[n.host].interface for n in dep.nodes}
+        return {r.hosts[r.rank]: r for r in nodes.roles(dep, addresses, interfaces)}
+
+    def select(
+        self, *, limit: Sequence[str] | None = None, deployment: str | None = None, whole: bool = False
+    ) -> list[Target]:
+        """The targets a verb's ``--limit``/``--deployment`` name; an unknown host or no match is an error
+        (``whole``: so is a part of a multi-node deployment's nodes, for the verbs that change them)."""
         wanted = set(limit) if limit else None
         unknown = sorted((wanted or set()) - set(self.inventory.hosts))
         if unknown:
@@ -67,6 +79,12 @@ class Loaded:
         targets = self.targets(limit=wanted, deployment=deployment)
         if not targets:
             raise ConfigError("no deployment matches --limit/--deployment", file=str(self.path))
+        for t in targets if whole else ():
+            if t.node is not None and not set(t.node.hosts) <= {u.host_name for u in targets}:
+                raise ConfigError(
+                    f"--limit takes every node of {t.deployment.name} or none: {', '.join(t.node.hosts)}",
+                    file=str(self.path),
+                )
         return targets
 
     def resolve(self, relative: str, *, base: Path | None = None) -> Path:
@@ -258,6 +276,10 @@ def _cross_check(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
                     ("deployments", i, "hosts", j),
                     (f"unknown host or group {ref!r} (inventory {loaded.inventory_path.name})"),
                 )
+        for j, node in enumerate(dep.nodes):
+            if node.host not in inv.hosts:
+                what = "a group: a node is one host" if node.host in groups else "unknown host"
+                yield ("deployments", i, "nodes", j, "host"), f"{what} {node.host!r}"
         local = dep.fetch.local if dep.fetch else None
         if local is not None and not _found(loaded, local, stat.S_ISDIR):
             yield ("deployments", i, "model", "local"), f"no such folder {printable(local)}"
@@ -302,14 +324,15 @@ def _host_conflicts(loaded: Loaded) -> Iterator[tuple[Loc, str]]:
     for target in loaded.targets():
         dep, host = target.deployment, target.host_name
         i = index[dep.name]
-        for g in dep.gpus:
+        for g in target.node.gpus if target.node else dep.gpus:
             on_gpu = shares.setdefault((host, g), {})
             on_gpu[dep.name] = dep.gpu_memory_utilization
             total = sum(on_gpu.values())
             if len(on_gpu) > 1 and total > 1 + SHARE_EPSILON:
                 listed = " + ".join(f"{name!r} {share:g}" for name, share in on_gpu.items())
+                where = ("nodes", target.node.rank, "gpus") if target.node else ("gpu_memory_utilization",)
                 yield (
-                    ("deployments", i, "gpu_memory_utilization"),
+                    ("deployments", i, *where),
                     f"GPU {g} on host {host} is over-committed: {listed} = {total:.3g} of the card "
                     "(the gpu_memory_utilization of the deployments on one GPU may add up to at most 1)",
                 )

@@ -13,7 +13,9 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from . import nodes
 from .fleet import Rollout, RouterSpec
+from .nodes import DEFAULT_MASTER_PORT, Backend, Node
 from .scalars import ENV_NAME, FLAG_LIKE, HUB_ID, NAME, Bool, Float, Int, Strict, Text, Venv
 
 # Flags orch derives from typed fields: setting them in extra_args would make two sources of truth.
@@ -56,6 +58,16 @@ class Host(Strict):
     supervisor_conf_dir: Text = "/etc/supervisor/conf.d"
     groups: tuple[Text, ...] = ()
     vars: dict[Text, Text | Int | Float | Bool] = Field(default_factory=dict)
+    # The network interface between the nodes of a multi-node deployment (GLOO_/NCCL_SOCKET_IFNAME).
+    interface: Text | None = None
+
+    @field_validator("interface")
+    @classmethod
+    def _ifname(cls, value: str | None) -> str | None:
+        problem = None if value is None else nodes.interface_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _supervisord_is_system(self) -> Host:
@@ -220,10 +232,14 @@ ModelRef = Annotated[
 
 
 class Deployment(Strict):
-    """One vLLM server, deployed the same way on each of its hosts."""
+    """One vLLM server, deployed the same way on each of its hosts; or one across its ``nodes`` (nodes.py)."""
 
     name: Text = Field(pattern=NAME)
-    hosts: tuple[Text, ...] = Field(min_length=1)
+    hosts: tuple[Text, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    backend: Backend = "auto"
+    master_port: Int = Field(default=DEFAULT_MASTER_PORT, ge=1, le=65535)
+    ray_port: Int = Field(default=6379, ge=1, le=65535)
     model: ModelRef
     served_model_name: Text | None = None
     accelerator: Literal["cuda", "cpu"] = "cuda"
@@ -247,6 +263,11 @@ class Deployment(Strict):
     templates: Templates = Field(default_factory=Templates)
     rollout: Rollout = Field(default_factory=Rollout)
     router: RouterSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _node_sizes(cls, data: object) -> object:
+        return nodes.with_sizes(data)
 
     @field_validator("model")
     @classmethod
@@ -294,8 +315,13 @@ class Deployment(Strict):
 
     @model_validator(mode="after")
     def _parallelism(self) -> Deployment:
+        if not self.hosts and not self.nodes:
+            raise ValueError("a deployment needs hosts: (or nodes: to serve one model across hosts)")
+        problem = nodes.shape_problem(self)
+        if problem:
+            raise ValueError(problem)
         ranks = self.tensor_parallel_size * self.pipeline_parallel_size
-        if self.accelerator == "cuda" and ranks != len(self.gpus):
+        if self.accelerator == "cuda" and not self.nodes and ranks != len(self.gpus):
             raise ValueError(
                 f"tensor_parallel_size × pipeline_parallel_size = {ranks} "
                 f"but {len(self.gpus)} GPU(s) are listed in gpus"
@@ -314,6 +340,11 @@ class Deployment(Strict):
         if both:
             raise ValueError(f"{sorted(both)[0]} is set both in env and in secrets")
         return self
+
+    @property
+    def host_refs(self) -> tuple[str, ...]:
+        """The hosts (or groups) it runs on: ``hosts``, or the hosts of its ``nodes``."""
+        return self.hosts or tuple(n.host for n in self.nodes)
 
     @property
     def venv(self) -> str | None:

@@ -22,6 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
 from ..errors import ConfigError
+from . import nodes
 from .layout import Layout, Role, RunnerName, log_path, program
 from .masking import Masker, env_secrets
 from .model import ArgValue, Deployment, Host, ModelSource, VllmInstall
@@ -101,6 +102,7 @@ class Desired:
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     plain_keys: frozenset[str] | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    node: nodes.NodeRole | None = None  # this host's part in a multi-node deployment
 
     @property
     def present(self) -> bool:
@@ -126,8 +128,8 @@ class TemplateSources:
         return self.supervisor if runner == "supervisord" else self.unit
 
 
-def argv(dep: Deployment) -> list[str]:
-    """The vLLM command line (or vLLM's router's); no secret ever appears in it."""
+def argv(dep: Deployment, node: nodes.NodeRole | None = None) -> list[str]:
+    """The vLLM command line (or vLLM's router's, or a node's); no secret ever appears in it."""
     head = _launcher(dep)
     if dep.launcher.kind == "router":
         own: dict[str, ArgValue] = {"--host": dep.bind, "--port": dep.port, **dep.args}
@@ -147,7 +149,7 @@ def argv(dep: Deployment) -> list[str]:
     if dep.dtype is not None:
         flags["--dtype"] = dep.dtype
     flags.update(dep.args)
-    return head + _flag_words(flags)
+    return head + _flag_words(flags) if node is None else nodes.argv(dep, node, head, _flag_words(flags))
 
 
 def _launcher(dep: Deployment) -> list[str]:
@@ -170,13 +172,16 @@ def _flag_words(flags: dict[str, ArgValue]) -> list[str]:
     return words
 
 
-def environment(dep: Deployment, secrets: dict[str, str]) -> list[tuple[str, str]]:
-    """The env file's variables in a stable order: devices, playbook env, secrets."""
+def environment(
+    dep: Deployment, secrets: dict[str, str], node: nodes.NodeRole | None = None
+) -> list[tuple[str, str]]:
+    """The env file's variables in a stable order: devices, the node's own, playbook env, secrets."""
     items: list[tuple[str, str]] = []
     if dep.accelerator == "cuda":
         items.append(("CUDA_DEVICE_ORDER", "PCI_BUS_ID"))
-        items.append(("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in dep.gpus)))
-    items.extend(sorted(dep.env.items()))
+        items.append(("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in (node.gpus if node else dep.gpus))))
+    items.extend(nodes.environment(node) if node else [])
+    items.extend(sorted({**dep.env, **dict(node.env if node else ())}.items()))
     items.extend(sorted(secrets.items()))
     return items
 
@@ -188,20 +193,22 @@ def render(
     secrets: dict[str, str],
     templates: TemplateSources,
     upload: UploadSpec | None = None,
+    node: nodes.NodeRole | None = None,
 ) -> Desired:
-    """Render the unit and env file of ``dep`` for ``host``.
+    """Render the unit and env file of ``dep`` for ``host`` (``node``: its role in a multi-node deployment).
 
     An error in a template is one ConfigError naming its file, with no secret in its message.
     """
     layout = Layout.of(host, dep.name)
     hide = Masker.build(secrets.values())
-    env = environment(dep, secrets)
+    env = environment(dep, secrets, node)
     context: dict[str, object] = {
         "deployment": dep,
         "host": host,
         "scope": host.scope,
-        "argv": argv(dep),
+        "argv": argv(dep, node),
         "env": env,
+        "node": node,
         "env_file": layout.env_file_directive,
         "program": program(dep.unit_name),
         "log_file": log_path(dep.unit_name),
@@ -221,24 +228,26 @@ def render(
         fetch=dep.fetch,
         python=venv_python(dep),
         secret_values=tuple(secrets.values()),
-        plain_keys=plain_keys(dep),
+        plain_keys=plain_keys(dep, node),
         env=dict(env),
+        node=node,
     )
 
 
-def plain_keys(dep: Deployment) -> frozenset[str]:
+def plain_keys(dep: Deployment, node: nodes.NodeRole | None = None) -> frozenset[str]:
     """The env variables of ``dep`` that hold no secret."""
-    return frozenset(key for key, _ in environment(dep, {}))
+    return frozenset(key for key, _ in environment(dep, {}, node))
 
 
 def venv_python(dep: Deployment) -> str:
     return f"{dep.venv}/bin/python" if dep.venv else "python3"
 
 
-def absent(dep: Deployment, host: Host) -> Desired:
+def absent(dep: Deployment, host: Host, node: nodes.NodeRole | None = None) -> Desired:
     """The desired state of a destroyed deployment (plan masks the secrets of the files it removes)."""
     layout = Layout.of(host, dep.name)
-    return Desired(layout, dep.unit_name, None, frozenset(refs(dep)), plain_keys=plain_keys(dep))
+    keys = frozenset(refs(dep))
+    return Desired(layout, dep.unit_name, None, keys, plain_keys=plain_keys(dep, node), node=node)
 
 
 def from_revision(
@@ -248,6 +257,7 @@ def from_revision(
     *,
     secret_keys: frozenset[str] | None = None,
     origin: str,
+    node: nodes.NodeRole | None = None,
 ) -> Desired:
     """The desired state that an earlier revision's files (read from the host) describe.
 
@@ -261,11 +271,11 @@ def from_revision(
         DesiredFile("unit", layout.unit_path, contents["unit"], UNIT_MODE),
     )
     env = parse_env(contents["env"])
-    plain = plain_keys(dep)
+    plain = plain_keys(dep, node)
     keys = ((frozenset(env) if secret_keys is None else secret_keys) - plain) | frozenset(refs(dep))
     values = tuple(env_secrets(env, keys))
     return Desired(
-        layout, dep.unit_name, files, keys, origin, secret_values=values, plain_keys=plain, env=env
+        layout, dep.unit_name, files, keys, origin, secret_values=values, plain_keys=plain, env=env, node=node
     )
 
 

@@ -52,6 +52,7 @@ class DeploymentProbe:
     vllm_version: str = ""
     model_is_dir: bool = False
     model_config: dict[str, Any] | None = None
+    model_files: str = ""  # a digest of the model folder's file names and sizes (nodes compare it)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class HostProbe:
     uid: int | None = None  # the login's (or sudo's) uid: a user unit's mark names it
     marked: tuple[Proc, ...] = ()  # every process a runner marked as an orch deployment's (host.procs)
     siblings: tuple[Sibling, ...] = ()  # the orch deployments whose files are on the host
+    # "address:port" of another node → "open", "refused" (reachable, nothing listens) or why not reached.
+    peers: dict[str, str] = field(default_factory=dict)
 
     def descendants(self, pid: int) -> frozenset[int]:
         """``pid`` and every process below it."""
@@ -103,9 +106,10 @@ def launcher_exe(dep: Deployment) -> str:
     return f"{bindir}{'vllm' if dep.launcher.kind == 'serve' else 'python' if bindir else 'python3'}"
 
 
-def script(host: Host, deployments: list[Deployment]) -> str:
-    """One shell script reading everything preflight judges, for every deployment of a host."""
-    parts = []
+def script(host: Host, deployments: list[Deployment], *, peers: tuple[tuple[str, int], ...] = ()) -> str:
+    """One shell script reading everything preflight judges, for every deployment of a host (``peers``:
+    the other nodes' addresses and ports, tried from this host)."""
+    parts = [f'echo "{MARK}peers"', *map(_peer_script, peers)]
     if any(d.accelerator == "cuda" for d in deployments):
         parts += [
             f'echo "{MARK}gpus"',
@@ -131,6 +135,14 @@ def script(host: Host, deployments: list[Deployment]) -> str:
     return "; ".join(parts)
 
 
+def _peer_script(peer: tuple[str, int]) -> str:
+    """A TCP connect to another node (bash's /dev/tcp; the address travels as an argument, never as code)."""
+    name, address = shlex.quote(f"{peer[0]}:{peer[1]}"), shlex.quote(peer[0])
+    try_it = f"""timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ {address} {int(peer[1])} 2>&1"""
+    tried = f'r=$({try_it}); echo {name} $? "$r"'
+    return f"if command -v bash >/dev/null; then {tried}; else echo {name} 127 no bash; fi"
+
+
 def _deployment_script(host: Host, dep: Deployment) -> str:
     model = shlex.quote(dep.model_path)
     exe = launcher_exe(dep)
@@ -154,6 +166,8 @@ def _deployment_script(host: Host, dep: Deployment) -> str:
             f"test -d {model} && echo dir",
             f'echo "{MARK}config"',
             f"base64 -w0 -- {model}/config.json 2>/dev/null; echo",
+            f'echo "{MARK}files"',
+            f"(cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum) 2>/dev/null",
         ]
     )
 
@@ -181,7 +195,18 @@ def parse(output: str) -> HostProbe:
         uid=int(uid) if uid.isdigit() else None,
         marked=procs.parse(sec.get("marked", [])),
         siblings=siblings.parse("\n".join(sec.get("siblings", []))),
+        peers=dict(_parse_peer(line) for line in sec.get("peers", []) if len(line.split()) >= 2),
     )
+
+
+def _parse_peer(line: str) -> tuple[str, str]:
+    peer, code, *said = line.split()
+    text = " ".join(said)
+    verdict = (
+        "open" if code == "0" else "refused" if "refused" in text else "timed out" if code == "124" else ""
+    )
+    verdict = "not tried (no bash on the host)" if text == "no bash" else verdict
+    return peer, verdict or text.rsplit(": ", 1)[-1] or f"exit code {code}"
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -234,6 +259,7 @@ def _parse_deployment(sec: dict[str, list[str]]) -> DeploymentProbe:
         vllm_version=first("version"),
         model_is_dir=first("model") == "dir",
         model_config=config if isinstance(config, dict) else None,
+        model_files=first("files").split(" ")[0],
     )
 
 
