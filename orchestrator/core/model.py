@@ -132,6 +132,9 @@ class VllmInstall(Strict):
     find_links: tuple[Text, ...] = ()
     # Removed after the install (the CPU wheel: torchvision torchaudio, which break beside its torch).
     remove: tuple[Text, ...] = ()
+    # Ray installed beside vLLM, pinned: a multi-node deployment on the Ray backend needs it, and vLLM
+    # no longer installs it.
+    ray: Text | None = Field(default=None, pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
 
 
 ModelSourceKind = Literal["path", "upload", "hf", "modelscope"]

@@ -256,7 +256,19 @@ def shape_problem(dep: Deployment) -> str | None:
         return "router: a multi-node deployment is one replica; a router needs several"
     if world % n:
         return f"tensor_parallel_size × pipeline_parallel_size = {world} ranks: not a multiple of {n} nodes"
-    return _gpu_problem(dep, world // n) or _flag_problem(dep)
+    return _gpu_problem(dep, world // n) or _flag_problem(dep) or _ray_problem(dep)
+
+
+def _ray_problem(dep: Deployment) -> str | None:
+    """A vLLM that orch installs on the Ray backend needs Ray pinned beside it (vLLM no longer brings it)."""
+    if dep.vllm is None or dep.vllm.ray:
+        return None
+    found = _version(dep.vllm.version)
+    on_ray = dep.backend == "ray" or (dep.backend == "auto" and found is not None and found < NATIVE_SINCE)
+    if not on_ray:
+        return None
+    why = "backend: ray" if dep.backend == "ray" else f"vLLM {dep.vllm.version} runs on Ray (backend: auto)"
+    return f"{why}: vLLM does not install Ray; pin it beside vLLM with vllm.ray (e.g. ray: 2.49.2)"
 
 
 def _node_fields_set(dep: Deployment) -> bool:

@@ -17,6 +17,7 @@ from orchestrator.core import nodes, render
 from orchestrator.core.load import Loaded, load
 from orchestrator.errors import ConfigError
 from orchestrator.facts import DeploymentFacts, UnitState
+from orchestrator.host import commands
 from orchestrator.host.commands import Command
 from orchestrator.hostrun import HostRun, QuietReporter
 from orchestrator.observe import preflight
@@ -86,12 +87,37 @@ def test_nodes_give_tp_within_a_node_and_pp_across_them(tmp_path: Path) -> None:
         ),
         (CPU.replace("  nodes: [{host: alpha}, {host: beta}]\n", ""), "a deployment needs hosts: (or nodes:"),
         (CPU + "  backend: mpi\n", "backend: Input should be 'native', 'ray' or 'auto'"),
+        (
+            CPU.replace("venv: /opt/vllm}", "}")
+            + "  backend: ray\n  vllm: {version: 0.32.0, venv: /opt/v}\n",
+            "backend: ray: vLLM does not install Ray; pin it beside vLLM with vllm.ray",
+        ),
+        (
+            CPU.replace("venv: /opt/vllm}", "}") + "  vllm: {version: 0.10.2, venv: /opt/v}\n",
+            "vLLM 0.10.2 runs on Ray (backend: auto): vLLM does not install Ray",
+        ),
     ],
 )
 def test_bad_shapes_are_one_line_with_file_and_line(tmp_path: Path, body: str, error: str) -> None:
     with pytest.raises(ConfigError) as exc:
         book(tmp_path, body)
     assert error in str(exc.value)
+
+
+def test_ray_is_installed_pinned_beside_vllm(tmp_path: Path) -> None:
+    body = (
+        CPU.replace("venv: /opt/vllm}", "}")
+        + "  backend: ray\n  vllm: {version: 0.10.2, venv: /opt/v, ray: 2.49.2}\n"
+    )
+    [dep] = book(tmp_path, body).playbook.deployments
+    assert dep.vllm is not None
+    install = commands.install_vllm(dep.vllm, sudo=False)
+    assert "-- vllm==0.10.2 ray==2.49.2 >" in install.script
+    assert install.label == "pip install vllm==0.10.2 ray==2.49.2 into /opt/v"
+    native = book(
+        tmp_path, CPU.replace("venv: /opt/vllm}", "}") + "  vllm: {version: 0.32.0, venv: /opt/v}\n"
+    )
+    assert native.playbook.deployments[0].vllm is not None  # native needs no Ray: none is asked for
 
 
 def test_a_bad_interface_name_is_refused(tmp_path: Path) -> None:
