@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.core.model import Deployment, Host
+from orchestrator.host import pyreads
 from orchestrator.observe import preflight
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -285,8 +286,11 @@ def test_no_systemd_says_which_runner_to_use() -> None:
 
 
 def run_script(dep: Deployment) -> preflight.DeploymentProbe:
-    proc = subprocess.run(["/bin/sh", "-c", preflight.script(HOST, [dep])], capture_output=True, text=True)
-    return preflight.parse(proc.stdout).deployments[dep.name]
+    """The probes as gather_host sends them: the script, then the version asked of the launcher's Python."""
+    script = f"{preflight.script(HOST, [dep])}; {pyreads.script(preflight.asks([dep]))}"
+    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True)
+    body, _, versions = proc.stdout.partition(pyreads.PY_MARK)
+    return preflight.parse(body + versions).deployments[dep.name]
 
 
 def fake_vllm(site: Path, *, metadata: bool) -> None:
