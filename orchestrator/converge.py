@@ -289,7 +289,7 @@ def gather_host(
     The script reads facts, then preflight's probes (without what the facts read already), then every
     vLLM version either asks, in one Python process per interpreter (``pyreads``).
     """
-    queries = [fact_query(run.host, t.deployment) for t in run.targets]
+    queries = [fact_query(run.host, t.deployment, held=run.lock is not None) for t in run.targets]
     parts, asks = [facts.script(queries)], facts.asks(queries)
     deps = [t.deployment for t in run.targets]
     if with_preflight:
@@ -309,11 +309,12 @@ def gather_host(
     return found, preflight.joined(probe, marked=facts.marked(head), main_pids=pids)
 
 
-def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
+def fact_query(host: Host, dep: Deployment, *, held: bool = False) -> facts.FactQuery:
+    """What to read of ``dep`` (``held``: this verb holds its lock)."""
     spec = dep.fetch
     record = upload.MANIFEST if spec is None or spec.source == "upload" else hub.MARKER
     return facts.FactQuery(
-        Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
+        Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record, held
     )
 
 

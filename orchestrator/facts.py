@@ -61,6 +61,7 @@ class FactQuery:
     vllm: VllmInstall | None = None
     model_dir: str | None = None
     model_record: str = upload.MANIFEST  # the record orch keeps in the model folder
+    held: bool = False  # this verb holds the deployment's lock: no one else does, so it is not asked
 
 
 def gather(queries: list[FactQuery], *, sudo: bool) -> Command:
@@ -96,7 +97,7 @@ def _section(q: FactQuery) -> str:
             runners.of(layout).state(q.unit),
             f'echo "{MARK}owner"',
             f"echo {procs.owner_kind(layout)}",
-            state_dir.facts_section(layout.state_dir),
+            state_dir.facts_section(layout.state_dir, lock=not q.held),
             *installed,
         ]
     )

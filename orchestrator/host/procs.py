@@ -34,7 +34,7 @@ _SED = (
 # ")": it may hold spaces and parentheses).
 _STAT = "'s/^\\([0-9]*\\) (\\(.*\\)) \\([A-Za-z]\\) \\([0-9]*\\) .*/P \\1 \\4 \\3 \\2/p'"
 # Every marked process on the host: "T PID KIND NAME" lines (KIND: system, user-UID, supervisord), then
-# "P PID PPID STAT COMM" for each of them, read from their /proc/PID/stat (no `ps`: it would read every
+# "P PID PPID STAT COMM" for each of them, read from their /proc/PID/stat (no `ps`: it reads every
 # process's). Zombies are left out where the lines are read.
 LISTING = (
     "orch_t=$( { grep -H 'orch-[a-z0-9_-]*\\.service$' /proc/[0-9]*/cgroup; "
@@ -42,7 +42,7 @@ LISTING = (
     f"| sed -n {_SED} | sort -u); "
     '[ -z "$orch_t" ] || { printf \'%s\\n\' "$orch_t"; printf \'%s\\n\' "$orch_t" | { orch_p=""; '
     'while read -r _ orch_x _; do orch_p="$orch_p /proc/$orch_x/stat"; done; '
-    f"sed -n {_STAT} $orch_p 2>/dev/null; }}; }}"
+    f"sed -n {_STAT} $orch_p 2>/dev/null || :; }}; }}"  # a process that ended meanwhile is no failure
 )
 REAPED_MARK = "orch-reaped:"
 
@@ -74,7 +74,8 @@ def owner_kind(layout: Layout, uid: int | None = None) -> str:
         return "supervisord"
     if layout.scope == "system":
         return "system"
-    return f"user-{uid}" if uid is not None else '"user-$(id -u)"'
+    # The uid asked once a script (${orch_uid:=…} keeps the first answer).
+    return f"user-{uid}" if uid is not None else '"user-${orch_uid:=$(id -u)}"'
 
 
 def owner_of(layout: Layout, uid: int) -> Owner:

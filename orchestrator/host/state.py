@@ -182,14 +182,19 @@ def abandon(state_dir: str, revision: int, outcome: str, *, sudo: bool) -> Comma
     return Command(script, sudo=sudo, label=f"mark revision {n} {outcome.split(':', 1)[0]} in {state_dir}")
 
 
-def facts_section(state_dir: str) -> str:
-    """The script section that ``gather`` reads for one deployment's state (parsed by ``parse_section``)."""
+def facts_section(state_dir: str, *, lock: bool = True) -> str:
+    """The script section that ``gather`` reads for one deployment's state (parsed by ``parse_section``);
+    ``lock=False`` when the verb holds the deployment's lock itself (who holds it is known: no one else).
+
+    One-line files are read with the shell's ``read``: no process for them, nor for a file that is not
+    there.
+    """
     return "; ".join(
         [
             f"d={qpath(state_dir)}",
             f'echo "{MARK}current"',
-            # Read once, and no process is started for a file that is not there.
-            'c=""; [ -f "$d/current" ] && c=$(cat "$d/current" 2>/dev/null) && printf \'%s\\n\' "$c"',
+            'c=""; [ -f "$d/current" ] && { read -r c <"$d/current" || :; } 2>/dev/null',
+            '[ -n "$c" ] && printf \'%s\\n\' "$c"',
             f'echo "{MARK}manifest"',
             '[ -n "$c" ] && base64 -w0 "$d/revisions/$c/manifest.json" 2>/dev/null',
             "echo",
@@ -199,11 +204,16 @@ def facts_section(state_dir: str) -> str:
             f'echo "{MARK}outcomes"',
             'for o in "$d"/revisions/*/outcome; do [ -f "$o" ] && { o=${o%/*}; echo "${o##*/}"; }; done',
             "true",
-            f'echo "{MARK}lock"',
-            '[ -f "$d/lock" ] && ! flock -n "$d/lock" true 2>/dev/null && cat "$d/lock.holder" 2>/dev/null',
-            "true",
+            *([f'echo "{MARK}lock"', _HOLDER] if lock else []),
         ]
     )
+
+
+# Who holds the lock, when someone does: the holder file's one line.
+_HOLDER = (
+    '[ -f "$d/lock" ] && ! flock -n "$d/lock" true 2>/dev/null && '
+    '{ h=""; { read -r h <"$d/lock.holder" || :; } 2>/dev/null; [ -n "$h" ] && printf \'%s\\n\' "$h"; }; true'
+)
 
 
 @dataclass(frozen=True)

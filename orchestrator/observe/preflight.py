@@ -121,12 +121,17 @@ def script(
         "[ -d /run/systemd/system ] && echo systemd",
         "command -v supervisorctl >/dev/null && echo supervisord",
         f'echo "{MARK}uid"',
-        "id -u",
+        'echo "${orch_uid:=$(id -u)}"',
         *([] if after_facts else [f'echo "{MARK}marked"', procs.LISTING]),
         f'echo "{MARK}siblings"',
         siblings.script(host.supervisor_conf_dir),
     ]
-    parts += [_deployment_script(host, d, main_pid=not after_facts) for d in deployments]
+    models = list(dict.fromkeys(d.model_path for d in deployments))  # each folder read once
+    parts += [_model_script(i, model) for i, model in enumerate(models)]
+    parts += [
+        _deployment_script(host, d, main_pid=not after_facts, model=models.index(d.model_path))
+        for d in deployments
+    ]
     return "; ".join(parts)
 
 
@@ -152,8 +157,19 @@ def _peer_script(peer: tuple[str, int]) -> str:
     return f"if command -v bash >/dev/null; then {tried}; else echo {name} 127 no bash; fi"
 
 
-def _deployment_script(host: Host, dep: Deployment, *, main_pid: bool) -> str:
-    model = shlex.quote(dep.model_path)
+def _model_script(i: int, path: str) -> str:
+    """Into shell variables: whether the model folder is one, its config.json (base64) and a digest of its
+    file names and sizes (nodes compare it)."""
+    model = shlex.quote(path)
+    listing = f"cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum"
+    return (
+        f'orch_md{i}=""; test -d {model} && orch_md{i}=dir; '
+        f"orch_mc{i}=$(base64 -w0 -- {model}/config.json 2>/dev/null); "
+        f"orch_mf{i}=$({{ {listing}; }} 2>/dev/null)"
+    )
+
+
+def _deployment_script(host: Host, dep: Deployment, *, main_pid: bool, model: int) -> str:
     exe = launcher_exe(dep)
     check_exe = (
         f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
@@ -169,11 +185,11 @@ def _deployment_script(host: Host, dep: Deployment, *, main_pid: bool) -> str:
             *([f'echo "{MARK}mainpid"', f"{pid} 2>/dev/null"] if main_pid else []),
             f"( {env}{launcher} )" if env else f"{{ {launcher}; }}",
             f'echo "{MARK}model"',
-            f"test -d {model} && echo dir",
+            f'[ -n "$orch_md{model}" ] && echo dir',
             f'echo "{MARK}config"',
-            f"base64 -w0 -- {model}/config.json 2>/dev/null; echo",
+            f"printf '%s\\n' \"$orch_mc{model}\"",
             f'echo "{MARK}files"',
-            f"(cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum) 2>/dev/null",
+            f"printf '%s\\n' \"$orch_mf{model}\"",
         ]
     )
 
