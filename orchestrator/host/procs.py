@@ -45,6 +45,9 @@ LISTING = (
     f"sed -n {_STAT} $orch_p 2>/dev/null || :; }}; }}"  # a process that ended meanwhile is no failure
 )
 REAPED_MARK = "orch-reaped:"
+# The login's (or sudo's) uid as a shell word: bash's EUID, else `id -u`, asked once a script
+# (${orch_uid:=…} keeps the first answer).
+UID = "${orch_uid:=${EUID:-$(id -u)}}"
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,7 @@ def owner_kind(layout: Layout, uid: int | None = None) -> str:
         return "supervisord"
     if layout.scope == "system":
         return "system"
-    # The uid asked once a script (${orch_uid:=…} keeps the first answer).
-    return f"user-{uid}" if uid is not None else '"user-${orch_uid:=$(id -u)}"'
+    return f"user-{uid}" if uid is not None else f'"user-{UID}"'
 
 
 def owner_of(layout: Layout, uid: int) -> Owner:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..core.layout import SUPERVISOR_CONF_DIR
 from .commands import MARK
 from .markers import blocks
-from .procs import Owner
+from .procs import UID, Owner
 
 # vLLM's own default, for a unit whose command line does not set it.
 VLLM_DEFAULT_UTILIZATION = 0.9
@@ -67,7 +67,7 @@ def script(conf_dir: str | None = None) -> str:
         f'for orch_d in {confs}; do [ -f "$orch_d/orch-$orch_n.conf" ] && '
         "{ orch_k=supervisord; orch_u=$orch_d/orch-$orch_n.conf; break; }; done;; "
         # The file's owner: ours without a process; another user's by stat.
-        '*) orch_h=${orch_f%/.config/orch/*}; if [ -O "$orch_f" ]; then orch_k=user-${orch_uid:=$(id -u)}; '
+        f'*) orch_h=${{orch_f%/.config/orch/*}}; if [ -O "$orch_f" ]; then orch_k=user-{UID}; '
         'else orch_k=user-$(stat -c %u "$orch_f"); fi; '
         "orch_s=$orch_h/.local/state/orch/$orch_n; "
         "orch_u=$orch_h/.config/systemd/user/orch-$orch_n.service;; "

@@ -107,8 +107,9 @@ def lock(dirs: list[str], *, holder: Holder, wait_s: float, sudo: bool) -> Comma
     nested = " ".join(f'flock {flag} -E {LOCK_CONFLICT} "$d{i}/lock"' for i in range(len(quoted)))
     assign = "; ".join(f"d{i}={q}" for i, q in enumerate(quoted))
     args = " ".join(f'"$d{i}"' for i in range(len(quoted)))
+    there = " && ".join(f'[ -d "$d{i}" ]' for i in range(len(quoted)))  # no mkdir process once they are
     script = (
-        f"umask 077; {assign}; mkdir -p {args} || exit 3; "
+        f"umask 077; {assign}; {there} || mkdir -p {args} || exit 3; "
         f"{nested} sh -c {shlex.quote(_HOLD)} {shlex.quote(holder.tojson_object())} {args}; rc=$?; "
         f'if [ "$rc" -eq {LOCK_CONFLICT} ]; then for d in {args}; do '
         f'flock -n "$d/lock" true || {{ echo "{BUSY} $d"; cat "$d/lock.holder" 2>/dev/null; echo; }}; '

@@ -121,7 +121,7 @@ def script(
         "[ -d /run/systemd/system ] && echo systemd",
         "command -v supervisorctl >/dev/null && echo supervisord",
         f'echo "{MARK}uid"',
-        'echo "${orch_uid:=$(id -u)}"',
+        f'echo "{procs.UID}"',
         *([] if after_facts else [f'echo "{MARK}marked"', procs.LISTING]),
         f'echo "{MARK}siblings"',
         siblings.script(host.supervisor_conf_dir),
@@ -183,7 +183,8 @@ def _deployment_script(host: Host, dep: Deployment, *, main_pid: bool, model: in
         [
             f"echo {shlex.quote(f'{MARK}dep {dep.name}')}",
             *([f'echo "{MARK}mainpid"', f"{pid} 2>/dev/null"] if main_pid else []),
-            f"( {env}{launcher} )" if env else f"{{ {launcher}; }}",
+            # (a path needs no env: no subshell for it)
+            f"( {env}{launcher} )" if env and "/" not in exe else f"{{ {launcher}; }}",
             f'echo "{MARK}model"',
             f'[ -n "$orch_md{model}" ] && echo dir',
             f'echo "{MARK}config"',
