@@ -127,7 +127,9 @@ def script(
         siblings.script(host.supervisor_conf_dir),
     ]
     models = list(dict.fromkeys(d.model_path for d in deployments))  # each folder read once
-    parts += [_model_script(i, model) for i, model in enumerate(models)]
+    # The digest of a folder's files is read only for the nodes of a multi-node deployment to compare.
+    digests = {d.model_path for d in deployments if d.nodes}
+    parts += [_model_script(i, model, digest=model in digests) for i, model in enumerate(models)]
     parts += [
         _deployment_script(host, d, main_pid=not after_facts, model=models.index(d.model_path))
         for d in deployments
@@ -157,15 +159,15 @@ def _peer_script(peer: tuple[str, int]) -> str:
     return f"if command -v bash >/dev/null; then {tried}; else echo {name} 127 no bash; fi"
 
 
-def _model_script(i: int, path: str) -> str:
-    """Into shell variables: whether the model folder is one, its config.json (base64) and a digest of its
-    file names and sizes (nodes compare it)."""
+def _model_script(i: int, path: str, *, digest: bool) -> str:
+    """Into shell variables: whether the model folder is one, its config.json (base64) and (``digest``)
+    a digest of its file names and sizes."""
     model = shlex.quote(path)
     listing = f"cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum"
     return (
         f'orch_md{i}=""; test -d {model} && orch_md{i}=dir; '
         f"orch_mc{i}=$(base64 -w0 -- {model}/config.json 2>/dev/null); "
-        f"orch_mf{i}=$({{ {listing}; }} 2>/dev/null)"
+        + (f"orch_mf{i}=$({{ {listing}; }} 2>/dev/null)" if digest else f'orch_mf{i}=""')
     )
 
 
