@@ -6,7 +6,7 @@ Each answer is printed as a deployment block of its own (``@@orchdep NAME``, ``@
 version), which the parsers merge with the deployment's other blocks. The program finds a distribution
 the way ``importlib.metadata.version`` does (the first ``NAME-*.dist-info`` or ``.egg-info`` on
 ``sys.path``, names compared normalised) without importing ``importlib.metadata``, whose own import
-costs a Python start twice over. Deployment names and package names travel as arguments, never as code.
+costs about three Python starts. Deployment names and package names travel as arguments, never as code.
 Pure: a shell snippet and the marker that precedes its output.
 """
 
