@@ -25,7 +25,8 @@ from .core.model import Deployment, Host
 from .core.render import Desired
 from .errors import CommandError, GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
-from .host import commands, runners, state
+from .host import commands, pyreads, runners, state
+from .host.commands import Command
 from .host.state import REVISION_FILES, revision_contents
 from .hostrun import HostRun, Reporter, Result, Timeline, as_error
 from .observe import preflight
@@ -283,23 +284,37 @@ def endpoint(host: Host, dep: Deployment, env: Mapping[str, str]) -> Endpoint:
 def gather_host(
     run: HostRun, *, with_preflight: bool = False
 ) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
-    """One round trip: the deployments' facts, and optionally what preflight judges."""
-    command = facts.gather([fact_query(run.host, t.deployment) for t in run.targets], sudo=run.host.sudo)
+    """One round trip: the deployments' facts, and optionally what preflight judges.
+
+    The script reads facts, then preflight's probes (without what the facts read already), then every
+    vLLM version either asks, in one Python process per interpreter (``pyreads``).
+    """
+    queries = [fact_query(run.host, t.deployment, held=run.lock is not None) for t in run.targets]
+    parts, asks = [facts.script(queries)], facts.asks(queries)
+    deps = [t.deployment for t in run.targets]
     if with_preflight:
         peers = tuple(dict.fromkeys(p for t in run.targets if t.node for p in nodes.peers(t.node)))
-        extra = preflight.script(run.host, [t.deployment for t in run.targets], peers=peers)
-        script = f"{command.script}; echo {PREFLIGHT_MARK.strip()}; {extra}"
-        command = replace(command, script=script, label="gather facts and preflight probes")
-    head, _, tail = run.run(command).partition(PREFLIGHT_MARK)
-    runner = runners.of(Layout.of(run.host, ""))
-    return facts.parse(head, runner), preflight.parse(tail) if with_preflight else None
+        extra = preflight.script(run.host, deps, peers=peers, after_facts=True)
+        parts += [f"echo {PREFLIGHT_MARK.strip()}", extra]
+        asks += preflight.asks(deps)
+    label = "gather facts and preflight probes" if with_preflight else "gather facts"
+    script = "; ".join(filter(None, [*parts, pyreads.script(asks)]))
+    body, _, versions = run.run(Command(script, sudo=run.host.sudo, label=label)).partition(pyreads.PY_MARK)
+    head, _, tail = body.partition(PREFLIGHT_MARK)
+    found = facts.parse(head + versions, runners.of(Layout.of(run.host, "")))
+    if not with_preflight:
+        return found, None
+    pids = {name: f.unit.main_pid for name, f in found.items()}
+    probe = preflight.parse(tail + versions)
+    return found, preflight.joined(probe, marked=facts.marked(head), main_pids=pids)
 
 
-def fact_query(host: Host, dep: Deployment) -> facts.FactQuery:
+def fact_query(host: Host, dep: Deployment, *, held: bool = False) -> facts.FactQuery:
+    """What to read of ``dep`` (``held``: this verb holds its lock)."""
     spec = dep.fetch
     record = upload.MANIFEST if spec is None or spec.source == "upload" else hub.MARKER
     return facts.FactQuery(
-        Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record
+        Layout.of(host, dep.name), dep.unit_name, dep.vllm, spec.dest if spec else None, record, held
     )
 
 

@@ -12,11 +12,12 @@ from typing import Any
 
 from .core.layout import ROLES, Layout, Role
 from .core.model import VllmInstall
-from .host import commands, procs, runners
+from .host import commands, procs, pyreads, runners
 from .host import state as state_dir
 from .host.commands import MARK, Command
 from .host.markers import blocks, decode, sections
 from .host.procs import Owner, Proc
+from .host.pyreads import Ask
 from .host.runners import Runner, UnitState
 from .host.state import Holder, Pending
 from .provision import upload
@@ -60,19 +61,34 @@ class FactQuery:
     vllm: VllmInstall | None = None
     model_dir: str | None = None
     model_record: str = upload.MANIFEST  # the record orch keeps in the model folder
+    held: bool = False  # this verb holds the deployment's lock: no one else does, so it is not asked
 
 
 def gather(queries: list[FactQuery], *, sudo: bool) -> Command:
     """One script reading files, unit state, revision, vLLM version and model folder per deployment,
-    after the host's marked processes (read once)."""
-    script = "; ".join([f'echo "{MARK}procs"', procs.LISTING, *(_section(q) for q in queries)])
-    return Command(script, sudo=sudo, label="gather facts")
+    after the host's marked processes (read once); the versions last, in one Python process per venv."""
+    text = "; ".join(filter(None, [script(queries), pyreads.script(asks(queries))]))
+    return Command(text, sudo=sudo, label="gather facts")
+
+
+def script(queries: list[FactQuery]) -> str:
+    """Every fact but those only Python can read (``asks``), which a caller runs after its own parts."""
+    return "; ".join([f'echo "{MARK}procs"', procs.LISTING, *(_section(q) for q in queries)])
+
+
+def asks(queries: list[FactQuery]) -> list[Ask]:
+    """The installed version of each pinned vLLM, asked of its venv's Python (without the deployment's
+    env: the version pip manages there)."""
+    return [
+        Ask(q.layout.name, "vllm", shlex.quote(f"{q.vllm.venv}/bin/python"), q.vllm.package)
+        for q in queries
+        if q.vllm
+    ]
 
 
 def _section(q: FactQuery) -> str:
     layout = q.layout
-    installed = [f'echo "{MARK}vllm"', commands.installed_version(q.vllm)] if q.vllm else []
-    installed += [upload.remote_script(q.model_dir, q.model_record)] if q.model_dir else []
+    installed = [upload.remote_script(q.model_dir, q.model_record)] if q.model_dir else []
     return "; ".join(
         [
             f"echo {shlex.quote(f'{MARK}dep {layout.name}')}",
@@ -81,17 +97,24 @@ def _section(q: FactQuery) -> str:
             runners.of(layout).state(q.unit),
             f'echo "{MARK}owner"',
             f"echo {procs.owner_kind(layout)}",
-            state_dir.facts_section(layout.state_dir),
+            state_dir.facts_section(layout.state_dir, lock=not q.held),
             *installed,
         ]
     )
 
 
 def parse(output: str, runner: Runner) -> dict[str, DeploymentFacts]:
-    """Parse ``gather``'s output into facts per deployment name."""
-    head = output.split(f"{MARK}dep ", 1)[0]
-    marked = procs.parse(sections(head).get("procs", []))
-    return {name: _parse_deployment(name, body, runner, marked) for name, body in blocks(output, "dep")}
+    """Parse ``gather``'s output into facts per deployment name (a name's blocks read as one)."""
+    bodies: dict[str, list[str]] = {}
+    for name, body in blocks(output, "dep"):
+        bodies.setdefault(name, []).append(body)
+    found = marked(output)
+    return {name: _parse_deployment(name, "\n".join(b), runner, found) for name, b in bodies.items()}
+
+
+def marked(output: str) -> tuple[Proc, ...]:
+    """Every process a runner marked as an orch deployment's, from ``gather``'s output."""
+    return procs.parse(sections(output.split(f"{MARK}dep ", 1)[0]).get("procs", []))
 
 
 def _parse_deployment(name: str, body: str, runner: Runner, marked: tuple[Proc, ...]) -> DeploymentFacts:

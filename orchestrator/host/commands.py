@@ -134,14 +134,6 @@ def read_files(paths: dict[str, str]) -> str:
     return "; ".join(parts)
 
 
-def installed_version(spec: VllmInstall) -> str:
-    """Print the installed version of the pinned package in its venv (nothing when absent)."""
-    # The package name travels as an argument, never inside the program's source.
-    py = "import importlib.metadata as m, sys\ntry: print(m.version(sys.argv[1]))\nexcept Exception: pass\n"
-    python, package = shlex.quote(spec.venv + "/bin/python"), shlex.quote(spec.package)
-    return f"{python} -c {shlex.quote(py)} {package} 2>/dev/null"
-
-
 def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
     """Create the venv if needed and pip-install the pinned version; print only pip's tail on failure."""
     venv = shlex.quote(spec.venv)

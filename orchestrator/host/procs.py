@@ -30,17 +30,24 @@ _SED = (
     f"-e 's|{_CG}{_USER}{_NAME}\\.service$|T \\1 user-\\2 \\4|p' "
     f"-e 's|{_PID}environ:SUPERVISOR_PROCESS_NAME={_NAME}$|T \\1 supervisord \\2|p'"
 )
+# /proc/PID/stat → "P PID PPID STATE COMM" (the command name is the text between the first "(" and the last
+# ")": it may hold spaces and parentheses).
+_STAT = "'s/^\\([0-9]*\\) (\\(.*\\)) \\([A-Za-z]\\) \\([0-9]*\\) .*/P \\1 \\4 \\3 \\2/p'"
 # Every marked process on the host: "T PID KIND NAME" lines (KIND: system, user-UID, supervisord), then
-# "P PID PPID STAT COMM" for each of them. Zombies are left out where the lines are read.
+# "P PID PPID STAT COMM" for each of them, read from their /proc/PID/stat (no `ps`: it reads every
+# process's). Zombies are left out where the lines are read.
 LISTING = (
     "orch_t=$( { grep -H 'orch-[a-z0-9_-]*\\.service$' /proc/[0-9]*/cgroup; "
     "grep -aHo 'SUPERVISOR_PROCESS_NAME=orch-[a-z0-9_-]*' /proc/[0-9]*/environ; } 2>/dev/null "
     f"| sed -n {_SED} | sort -u); "
-    '[ -z "$orch_t" ] || { printf \'%s\\n\' "$orch_t"; '
-    "orch_p=$(printf '%s\\n' \"$orch_t\" | awk '{print $2}' | sort -un | paste -sd, -); "
-    'ps -o pid=,ppid=,stat=,comm= -p "$orch_p" 2>/dev/null | sed "s/^ */P /"; }'
+    '[ -z "$orch_t" ] || { printf \'%s\\n\' "$orch_t"; printf \'%s\\n\' "$orch_t" | { orch_p=""; '
+    'while read -r _ orch_x _; do orch_p="$orch_p /proc/$orch_x/stat"; done; '
+    f"sed -n {_STAT} $orch_p 2>/dev/null || :; }}; }}"  # a process that ended meanwhile is no failure
 )
 REAPED_MARK = "orch-reaped:"
+# The login's (or sudo's) uid as a shell word: bash's EUID, else `id -u`, asked once a script
+# (${orch_uid:=…} keeps the first answer).
+UID = "${orch_uid:=${EUID:-$(id -u)}}"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def owner_kind(layout: Layout, uid: int | None = None) -> str:
         return "supervisord"
     if layout.scope == "system":
         return "system"
-    return f"user-{uid}" if uid is not None else '"user-$(id -u)"'
+    return f"user-{uid}" if uid is not None else f'"user-{UID}"'
 
 
 def owner_of(layout: Layout, uid: int) -> Owner:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..core.layout import SUPERVISOR_CONF_DIR
 from .commands import MARK
 from .markers import blocks
-from .procs import Owner
+from .procs import UID, Owner
 
 # vLLM's own default, for a unit whose command line does not set it.
 VLLM_DEFAULT_UTILIZATION = 0.9
@@ -44,6 +44,15 @@ class Sibling:
         return f"deployment {self.owner.name} (orch, {user}{rev})"
 
 
+# From the env file its CUDA_VISIBLE_DEVICES lines, from the unit or program file the first
+# --gpu-memory-utilization: one awk for both files (the env file's path comes through the environment).
+_READ = (
+    'orch_e=$orch_f awk \'FILENAME == ENVIRON["orch_e"] { if (/^CUDA_VISIBLE_DEVICES=/) print; next } '
+    "!u && match($0, /--gpu-memory-utilization[= ][0-9.]*/) { print substr($0, RSTART, RLENGTH); u = 1 }' "
+    '"$orch_f" "$orch_u" 2>/dev/null'
+)
+
+
 def script(conf_dir: str | None = None) -> str:
     """For every env file found: ``@@orchsib KIND NAME``, then the deployment's GPUs, share and revision."""
     confs = " ".join(
@@ -57,14 +66,15 @@ def script(conf_dir: str | None = None) -> str:
         "orch_u=/etc/systemd/system/orch-$orch_n.service; "
         f'for orch_d in {confs}; do [ -f "$orch_d/orch-$orch_n.conf" ] && '
         "{ orch_k=supervisord; orch_u=$orch_d/orch-$orch_n.conf; break; }; done;; "
-        '*) orch_h=${orch_f%/.config/orch/*}; orch_k=user-$(stat -c %u "$orch_f"); '
+        # The file's owner: ours without a process; another user's by stat.
+        f'*) orch_h=${{orch_f%/.config/orch/*}}; if [ -O "$orch_f" ]; then orch_k=user-{UID}; '
+        'else orch_k=user-$(stat -c %u "$orch_f"); fi; '
         "orch_s=$orch_h/.local/state/orch/$orch_n; "
         "orch_u=$orch_h/.config/systemd/user/orch-$orch_n.service;; "
         "esac; "
-        f'echo "{MARK}sib $orch_k $orch_n"; '
-        "grep -h '^CUDA_VISIBLE_DEVICES=' \"$orch_f\" 2>/dev/null; "
-        "grep -oh -- '--gpu-memory-utilization[= ][0-9.]*' \"$orch_u\" 2>/dev/null | head -1; "
-        'echo "rev=$(cat "$orch_s/current" 2>/dev/null)"; done'
+        f'echo "{MARK}sib $orch_k $orch_n"; {_READ}; '
+        'orch_r=""; [ -f "$orch_s/current" ] && { read -r orch_r <"$orch_s/current" || :; } 2>/dev/null; '
+        'echo "rev=$orch_r"; done'
     )
 
 

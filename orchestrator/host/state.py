@@ -107,8 +107,9 @@ def lock(dirs: list[str], *, holder: Holder, wait_s: float, sudo: bool) -> Comma
     nested = " ".join(f'flock {flag} -E {LOCK_CONFLICT} "$d{i}/lock"' for i in range(len(quoted)))
     assign = "; ".join(f"d{i}={q}" for i, q in enumerate(quoted))
     args = " ".join(f'"$d{i}"' for i in range(len(quoted)))
+    there = " && ".join(f'[ -d "$d{i}" ]' for i in range(len(quoted)))  # no mkdir process once they are
     script = (
-        f"umask 077; {assign}; mkdir -p {args} || exit 3; "
+        f"umask 077; {assign}; {there} || mkdir -p {args} || exit 3; "
         f"{nested} sh -c {shlex.quote(_HOLD)} {shlex.quote(holder.tojson_object())} {args}; rc=$?; "
         f'if [ "$rc" -eq {LOCK_CONFLICT} ]; then for d in {args}; do '
         f'flock -n "$d/lock" true || {{ echo "{BUSY} $d"; cat "$d/lock.holder" 2>/dev/null; echo; }}; '
@@ -182,25 +183,38 @@ def abandon(state_dir: str, revision: int, outcome: str, *, sudo: bool) -> Comma
     return Command(script, sudo=sudo, label=f"mark revision {n} {outcome.split(':', 1)[0]} in {state_dir}")
 
 
-def facts_section(state_dir: str) -> str:
-    """The script section that ``gather`` reads for one deployment's state (parsed by ``parse_section``)."""
+def facts_section(state_dir: str, *, lock: bool = True) -> str:
+    """The script section that ``gather`` reads for one deployment's state (parsed by ``parse_section``);
+    ``lock=False`` when the verb holds the deployment's lock itself (who holds it is known: no one else).
+
+    One-line files are read with the shell's ``read``: no process for them, nor for a file that is not
+    there.
+    """
     return "; ".join(
         [
             f"d={qpath(state_dir)}",
             f'echo "{MARK}current"',
-            'cat "$d/current" 2>/dev/null',
+            'c=""; [ -f "$d/current" ] && { read -r c <"$d/current" || :; } 2>/dev/null',
+            '[ -n "$c" ] && printf \'%s\\n\' "$c"',
             f'echo "{MARK}manifest"',
-            'c=$(cat "$d/current" 2>/dev/null) && base64 -w0 "$d/revisions/$c/manifest.json" 2>/dev/null',
+            '[ -n "$c" ] && base64 -w0 "$d/revisions/$c/manifest.json" 2>/dev/null',
             "echo",
             f'echo "{MARK}pending"',
-            'cat "$d/pending" 2>/dev/null; echo; [ -f "$d/pending.restarted" ] && echo restarted',
+            '[ -f "$d/pending" ] && cat "$d/pending" 2>/dev/null; echo',
+            '[ -f "$d/pending.restarted" ] && echo restarted',
             f'echo "{MARK}outcomes"',
-            'for o in "$d"/revisions/*/outcome; do [ -f "$o" ] && basename "$(dirname "$o")"; done; true',
-            f'echo "{MARK}lock"',
-            '[ -f "$d/lock" ] && ! flock -n "$d/lock" true 2>/dev/null && cat "$d/lock.holder" 2>/dev/null',
+            'for o in "$d"/revisions/*/outcome; do [ -f "$o" ] && { o=${o%/*}; echo "${o##*/}"; }; done',
             "true",
+            *([f'echo "{MARK}lock"', _HOLDER] if lock else []),
         ]
     )
+
+
+# Who holds the lock, when someone does: the holder file's one line.
+_HOLDER = (
+    '[ -f "$d/lock" ] && ! flock -n "$d/lock" true 2>/dev/null && '
+    '{ h=""; { read -r h <"$d/lock.holder" || :; } 2>/dev/null; [ -n "$h" ] && printf \'%s\\n\' "$h"; }; true'
+)
 
 
 @dataclass(frozen=True)

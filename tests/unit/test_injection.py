@@ -10,6 +10,7 @@ marker file the payloads try to create does not exist. Values the model rejects 
 from __future__ import annotations
 
 import base64
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,8 +21,10 @@ from orchestrator import facts
 from orchestrator.core.layout import Layout
 from orchestrator.core.model import Deployment, Host, Launcher, ModelSource, VllmInstall
 from orchestrator.core.render import Desired
-from orchestrator.host import commands, state
+from orchestrator.host import commands, pyreads, state
 from orchestrator.host.commands import MARK, Command
+from orchestrator.host.markers import sections
+from orchestrator.host.pyreads import Ask
 from orchestrator.host.runners import Supervisord, Systemd
 from orchestrator.observe import preflight
 from orchestrator.provision import hub, upload
@@ -135,7 +138,7 @@ def command_builders(value: str) -> list[tuple[str, Command | str]]:
         ("write_file nested", commands.write_file(f"d/{value}/f", mode=0o600, sudo=False, content=b"x")),
         ("remove_file", commands.remove_file(value, sudo=False)),
         ("read_files", commands.read_files({value: value, "env": f"~/{value}"})),
-        ("installed_version", commands.installed_version(hostile_vllm(value))),
+        ("pyreads.script", pyreads.script([Ask(value, value, shlex.quote(value), value, ((value, value),))])),
         ("install_vllm", commands.install_vllm(hostile_vllm(value), sudo=False)),
         ("place_upload", commands.place_upload(value, f"/nonexistent/{value}", sudo=False)),
         ("hub_fetch", commands.hub_fetch(value, "print(1)", b"{}", sudo=False, label="x")),
@@ -196,6 +199,10 @@ def test_preflight_script_runs_no_payload(box: Box, kind: str) -> None:
         ):
             deps = [deployment(value, kind=kind), deployment(value, kind=kind, accelerator="cpu")]
             box.assert_safe(preflight.script(host, deps), what=f"preflight with {value!r}")
+            joined = (
+                f"{preflight.script(host, deps, after_facts=True)}; {pyreads.script(preflight.asks(deps))}"
+            )
+            box.assert_safe(joined, what=f"preflight after facts with {value!r}")
 
 
 def test_preflight_without_venv_runs_no_payload(box: Box) -> None:
@@ -203,6 +210,7 @@ def test_preflight_without_venv_runs_no_payload(box: Box) -> None:
         dep = deployment(value).model_copy(update={"launcher": Launcher.model_construct(kind="serve")})
         dep = dep.model_copy(update={"vllm": None})
         box.assert_safe(preflight.script(Host(address="h"), [dep]), what=f"preflight with {value!r}")
+        box.assert_safe(pyreads.script(preflight.asks([dep])), what=f"its version probe with {value!r}")
 
 
 def test_hub_command_runs_no_payload(box: Box) -> None:
@@ -251,9 +259,12 @@ def test_package_name_is_an_argument_of_the_version_probe(box: Box) -> None:
     assert python is not None
     (venv / "bin" / "python").symlink_to(python)
     spec = VllmInstall.model_construct(package="pip')\nimport os; os.system('touch x", venv=str(venv))
-    box.assert_safe(commands.installed_version(spec), what="installed_version")
+    query = facts.FactQuery(Layout("system", "d"), "orch-d.service", spec)
+    box.assert_safe(pyreads.script(facts.asks([query])), what="the pinned version probe")
     assert not (box.work / "x").exists()
-    assert box.run(commands.installed_version(VllmInstall.model_construct(package="pip", venv=str(venv))))
+    pip = VllmInstall.model_construct(package="pip", venv=str(venv))
+    out = box.run(pyreads.script(facts.asks([facts.FactQuery(Layout("system", "d"), "orch-d.service", pip)])))
+    assert sections(out.split("@@orchdep d\n", 1)[1])["vllm"][0][:1].isdigit()
 
 
 def test_hostile_names_come_back_whole(box: Box) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.core.model import Deployment, Host
+from orchestrator.host import pyreads
 from orchestrator.observe import preflight
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -285,8 +286,11 @@ def test_no_systemd_says_which_runner_to_use() -> None:
 
 
 def run_script(dep: Deployment) -> preflight.DeploymentProbe:
-    proc = subprocess.run(["/bin/sh", "-c", preflight.script(HOST, [dep])], capture_output=True, text=True)
-    return preflight.parse(proc.stdout).deployments[dep.name]
+    """The probes as gather_host sends them: the script, then the version asked of the launcher's Python."""
+    script = f"{preflight.script(HOST, [dep])}; {pyreads.script(preflight.asks([dep]))}"
+    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True)
+    body, _, versions = proc.stdout.partition(pyreads.PY_MARK)
+    return preflight.parse(body + versions).deployments[dep.name]
 
 
 def fake_vllm(site: Path, *, metadata: bool) -> None:
@@ -328,3 +332,27 @@ def test_a_vllm_scripts_own_interpreter_is_asked(tmp_path: Path) -> None:
     dep = day4(accelerator="cpu", gpus=[], tensor_parallel_size=1, launcher={"kind": "serve"}, env=env)
     own = run_script(dep)
     assert own.launcher_ok and own.vllm_version == "0.26.0"
+
+
+def test_a_model_folder_is_read_once_and_its_digest_only_for_nodes(tmp_path: Path) -> None:
+    """Deployments serving one folder share its reads; the digest of its files, which only the nodes of a
+    multi-node deployment compare, is not computed for the others."""
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2"}')
+    cpu = {"accelerator": "cpu", "gpus": [], "tensor_parallel_size": 1, "model": str(model)}
+    a, b = day4(name="a", **cpu), day4(name="b", port=8001, **cpu)
+    text = preflight.script(HOST, [a, b])
+    assert text.count("config.json") == 1 and "sha256sum" not in text
+    probe = preflight.parse(subprocess.run(["/bin/sh", "-c", text], capture_output=True, text=True).stdout)
+    for name in ("a", "b"):
+        own = probe.deployments[name]
+        assert own.model_is_dir and own.model_config == {"model_type": "qwen2"} and own.model_files == ""
+    node = a.model_copy(update={"nodes": ({"host": "x"}, {"host": "y"})})
+    assert own_files(node) == own_files(node) != ""
+
+
+def own_files(dep: Deployment) -> str:
+    text = preflight.script(HOST, [dep])
+    out = subprocess.run(["/bin/sh", "-c", text], capture_output=True, text=True).stdout
+    return preflight.parse(out).deployments[dep.name].model_files

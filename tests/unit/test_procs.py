@@ -151,6 +151,24 @@ def test_the_other_deployments_files_are_read_without_their_secrets(tmp_path: Pa
     assert found["a"].describe() == f"deployment a (orch, user {os.getuid()}, revision 3)"
 
 
+def test_a_siblings_share_comes_from_its_unit_and_its_owner_from_the_file(tmp_path: Path) -> None:
+    """The env file's own --gpu-memory-utilization text is no share (only the unit's first one is); another
+    user's file is named by its owner's uid."""
+    home = tmp_path / "home"
+    (home / ".config" / "orch").mkdir(parents=True)
+    (home / ".config" / "systemd" / "user").mkdir(parents=True)
+    env = home / ".config" / "orch" / "b.env"
+    env.write_text("EXTRA=--gpu-memory-utilization 0.1\nCUDA_VISIBLE_DEVICES=2\n")
+    (home / ".config" / "systemd" / "user" / "orch-b.service").write_text(
+        "ExecStart=x --gpu-memory-utilization=0.3 --gpu-memory-utilization 0.7\n"
+    )
+    other = 4321 if os.geteuid() == 0 else os.getuid()
+    if os.geteuid() == 0:
+        os.chown(env, other, -1)
+    found = [s for s in siblings.parse(sh(siblings.script(), HOME=str(home))) if s.owner.name == "b"]
+    assert found == [Sibling(Owner(f"user-{other}", "b"), (2,), 0.3, None)]
+
+
 def test_sibling_lines_as_a_supervisord_host_prints_them() -> None:
     text = (
         "@@orchsib supervisord tiny-a\nCUDA_VISIBLE_DEVICES='0'\n--gpu-memory-utilization 0.3\nrev=1\n"

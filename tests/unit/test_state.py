@@ -59,6 +59,11 @@ def test_lock_is_held_until_released_and_names_its_holder(tmp_path: Path) -> Non
     busy = state.parse_busy(second.stdout)
     assert [d for d, _ in busy] == dirs and all(h == HOLDER for _, h in busy)
     assert section(tmp_path / "a").locked_by == HOLDER  # what read-only verbs see
+    held = state.facts_section(str(tmp_path / "a"), lock=False)  # what the holder's own verb reads
+    assert (
+        "flock" not in held
+        and state.parse_section(sections(sh(state.Command(held)).stdout)).locked_by is None
+    )
     first.release()
     assert section(tmp_path / "a").locked_by is None
     third = local.hold(state.lock(dirs, holder=other, wait_s=0, sudo=False), until=state.LOCKED, timeout=10)
