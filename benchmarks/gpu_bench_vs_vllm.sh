@@ -82,7 +82,8 @@ $ORCH bench --compare "$RES/vllm-$ROUNDS.json" "$RES/orch-$ROUNDS.json" >"$OUT/c
 python3 - "$RES" "$ROUNDS" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 from pathlib import Path
-from orchestrator.observe.bench import BenchResult, from_vllm_json
+from orchestrator.observe.bench import BenchResult
+from orchestrator.observe.benchreport import from_vllm_json
 res, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for i in range(1, rounds + 1):
     v = from_vllm_json((res / f"vllm-{i}.json").read_text())
