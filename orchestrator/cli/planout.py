@@ -60,7 +60,8 @@ def show_plans(
 
 
 def show_rollout(plans: list[TargetPlan], deployments: Sequence[Deployment]) -> None:
-    """A line per deployment taken in batches or behind a router: the order a rollout takes."""
+    """A line per deployment taken in batches or behind a router, and per multi-node deployment: the order
+    a rollout takes."""
     from ..waves import describe
 
     _write([paint(line, "bold") for line in describe(plans, {d.name: d for d in deployments})])
