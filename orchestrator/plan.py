@@ -40,10 +40,8 @@ class InstallVllm:
 
     def summary(self) -> str:
         found = self.found or "none"
-        if self.spec.ray is None:
-            return f"install {self.spec.package}=={self.spec.version} into {self.spec.venv} (found {found})"
-        pins = f"{self.spec.package}=={self.spec.version} ray=={self.spec.ray}"
-        return f"install {pins} into {self.spec.venv} (found {found}, ray {self.found_ray or 'none'})"
+        ray = f", ray {self.found_ray or 'none'}" if self.spec.ray else ""
+        return f"install {' '.join(self.spec.pins())} into {self.spec.venv} (found {found}{ray})"
 
 
 @dataclass(frozen=True)
@@ -272,8 +270,7 @@ def _interrupted(facts: DeploymentFacts) -> str:
 
 def _install(desired: Desired, facts: DeploymentFacts) -> list[InstallVllm]:
     spec = desired.vllm
-    ray_ok = spec is None or spec.ray is None or facts.ray_version == spec.ray
-    if spec is None or (facts.vllm_version == spec.version and ray_ok):
+    if spec is None or (facts.vllm_version == spec.version and spec.ray in (None, facts.ray_version)):
         return []
     return [InstallVllm(spec, facts.vllm_version or "", facts.ray_version or "")]
 

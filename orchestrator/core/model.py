@@ -136,6 +136,10 @@ class VllmInstall(Strict):
     # no longer installs it.
     ray: Text | None = Field(default=None, pattern=r"^[0-9][0-9A-Za-z.+!-]*$")
 
+    def pins(self) -> tuple[str, ...]:
+        """What pip installs: the package at its version, and Ray beside it when pinned."""
+        return (f"{self.package}=={self.version}", *((f"ray=={self.ray}",) if self.ray else ()))
+
 
 ModelSourceKind = Literal["path", "upload", "hf", "modelscope"]
 

@@ -141,8 +141,7 @@ def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
     index += [f"--index-url {shlex.quote(spec.index_url)}"] if spec.index_url else []
     index += [f"--extra-index-url {shlex.quote(u)}" for u in spec.extra_index_urls]
     index += [f"--find-links {shlex.quote(u)}" for u in spec.find_links]
-    pins = [f"{spec.package}=={spec.version}", *([f"ray=={spec.ray}"] if spec.ray else [])]
-    pin = " ".join(map(shlex.quote, pins))
+    pin = " ".join(map(shlex.quote, spec.pins()))
     remove = (
         f"; {venv}/bin/pip uninstall -q -y -- {' '.join(map(shlex.quote, spec.remove))}"
         if spec.remove
@@ -153,7 +152,7 @@ def install_vllm(spec: VllmInstall, *, sudo: bool) -> Command:
         f"log=$(mktemp); {venv}/bin/pip install --disable-pip-version-check -q {' '.join(index)} -- {pin} "
         f'>"$log" 2>&1 || {{ tail -20 "$log" >&2; rm -f "$log"; exit 1; }}; rm -f "$log"{remove}'
     )
-    return Command(script, sudo=sudo, label=f"pip install {' '.join(pins)} into {spec.venv}")
+    return Command(script, sudo=sudo, label=f"pip install {' '.join(spec.pins())} into {spec.venv}")
 
 
 def place_upload(tmp: str, dest: str, *, sudo: bool) -> Command:
