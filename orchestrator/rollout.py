@@ -35,7 +35,6 @@ class Fence:
 
     router: Router
     worker: str
-    metrics_url: str
     drain_timeout_s: float
 
 
@@ -53,7 +52,6 @@ def fences(
         out[(p.host, p.deployment)] = Fence(
             front,
             worker_url(address, dep.port),
-            f"{worker_url(address, dep.port)}/metrics",
             dep.rollout.drain_timeout_s,
         )
     return out
@@ -178,7 +176,7 @@ def _take_out(fence: Fence, say: Callable[[str], None]) -> None:
         say(f"WARNING: could not take it out of the router: {exc}")
         return
     say(f"taken out of the router {fence.router.base_url}")
-    d = drain(fence.metrics_url, timeout_s=fence.drain_timeout_s)
+    d = drain(fence.worker, timeout_s=fence.drain_timeout_s)
     left = f"; {d.left} request(s) still in flight" if not d.done else ""
     say(f"drained in {d.waited_s:.1f}s{left}")
 

@@ -148,6 +148,8 @@ def argv(dep: Deployment, node: nodes.NodeRole | None = None) -> list[str]:
         flags["--max-model-len"] = dep.max_model_len
     if dep.dtype is not None:
         flags["--dtype"] = dep.dtype
+    if dep.router is not None:  # a replica's drain counts the requests in its handlers (observe/router.py)
+        flags["--enable-server-load-tracking"] = True
     flags.update(dep.args)
     return head + _flag_words(flags) if node is None else nodes.argv(dep, node, head, _flag_words(flags))
 

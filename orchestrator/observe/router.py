@@ -2,9 +2,13 @@
 
 The router keeps a list of worker URLs: ``GET /list_workers`` reads it, ``POST /remove_worker?url=``
 takes one out (requests already sent to it go on; new ones go elsewhere) and ``POST /add_worker?url=``
-puts it back. A replica taken out is drained before it stops: orch waits until its ``/metrics`` show no
-request running or waiting (twice in a row, since a request the router chose just before the removal
-may still be on its way).
+puts it back. A replica taken out is drained before it stops: orch waits until it has had no request for
+``quiet_s`` (a request the router chose just before the removal may still be on its way). Two counts
+are read: vLLM's ``/load`` (requests inside its HTTP handlers, from the moment their body is read to the
+last byte of their answer; orch starts a replica behind a router with ``--enable-server-load-tracking``)
+and ``/metrics`` (requests running or waiting in the engine). ``/load`` sees a request before the engine
+does, while its prompt is still being templated and tokenized; a server started without the flag
+answers 0 there, so the engine's count always stands beside it.
 """
 
 from __future__ import annotations
@@ -57,31 +61,45 @@ class Drained:
 
 
 def drain(
-    metrics_url: str,
+    worker: str,
     *,
     timeout_s: float,
+    quiet_s: float = 1.0,
     interval_s: float = 0.25,
     transport: httpx.BaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Drained:
-    """Wait until the replica has no request running or waiting, seen twice in a row, or ``timeout_s``.
+    """Wait until the replica at ``worker`` (a base URL) has had no request for ``quiet_s``, or ``timeout_s``.
 
     A replica whose /metrics cannot be read counts as drained: it serves nothing the router could lose.
     """
     start = clock()
-    quiet, left = 0, 0
+    quiet_since: float | None = None
     with httpx.Client(timeout=min(10.0, timeout_s), transport=transport) as client:
         while True:
             try:
-                answer = httpio.fetch(client, "GET", metrics_url, limit=8 << 20)
-                m = summarize(answer.text, source=metrics_url)
-                left = int((m.running or 0) + (m.waiting or 0))
+                left = _in_flight(client, worker)
             except AnswerError:
                 return Drained(True, clock() - start, 0)
-            quiet = quiet + 1 if left == 0 else 0
-            if quiet >= 2:
-                return Drained(True, clock() - start, 0)
-            if clock() - start >= timeout_s:
-                return Drained(False, clock() - start, left)
+            now = clock()
+            quiet_since = (quiet_since if quiet_since is not None else now) if left == 0 else None
+            if quiet_since is not None and now - quiet_since >= quiet_s:
+                return Drained(True, now - start, 0)
+            if now - start >= timeout_s:
+                return Drained(False, now - start, left)
             sleep(interval_s)
+
+
+def _in_flight(client: httpx.Client, worker: str) -> int:
+    """Requests the replica holds: the larger of its HTTP handlers' count and its engine's."""
+    answer = httpio.fetch(client, "GET", worker + "/metrics", limit=8 << 20)
+    m = summarize(answer.text, source=worker + "/metrics")
+    engine = int((m.running or 0) + (m.waiting or 0))
+    try:
+        load = httpio.fetch(client, "GET", worker + "/load")
+        body = httpio.loads(load.body, url=worker + "/load") if load.status == 200 else None
+    except AnswerError:  # a vLLM without /load: the engine's count alone
+        return engine
+    handlers = body.get("server_load") if isinstance(body, dict) else None
+    return max(engine, handlers) if isinstance(handlers, int) else engine

@@ -1,13 +1,14 @@
 """A fleet rolled out behind vLLM's own router, on real hosts with the real vLLM CPU build and vllm-router.
 
-Three replicas of the tiny model (th1..th3) behind vllm-router on th4. While a steady stream of requests
-goes through the router (`orch bench` rounds, one after another), a rolling update with ``batch: 1``
-must fail no request, have at most one replica out of the router at any time, and restart each replica
-exactly once, in order. A broken revision must stop at the first batch, be restored there, leave the
-other replicas untouched, and still fail no request.
+Two replicas of the tiny model (th1, th2) behind vllm-router on th3 (ORCH_ROLLOUT_REPLICAS=N for N
+replicas, the router on the host after them). While a steady stream of requests goes through the router
+(`orch bench` rounds, one after another), a rolling update with ``batch: 1`` must fail no request, have
+at most one replica out of the router at any time, and restart each replica exactly once, in order. A
+broken revision must stop at the first batch, be restored there, leave the other replicas untouched,
+and still fail no request.
 
 With ORCH_ROLLOUT_RECORD=FILE the timeline (load rounds, router membership) is written there as JSON
-(docs/rollout.md is made from it).
+(docs/rollout.md is made from it, with three replicas).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ pytestmark = pytest.mark.testbed
 ROUTER_VERSION = "0.1.17"
 WHEELS = Path(os.environ.get("ORCH_TESTBED_DIR", "/var/cache/orch-testbed")) / "router-wheels"
 PORT, ROUTER_PORT = 8300, 8800
+REPLICAS = tuple(f"th{i}" for i in range(1, int(os.environ.get("ORCH_ROLLOUT_REPLICAS", "2")) + 1))
+ROUTER_HOST = f"th{len(REPLICAS) + 1}"
+FIRST, OTHERS = REPLICAS[0], REPLICAS[1:]
 
 PLAYBOOK = """\
 inventory: inventory.yml
 deployments:
   - name: fleet
-    hosts: [th1, th2, th3]
+    hosts: [{replicas}]
     model: /srv/models/tiny
     served_model_name: tiny
     accelerator: cpu
@@ -51,7 +55,7 @@ deployments:
     readiness: {{timeout_s: 420, interval_s: 1}}
     rollout: {{batch: 1, drain_timeout_s: 60}}
     router:
-      host: th4
+      host: {router_host}
       port: {router_port}
       version: "{version}"
       no_index: true
@@ -74,8 +78,8 @@ def router_wheels() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def site(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    hosts = testbed.up(4)
-    router_host = hosts[3]
+    hosts = testbed.up(len(REPLICAS) + 1)
+    router_host = hosts[-1]
     for wheel in router_wheels():
         with wheel.open("rb") as fh:
             subprocess.run(
@@ -99,14 +103,20 @@ def playbook(site: dict[str, Any], roll: str, *, max_len: int = 512) -> Path:
     path: Path = site["dir"] / f"fleet-{roll}.yml"
     path.write_text(
         PLAYBOOK.format(
-            port=PORT, router_port=ROUTER_PORT, roll=roll, max_len=max_len, version=ROUTER_VERSION
+            port=PORT,
+            router_port=ROUTER_PORT,
+            roll=roll,
+            max_len=max_len,
+            version=ROUTER_VERSION,
+            replicas=", ".join(REPLICAS),
+            router_host=ROUTER_HOST,
         )
     )
     return path
 
 
 def router_url(site: dict[str, Any]) -> str:
-    return f"http://{site['hosts']['th4'].address}:{ROUTER_PORT}"
+    return f"http://{site['hosts'][ROUTER_HOST].address}:{ROUTER_PORT}"
 
 
 def worker(site: dict[str, Any], host: str) -> str:
@@ -115,7 +125,7 @@ def worker(site: dict[str, Any], host: str) -> str:
 
 def main_pids(site: dict[str, Any]) -> dict[str, str]:
     out = {}
-    for name in ("th1", "th2", "th3"):
+    for name in REPLICAS:
         proc = site["testbed"].ssh(
             site["hosts"][name], "systemctl show -p MainPID --value orch-fleet.service"
         )
@@ -176,7 +186,7 @@ class Watch:
 
     def out_of_router(self, site: dict[str, Any]) -> list[str]:
         """The replicas in the order they left the router, once per leave."""
-        every = {worker(site, h): h for h in ("th1", "th2", "th3")}
+        every = {worker(site, h): h for h in REPLICAS}
         left, before = [], set(every)
         for _, urls in self.members:
             now = set(urls) & set(every)
@@ -190,7 +200,7 @@ def test_first_apply_brings_up_the_replicas_then_the_router(site: dict[str, Any]
     proc = orch("apply", book, "-y")
     assert proc.returncode == 0, proc.stderr
     urls = httpx.get(router_url(site) + "/list_workers", timeout=10).json()["urls"]
-    assert sorted(urls) == sorted(worker(site, h) for h in ("th1", "th2", "th3"))
+    assert sorted(urls) == sorted(worker(site, h) for h in REPLICAS)
     answer = httpx.post(
         router_url(site) + "/v1/chat/completions",
         json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
@@ -208,12 +218,12 @@ def test_a_rolling_update_fails_no_request_and_takes_one_replica_at_a_time(site:
     assert proc.returncode == 0, proc.stderr
     assert sum(r["failed"] for r in watch.rounds) == 0, [r["errors"] for r in watch.rounds if r["failed"]]
     assert sum(r["completed"] for r in watch.rounds) >= 24
-    assert watch.out_of_router(site) == ["th1", "th2", "th3"]
-    everyone = {worker(site, h) for h in ("th1", "th2", "th3")}
+    assert watch.out_of_router(site) == list(REPLICAS)
+    everyone = {worker(site, h) for h in REPLICAS}
     assert all(len(everyone - set(urls)) <= 1 for _, urls in watch.members if urls != ["?"])
     after = main_pids(site)
     assert all(after[h] != before[h] for h in before), (before, after)
-    for h in ("th1", "th2", "th3"):
+    for h in REPLICAS:
         assert (
             "ROLL=2"
             in site["testbed"]
@@ -233,14 +243,14 @@ def test_a_broken_revision_stops_at_the_first_batch_and_fails_no_request(site: d
     site["record"]["broken"] = {"rounds": watch.rounds, "members": watch.members, "output": proc.stdout}
     assert proc.returncode == 1
     assert sum(r["failed"] for r in watch.rounds) == 0, [r["errors"] for r in watch.rounds if r["failed"]]
-    assert watch.out_of_router(site) == ["th1"]
+    assert watch.out_of_router(site) == [FIRST]
     after = main_pids(site)
-    assert after["th2"] == before["th2"] and after["th3"] == before["th3"]
+    assert all(after[h] == before[h] for h in OTHERS), (before, after)
     urls = httpx.get(router_url(site) + "/list_workers", timeout=10).json()["urls"]
-    assert sorted(urls) == sorted(worker(site, h) for h in ("th1", "th2", "th3"))
+    assert sorted(urls) == sorted(worker(site, h) for h in REPLICAS)
     status = json.loads(orch("status", book, "--json").stdout)
     rows = {r["host"]: r for r in status["deployments"] if r["deployment"] == "fleet"}
     [fleet] = status["fleets"]
-    assert (fleet["revisions"], fleet["in_router"]) == ({"2": ["th1", "th2", "th3"]}, ["th1", "th2", "th3"])
-    assert {h: rows[h]["revision"] for h in ("th1", "th2", "th3")} == {"th1": 2, "th2": 2, "th3": 2}
+    assert (fleet["revisions"], fleet["in_router"]) == ({"2": list(REPLICAS)}, list(REPLICAS))
+    assert {h: rows[h]["revision"] for h in REPLICAS} == dict.fromkeys(REPLICAS, 2)
     assert "not reached: the rollout of fleet stopped after batch 1 failed" in proc.stdout

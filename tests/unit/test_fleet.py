@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from orchestrator import rollout, waves
+from orchestrator.core import render
 from orchestrator.core.fleet import Rollout, RouterSpec, worker_url
 from orchestrator.core.layout import Layout
 from orchestrator.core.model import Deployment, Host
 from orchestrator.core.render import Desired, DesiredFile
 from orchestrator.facts import DeploymentFacts
 from orchestrator.hostrun import QuietReporter, Result
-from orchestrator.observe.router import Router, drain
+from orchestrator.observe.router import Drained, Router, drain
 from orchestrator.plan import TargetPlan, plan_target
 
 
@@ -154,8 +156,9 @@ def test_without_rollout_settings_every_host_goes_at_once(monkeypatch: pytest.Mo
 class FakeRouter:
     """vllm-router's worker API on httpx's MockTransport, with the replica's /metrics beside it."""
 
-    def __init__(self, workers: list[str], running: list[int]) -> None:
+    def __init__(self, workers: list[str], running: list[int], load: list[int] | None = None) -> None:
         self.workers, self.running, self.calls = list(workers), list(running), []  # type: list[str]
+        self.load = load  # /load's answers; None: a vLLM without /load
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, url = request.url.path, request.url.params.get("url", "")
@@ -174,6 +177,8 @@ class FakeRouter:
                 200,
                 text=f'vllm:num_requests_running{{model_name="m"}} {n}\nvllm:num_requests_waiting{{model_name="m"}} 0\n',
             )
+        if path == "/load" and self.load is not None:
+            return httpx.Response(200, json={"server_load": self.load.pop(0) if self.load else 0})
         return httpx.Response(404)
 
 
@@ -190,30 +195,46 @@ def test_the_router_api_names_workers_by_their_url() -> None:
     ]
 
 
-def test_drain_waits_for_no_request_seen_twice() -> None:
-    fake = FakeRouter([], running=[3, 1, 0, 2, 0, 0])
+def drained(fake: Callable[[httpx.Request], httpx.Response], timeout_s: float = 60) -> tuple[Drained, float]:
     now = [0.0]
     got = drain(
-        "http://10.0.0.1:8000/metrics",
-        timeout_s=60,
+        "http://10.0.0.1:8000",
+        timeout_s=timeout_s,
         transport=httpx.MockTransport(fake),
         clock=lambda: now[0],
         sleep=lambda s: now.__setitem__(0, now[0] + s),
     )
-    assert got.done and len(fake.calls) == 6
+    return got, now[0]
+
+
+def test_drain_waits_until_the_engine_has_had_no_request_for_a_second() -> None:
+    got, at = drained(FakeRouter([], running=[3, 1, 0, 2, 0, 0, 0, 0, 0, 0]))
+    assert got.done and at == 2.0  # 2 requests at 0.75 s; quiet from the read at 1.0 s to the one at 2.0 s
+
+
+def test_drain_counts_requests_the_handlers_hold_before_the_engine_sees_them() -> None:
+    fake = FakeRouter([], running=[0] * 20, load=[1, 1, 1, 0, 0, 0, 0, 0])
+    got, at = drained(fake)
+    assert got.done and at == 1.75
+    assert fake.calls[:2] == ["GET /metrics", "GET /load"]
+
+
+def test_drain_reads_the_engine_alone_where_load_is_not_served_or_garbage() -> None:
+    got, at = drained(FakeRouter([], running=[2, 0, 0, 0, 0, 0]))
+    assert got.done and at == 1.25
+
+    def html(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/load":
+            return httpx.Response(200, text="<html>")
+        return FakeRouter([], running=[0])(request)
+
+    got, at = drained(html)
+    assert got.done and at == 1.0
 
 
 def test_drain_gives_up_at_its_deadline_saying_what_is_left() -> None:
-    fake = FakeRouter([], running=[5] * 100)
-    now = [0.0]
-    got = drain(
-        "http://x/metrics",
-        timeout_s=2,
-        transport=httpx.MockTransport(fake),
-        clock=lambda: now[0],
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
-    )
-    assert (got.done, got.left) == (False, 5) and got.waited_s >= 2
+    got, _ = drained(FakeRouter([], running=[5] * 100, load=[6] * 100), timeout_s=2)
+    assert (got.done, got.left) == (False, 6) and got.waited_s >= 2
 
 
 def test_a_router_that_answers_garbage_is_one_error() -> None:
@@ -238,3 +259,12 @@ def test_the_plan_says_how_a_fleet_rolls_out() -> None:
 def test_a_router_arg_whose_value_looks_like_a_flag_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="looks like a flag"):
         RouterSpec(host="lb", args={"--retry-max-retries": value})
+
+
+def test_a_replica_behind_a_router_counts_its_requests_for_the_drain() -> None:
+    behind = dep("tiny", ["a", "b"], router=RouterSpec(host="lb"))
+    alone = dep("big", ["a", "b"])
+    off = dep("tiny", ["a"], router=RouterSpec(host="lb"), args={"--enable-server-load-tracking": False})
+    assert "--enable-server-load-tracking" in render.argv(behind)
+    assert "--enable-server-load-tracking" not in render.argv(alone)
+    assert "--enable-server-load-tracking" not in render.argv(off)
