@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from .. import __version__
-from ..core.scalars import NAME
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,6 +72,8 @@ def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def host_spec(text: str) -> tuple[str, str | None]:
     """``NAME`` or ``NAME=ADDRESS`` (argparse type)."""
+    from ..core.scalars import NAME  # Pydantic comes with it: not on every verb's start
+
     name, eq, address = text.partition("=")
     if not re.match(NAME, name) or (eq and not address.strip()):
         raise argparse.ArgumentTypeError(f"not NAME[=ADDRESS] with a lower-case name like gpu1: {text!r}")
