@@ -30,7 +30,7 @@ from .host.commands import Command
 from .host.state import REVISION_FILES, revision_contents
 from .hostrun import HostRun, Reporter, Result, Timeline, as_error
 from .observe import preflight
-from .observe.health import Endpoint, wait_ready
+from .observe.probe import Endpoint, Probe
 from .plan import Abandon, Change, RecordRevision, Restart, TargetPlan, WriteFile, plan_target
 from .provision import hub, upload
 
@@ -178,6 +178,8 @@ def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: R
 
 def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, reporter: Reporter) -> Timeline:
     """Wait until the restarted server answers; its timeline counts from the restart command."""
+    from .observe.health import wait_ready  # httpx with it: an apply that restarts nothing never loads it
+
     ep = endpoint(run.host, dep, desired.env)
     runner = runners.of(desired.layout)
     with_log = commands.unit_state(runner, dep.unit_name, sudo=run.host.sudo)
@@ -186,8 +188,8 @@ def _gate(run: HostRun, dep: Deployment, desired: Desired, applied: Applied, rep
     def unit_state(command: commands.Command = with_log) -> UnitState:
         return facts.parse_unit_state(run.run(command, timeout=30), runner)
 
-    def progress(elapsed: float, unit: UnitState, probe: object) -> None:
-        reporter.gate(run.name, dep.name, elapsed, unit, probe)  # type: ignore[arg-type]
+    def progress(elapsed: float, unit: UnitState, probe: Probe) -> None:
+        reporter.gate(run.name, dep.name, elapsed, unit, probe)
         failpoints.reach("during-gate")
 
     outcome = wait_ready(

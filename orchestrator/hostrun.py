@@ -19,7 +19,7 @@ from .facts import DeploymentFacts
 from .host import commands
 from .host.runners import UnitState
 from .observe import preflight
-from .observe.health import Probe
+from .observe.probe import Probe
 from .transport import Held, Transport
 
 T = TypeVar("T")

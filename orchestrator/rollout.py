@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import multinode
 from .converge import api_address, execute
@@ -24,9 +25,11 @@ from .core.fleet import worker_url
 from .core.model import Deployment, Host
 from .errors import AnswerError
 from .hostrun import HostRun, Reporter, Result, as_error, parallel
-from .observe.router import Router, drain
 from .plan import Restart, Stop, TargetPlan
 from .waves import Key, batch_of, fleet_of, groups, waves
+
+if TYPE_CHECKING:
+    from .observe.router import Router
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ def fences(
     plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment], hosts: Mapping[str, Host]
 ) -> dict[Key, Fence]:
     """The router in front of each replica that has one."""
+    from .observe.router import Router  # httpx with it: only a fleet behind a router needs it
+
     out: dict[Key, Fence] = {}
     for p in plans:
         dep = deployments[p.deployment]
@@ -176,6 +181,8 @@ def _take_out(fence: Fence, say: Callable[[str], None]) -> None:
         say(f"WARNING: could not take it out of the router: {exc}")
         return
     say(f"taken out of the router {fence.router.base_url}")
+    from .observe.router import drain
+
     d = drain(fence.worker, timeout_s=fence.drain_timeout_s)
     left = f"; {d.left} request(s) still in flight" if not d.done else ""
     say(f"drained in {d.waited_s:.1f}s{left}")

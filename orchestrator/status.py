@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import httpx
-
 from .core.fleet import worker_url
 from .core.layout import Layout
 from .core.load import Loaded, Target
@@ -23,8 +21,8 @@ from .errors import AnswerError, ConfigError, OrchError
 from .facts import DeploymentFacts
 from .host import commands, runners, state
 from .hostrun import HostRun, Result
-from .observe import health, metrics, preflight
-from .observe.health import Endpoint, Probe
+from .observe import health, httpio, metrics, preflight
+from .observe.probe import Endpoint, Probe
 from .observe.router import Router
 from .session import Session, api_address, endpoint, revisions
 from .trace import Trace
@@ -78,7 +76,7 @@ def status_row(run: HostRun, t: Target, *, trace: Trace | None = None) -> dict[s
     elif f.unit.running:
         ep = endpoint(run.host, t.deployment, parse_env(f.files.get("env", "")))
         start = time.monotonic()
-        with httpx.Client(timeout=5) as client:
+        with httpio.client(timeout=5) as client:
             ready = health.probe(client, ep)
         if trace is not None:
             outcome = "ready" if ready.ready else f"not ready: {ready.stage}: {ready.detail}"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the verbs that print plans only need none of these at run t
     from ..hostrun import Result, Timeline
     from ..observe import bench, metrics
     from ..observe.gpu import Check
-    from ..observe.health import Probe
+    from ..observe.probe import Probe
     from ..session import Session
 
 # emoji=False: ':x:' in a file, a path or a message prints as ':x:'.

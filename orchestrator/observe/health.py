@@ -30,24 +30,7 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop
 from ..errors import AnswerError
 from ..host.runners import UnitState
 from . import httpio
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    base_url: str
-    served_name: str
-    api_key: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-
-@dataclass(frozen=True)
-class Probe:
-    ready: bool
-    stage: str
-    detail: str = ""
-
+from .probe import Endpoint, Probe
 
 POLL_S = 0.1  # between probes while /health does not answer 200: each is one small request
 CHEAP_STAGES = frozenset({"connect", "health"})  # a probe that failed here sent no completion
@@ -209,7 +192,7 @@ def wait_ready(
         return max(0.0, min(pause(last[-1][1], poll_s=poll_s, interval_s=interval_s), left))
 
     with (
-        httpx.Client(timeout=request_timeout_s, transport=transport) as client,
+        httpio.client(timeout=request_timeout_s, transport=transport) as client,
         ThreadPoolExecutor(1, thread_name_prefix="orch-gate-state") as host,
         ThreadPoolExecutor(len(_CHECKS) - 1, thread_name_prefix="orch-gate-http") as requests,
     ):

@@ -90,7 +90,7 @@ def scrape(
     url: str, *, timeout_s: float = 10, transport: httpx.BaseTransport | None = None
 ) -> MetricsSummary:
     """GET a ``/metrics`` URL and summarize it; every failure is one AnswerError naming the URL."""
-    with httpx.Client(timeout=timeout_s, transport=transport) as client:
+    with httpio.client(timeout=timeout_s, transport=transport) as client:
         answer = httpio.fetch(client, "GET", url, limit=MAX_METRICS_BYTES)
     if answer.status != 200:
         raise AnswerError(url, f"answered {answer.status}: {httpio.snippet(answer.body)}")

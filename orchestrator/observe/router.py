@@ -46,7 +46,7 @@ class Router:
     def _call(self, method: str, path: str, worker: str | None = None) -> httpio.Answer:
         url = self.base_url + path
         query = f"?{httpx.QueryParams({'url': worker})}" if worker is not None else ""
-        with httpx.Client(timeout=self.timeout_s, transport=self.transport) as client:
+        with httpio.client(timeout=self.timeout_s, transport=self.transport) as client:
             answer = httpio.fetch(client, method, url + query)
         if answer.status != 200:
             raise AnswerError(url, f"answered {answer.status}: {httpio.snippet(answer.body)}")
@@ -76,7 +76,7 @@ def drain(
     """
     start = clock()
     quiet_since: float | None = None
-    with httpx.Client(timeout=min(10.0, timeout_s), transport=transport) as client:
+    with httpio.client(timeout=min(10.0, timeout_s), transport=transport) as client:
         while True:
             try:
                 left = _in_flight(client, worker)

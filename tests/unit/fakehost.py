@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import converge, facts, session
+from orchestrator import facts, session
 from orchestrator.core.layout import Role
 from orchestrator.core.load import Loaded, load
 from orchestrator.core.model import Host
@@ -31,6 +31,7 @@ from orchestrator.facts import DeploymentFacts, UnitState
 from orchestrator.host import commands, runners, state
 from orchestrator.host.commands import MARK, Command
 from orchestrator.host.state import REVISION_FILES, revision_contents
+from orchestrator.observe import health
 from orchestrator.observe.health import Outcome
 from orchestrator.transport.base import Result
 from orchestrator.transport.fake import FakeTransport
@@ -255,7 +256,7 @@ def gates(monkeypatch: pytest.MonkeyPatch, *ready: bool, host: FakeTransport | N
         ok = gate.ready.pop(0)  # IndexError: a gate this test did not expect
         return Outcome(ok, "" if ok else "/health answered 500 for 4s", 4.0, up_s=3.5)
 
-    monkeypatch.setattr(converge, "wait_ready", wait_ready)
+    monkeypatch.setattr(health, "wait_ready", wait_ready)  # converge imports it when it gates
     return gate
 
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from orchestrator.host.runners import UnitState
-from orchestrator.observe.health import Endpoint, Probe, pause, probe, wait_ready
+from orchestrator.observe.health import pause, probe, wait_ready
+from orchestrator.observe.probe import Endpoint, Probe
 
 EP = Endpoint("http://h:8000", "tiny", api_key="k")
 RUNNING = UnitState(active_state="active", sub_state="running", main_pid=100)
