@@ -180,3 +180,28 @@ def test_sibling_lines_as_a_supervisord_host_prints_them() -> None:
         Sibling(Owner("system", "cpu-one"), (), 0.9, None),
     )
     assert siblings.parse(text)[0].describe() == "deployment tiny-a (orch, revision 1)"
+
+
+@pytest.mark.parametrize(
+    ("status", "calls", "pid"),
+    [
+        ("orch-tiny   RUNNING   pid 4242, uptime 0:03:07", ["status orch-tiny"], 4242),
+        ("orch-tiny   STARTING", ["status orch-tiny", "pid orch-tiny"], 977),
+    ],
+)
+def test_a_supervisord_state_asks_for_the_pid_only_while_status_shows_none(
+    tmp_path: Path, status: str, calls: list[str], pid: int
+) -> None:
+    """Each supervisorctl is a Python process: the state read runs one when status names the pid."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "supervisorctl"
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >>{log}\ncase "$1" in status) echo "{status}";; pid) echo 977;; esac\n'
+    )
+    fake.chmod(0o755)
+    sup = Supervisord(str(tmp_path))
+    Path(sup.conf_path("orch-tiny.service")).write_text("[program:orch-tiny]\n")
+    out = sh(sup.state("orch-tiny.service"), PATH=f"{tmp_path}:{os.environ['PATH']}")
+    state = sup.parse_state(dict(line.split("=", 1) for line in out.splitlines()))
+    assert log.read_text().splitlines() == calls
+    assert (state.running or state.active == "activating", state.main_pid) == (True, pid)
