@@ -175,14 +175,14 @@ def step(
 
 
 def _take_out(fence: Fence, say: Callable[[str], None]) -> None:
+    from .observe.router import drain  # httpx with it: only a fleet behind a router needs it
+
     try:
         fence.router.remove(fence.worker)
     except AnswerError as exc:
         say(f"WARNING: could not take it out of the router: {exc}")
         return
     say(f"taken out of the router {fence.router.base_url}")
-    from .observe.router import drain
-
     d = drain(fence.worker, timeout_s=fence.drain_timeout_s)
     left = f"; {d.left} request(s) still in flight" if not d.done else ""
     say(f"drained in {d.waited_s:.1f}s{left}")

@@ -160,8 +160,8 @@ class Supervisord:
         # status prints no pid while the program is STARTING; `pid` does (asked only then: each
         # supervisorctl is a Python process of its own).
         return (
-            f's=$(supervisorctl status {name} 2>&1 | head -1); echo "SupervisorStatus=$s"; '
-            f'case "$s" in *" pid "*) ;; *) echo "SupervisorPid=$({self.main_pid(unit)})";; esac; '
+            f'orch_sv=$(supervisorctl status {name} 2>&1 | head -1); echo "SupervisorStatus=$orch_sv"; '
+            f'case "$orch_sv" in *" pid "*) ;; *) echo "SupervisorPid=$({self.main_pid(unit)})";; esac; '
             f"[ -f {shlex.quote(self.conf_path(unit))} ] && echo UnitFileState=enabled"
         )
 
