@@ -1,20 +1,35 @@
 #!/bin/bash
 # `orch bench` against `vllm bench serve` on the lent GPU machine: the same server (the real GPU
 # vLLM 0.26.0, deployed by orch), the same prompts (orch's, given to vLLM as a `custom` dataset),
-# lengths and concurrency; the two clients run one after the other, ROUNDS times, order alternating.
-# Here the client has 16 cores of its own, unlike on the 2-core test bed (bench_vs_vllm.md).
+# lengths and concurrency. WARMUP pairs first (not counted: in earlier runs the server ran faster
+# round after round at first), then paired rounds, the order alternating from pair to pair, until
+# ROUNDS pairs are done or the next would end past BUDGET_S seconds after the start (a call has at
+# most 10 minutes; a later STAGED=1 call on the same warm machine goes on where this one stopped: the
+# results stay in /tmp/orch-bench-results). The server runs on cores SERVER_CPUS, the clients on
+# CLIENT_CPUS, so that no client takes CPU from the server's processes (an --enforce-eager server is
+# CPU-bound); prefix caching is off, so that every round asks the server for the same work.
 #
-# Staging as for gpu_e2e.sh (see benchmarks/gpu_stage.sh); this call carries .device-stage/c6 and
+# Staging as for gpu_e2e.sh (see benchmarks/gpu_stage.sh); the first call carries .device-stage/c6 and
 # .device-orch/wheels. The model: the tiny model's tokenizer under a Qwen2.5-1.5B-shaped config
 # (hidden 1536, 28 layers, 12 heads, 2 KV heads) with dummy weights, so that a decode step costs
-# what a small real model's does. Everything measured goes to $OUT (summary.txt, results/*.json).
+# what a small real model's does. Back in $OUT: summary.txt, and raw.tar.gz (each run's console
+# output and result JSON). DESTROY=1 removes the deployment at the end.
 set -uo pipefail
 OUT=${OUT:-/tmp/orch-gpu-bench}
+export SERVER_CPUS=${SERVER_CPUS:-0-11}
 source benchmarks/gpu_stage.sh
-N=${N:-200} C=${C:-16} IN=${IN:-128} OUTLEN=${OUTLEN:-128} ROUNDS=${ROUNDS:-2}
-RES=$OUT/results; mkdir -p "$RES"
+N=${N:-200} C=${C:-16} IN=${IN:-128} OUTLEN=${OUTLEN:-128} ROUNDS=${ROUNDS:-6} WARMUP=${WARMUP:-1}
+BUDGET_S=${BUDGET_S:-560} CLIENT_CPUS=${CLIENT_CPUS:-12-15}
+RES=/tmp/orch-bench-results; mkdir -p "$RES"
+CLIENT=(); command -v taskset >/dev/null && CLIENT=(taskset -c "$CLIENT_CPUS")
+note "server cores ${SERVER_CPUS}, client cores ${CLIENT_CPUS} ($(nproc --all) in all; ${CLIENT[*]:-no taskset})"
+# The deadline on the epoch clock: T0 is the script's start (gpu_stage.sh).
+END=$(awk -v a="$T0" -v b="$BUDGET_S" 'BEGIN { printf "%.0f", a + b }')
 
-M=/tmp/models/q15; [ "${STAGED:-0}" = 1 ] || { rm -rf $M; cp -r /tmp/models/tiny $M; rm -f $M/*.safetensors; }
+M=/tmp/models/q15
+S=/tmp/site-bench
+if [ "${STAGED:-0}" = 1 ] && [ -s /tmp/prompts.jsonl ]; then note "deployed already"; else
+rm -rf $M; cp -r /tmp/models/tiny $M; rm -f $M/*.safetensors
 python3 - "$M/config.json" <<'PY'
 import json, sys
 path = sys.argv[1]
@@ -25,7 +40,7 @@ config.update(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, nu
 json.dump(config, open(path, "w"), indent=1)
 PY
 
-S=/tmp/site-bench; mkdir -p $S
+mkdir -p $S
 cat >$S/inventory.yml <<'INV'
 hosts:
   gpubox: {address: 127.0.0.1, connection: local, runner: supervisord}
@@ -42,12 +57,13 @@ deployments:
     max_model_len: 2048
     port: 8000
     launcher: {kind: api_server}
-    args: {--enforce-eager: true, --load-format: dummy}
+    args: {--enforce-eager: true, --load-format: dummy, --no-enable-prefix-caching: true}
     env: {PYTHONPATH: /tmp/site, NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1"}
     readiness: {timeout_s: 480, interval_s: 2}
 PB
 step apply $ORCH apply -y $S/pb.yml || { tar -czf "$OUT/raw.tar.gz" -C "$OUT" r && rm -rf "$R"; exit 1; }
 nvidia-smi >"$R/nvsmi-serving.txt"
+grep Cpus_allowed_list "/proc/$(pgrep -f 'vllm.*serve' | head -1)/status" >"$R/server-cpus.txt" 2>&1
 
 # The prompts, once, for both tools.
 python3 - <<PY
@@ -58,12 +74,10 @@ with open("/tmp/prompts.jsonl", "w") as f:
     for p in build_prompts(cfg):
         f.write(json.dumps({"prompt": p}) + "\n")
 PY
-
-# ROUNDS=0: stage and deploy only (a call has at most 10 minutes); then STAGED=1 runs the rounds.
-[ "$ROUNDS" = 0 ] && { note "deployed; rounds left to a STAGED=1 call"; tar -czf "$OUT/raw.tar.gz" -C "$OUT" r && rm -rf "$R"; exit 0; }
+fi
 
 vllm_bench() {  # vllm_bench NAME
-  PYTHONPATH=/tmp/site:/tmp/orchsite python3 -m vllm.entrypoints.cli.main bench serve --backend openai \
+  PYTHONPATH=/tmp/site:/tmp/orchsite "${CLIENT[@]}" python3 -m vllm.entrypoints.cli.main bench serve --backend openai \
     --base-url http://127.0.0.1:8000 --endpoint /v1/completions --model q15 --tokenizer $M \
     --dataset-name custom --dataset-path /tmp/prompts.jsonl --disable-shuffle --skip-chat-template \
     --num-prompts "$N" --custom-output-len "$OUTLEN" --ignore-eos --max-concurrency "$C" \
@@ -71,26 +85,48 @@ vllm_bench() {  # vllm_bench NAME
     --metric-percentiles 50,90,99 --save-result --result-dir "$RES" --result-filename "$1.json"
 }
 orch_bench() {  # orch_bench NAME
-  $ORCH bench $S/pb.yml -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" --seed 0 --save "$RES/$1.json"
+  "${CLIENT[@]}" $ORCH bench $S/pb.yml -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" --seed 0 \
+    --save "$RES/$1.json"
 }
-[ "${STAGED:-0}" = 1 ] || step warmup orch_bench warmup  # a fresh server: one round to warm it
+pair() {  # pair NAME ODD: both clients, vLLM's first when ODD is 1
+  if [ "$2" = 1 ]; then step "vllm-$1" vllm_bench "vllm-$1"; step "orch-$1" orch_bench "orch-$1"
+  else step "orch-$1" orch_bench "orch-$1"; step "vllm-$1" vllm_bench "vllm-$1"; fi
+}
+done_pair() { [ -s "$RES/vllm-$1.json" ] && [ -s "$RES/orch-$1.json" ]; }
+for w in $(seq 1 "$WARMUP"); do done_pair "w$w" || pair "w$w" $((w % 2)); done
+longest=0
 for i in $(seq 1 "$ROUNDS"); do
-  if [ $((i % 2)) -eq 1 ]; then step "vllm-$i" vllm_bench "vllm-$i"; step "orch-$i" orch_bench "orch-$i"
-  else step "orch-$i" orch_bench "orch-$i"; step "vllm-$i" vllm_bench "vllm-$i"; fi
+  done_pair "$i" && continue
+  t=$(date +%s)
+  [ $((t + longest * 11 / 10)) -gt "$END" ] && { note "pair $i left for a later call (budget)"; break; }
+  pair "$i" $((i % 2)); d=$(($(date +%s) - t)); [ "$d" -gt "$longest" ] && longest=$d
 done
-$ORCH bench --compare "$RES/vllm-$ROUNDS.json" "$RES/orch-$ROUNDS.json" >"$OUT/compare.txt" 2>&1
-python3 - "$RES" "$ROUNDS" <<'PY' | tee -a "$OUT/summary.txt"
-import json, sys
+python3 - "$RES" <<'PY' | tee -a "$OUT/summary.txt"
+import statistics, sys
 from pathlib import Path
 from orchestrator.observe.bench import BenchResult
 from orchestrator.observe.benchreport import from_vllm_json
-res, rounds = Path(sys.argv[1]), int(sys.argv[2])
-for i in range(1, rounds + 1):
+res = Path(sys.argv[1])
+def diff(a: float, b: float) -> float:
+    return (b - a) / a * 100
+rows = []
+for i in range(1, 100):
+    if not ((res / f"vllm-{i}.json").exists() and (res / f"orch-{i}.json").exists()):
+        continue
     v = from_vllm_json((res / f"vllm-{i}.json").read_text())
     o = BenchResult.from_json((res / f"orch-{i}.json").read_text())
-    a, b = v.output_throughput, o.output_throughput
-    print(f"round {i}: output tok/s vllm {a:.1f}  orch {b:.1f}  ({(b - a) / a * 100:+.1f} %)")
+    row = (diff(v.output_throughput, o.output_throughput), diff(v.ttft.mean, o.ttft.mean), diff(v.tpot.mean, o.tpot.mean))
+    rows.append(row)
+    print(f"pair {i} ({'vllm' if i % 2 else 'orch'} first): output tok/s vllm {v.output_throughput:.1f} orch "
+          f"{o.output_throughput:.1f} ({row[0]:+.2f} %); TTFT mean ms {v.ttft.mean:.1f} / {o.ttft.mean:.1f} "
+          f"({row[1]:+.1f} %); TPOT mean ms {v.tpot.mean:.2f} / {o.tpot.mean:.2f} ({row[2]:+.1f} %); "
+          f"failed {v.failed} / {o.failed}; output tokens {v.total_output_tokens} / {o.total_output_tokens}")
+if rows:
+    med = [statistics.median(c) for c in zip(*rows)]
+    print(f"median of {len(rows)} pairs: output tok/s {med[0]:+.2f} %, TTFT mean {med[1]:+.1f} %, "
+          f"TPOT mean {med[2]:+.1f} %")
 PY
-step destroy $ORCH destroy -y $S/pb.yml
+[ "${DESTROY:-0}" = 1 ] && step destroy $ORCH destroy -y $S/pb.yml
 note "done"
-tar -czf "$OUT/raw.tar.gz" -C "$OUT" r results && rm -rf "$R" "$RES"  # few files come back: keep them in one
+# Few files come back: keep them in one.
+tar -czf "$OUT/raw.tar.gz" -C "$OUT" r -C /tmp orch-bench-results && rm -rf "$R"

@@ -15,7 +15,7 @@ step() {  # step NAME CMD...: run, keep output, note exit code and duration
   note "$name: exit $rc in $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
   return $rc
 }
-export PYTHONPATH=/tmp/orchsite:$PWD
+export PYTHONPATH=/tmp/orchsite:${ORCH_TREE:-$PWD}  # ORCH_TREE: a copy of orch to run instead of this tree
 ORCH="python3 -m orchestrator"
 # STAGED=1: a later call on the same warm machine, everything below already done.
 [ "${STAGED:-0}" = 1 ] && return 0
@@ -51,5 +51,7 @@ cat >/usr/local/bin/supervisorctl <<'SH'
 PYTHONPATH=/tmp/supsite exec python3 -m supervisor.supervisorctl -c /etc/supervisor/supervisord.conf "$@"
 SH
 chmod +x /usr/local/bin/supervisorctl
-PYTHONPATH=/tmp/supsite python3 -m supervisor.supervisord -c /etc/supervisor/supervisord.conf
+# SERVER_CPUS (a taskset list): supervisord, and so every server it starts, runs on those cores only.
+PIN=(); [ -n "${SERVER_CPUS:-}" ] && command -v taskset >/dev/null && PIN=(taskset -c "$SERVER_CPUS")
+(cd / && PYTHONPATH=/tmp/supsite "${PIN[@]}" python3 -m supervisor.supervisord -c /etc/supervisor/supervisord.conf)
 step tiny-model env PYTHONPATH=/tmp/site python3 tests/testbed/make_tiny_model.py /tmp/models/tiny
