@@ -27,6 +27,7 @@ from .errors import CommandError, GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .host import commands, pyreads, runners, state
 from .host.commands import Command
+from .host.procs import Proc
 from .host.state import REVISION_FILES, revision_contents
 from .hostrun import HostRun, Reporter, Result, Timeline, as_error
 from .observe import preflight
@@ -285,30 +286,48 @@ def endpoint(host: Host, dep: Deployment, env: Mapping[str, str]) -> Endpoint:
 
 def gather_host(
     run: HostRun, *, with_preflight: bool = False
-) -> tuple[dict[str, DeploymentFacts], preflight.HostProbe | None]:
-    """One round trip: the deployments' facts, and optionally what preflight judges.
+) -> tuple[dict[str, DeploymentFacts], tuple[Proc, ...], preflight.HostProbe | None]:
+    """One round trip: the deployments' facts, the processes marked as orch's, and optionally what
+    preflight judges (else ``probe_host`` reads it later, from the same facts).
 
     The script reads facts, then preflight's probes (without what the facts read already), then every
     vLLM version either asks, in one Python process per interpreter (``pyreads``).
     """
     queries = [fact_query(run.host, t.deployment, held=run.lock is not None) for t in run.targets]
     parts, asks = [facts.script(queries)], facts.asks(queries)
-    deps = [t.deployment for t in run.targets]
     if with_preflight:
-        peers = tuple(dict.fromkeys(p for t in run.targets if t.node for p in nodes.peers(t.node)))
-        extra = preflight.script(run.host, deps, peers=peers, after_facts=True)
-        parts += [f"echo {PREFLIGHT_MARK.strip()}", extra]
-        asks += preflight.asks(deps)
+        parts += [f"echo {PREFLIGHT_MARK.strip()}", _preflight_script(run)]
+        asks += preflight.asks([t.deployment for t in run.targets])
     label = "gather facts and preflight probes" if with_preflight else "gather facts"
     script = "; ".join(filter(None, [*parts, pyreads.script(asks)]))
     body, _, versions = run.run(Command(script, sudo=run.host.sudo, label=label)).partition(pyreads.PY_MARK)
     head, _, tail = body.partition(PREFLIGHT_MARK)
     found = facts.parse(head + versions, runners.of(Layout.of(run.host, "")))
-    if not with_preflight:
-        return found, None
+    marked = facts.marked(head)
+    probe = _joined(tail + versions, found, marked) if with_preflight else None
+    return found, marked, probe
+
+
+def probe_host(run: HostRun, marked: tuple[Proc, ...]) -> preflight.HostProbe:
+    """Preflight's probes alone, a round trip after ``gather_host`` read the facts (and ``marked``)."""
+    asks = preflight.asks([t.deployment for t in run.targets])
+    script = f"{_preflight_script(run)}; {pyreads.script(asks)}"
+    out = run.run(Command(script, sudo=run.host.sudo, label="preflight probes"))
+    body, _, versions = out.partition(pyreads.PY_MARK)
+    return _joined(body + versions, run.facts, marked)
+
+
+def _preflight_script(run: HostRun) -> str:
+    peers = tuple(dict.fromkeys(p for t in run.targets if t.node for p in nodes.peers(t.node)))
+    deps = [t.deployment for t in run.targets]
+    return preflight.script(run.host, deps, peers=peers, after_facts=True)
+
+
+def _joined(
+    output: str, found: Mapping[str, DeploymentFacts], marked: tuple[Proc, ...]
+) -> preflight.HostProbe:
     pids = {name: f.unit.main_pid for name, f in found.items()}
-    probe = preflight.parse(tail + versions)
-    return found, preflight.joined(probe, marked=facts.marked(head), main_pids=pids)
+    return preflight.joined(preflight.parse(output), marked=marked, main_pids=pids)
 
 
 def fact_query(host: Host, dep: Deployment, *, held: bool = False) -> facts.FactQuery:

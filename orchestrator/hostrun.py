@@ -17,6 +17,7 @@ from .core.model import Host
 from .errors import HostError, OrchError
 from .facts import DeploymentFacts
 from .host import commands
+from .host.procs import Proc
 from .host.runners import UnitState
 from .observe import preflight
 from .observe.probe import Probe
@@ -58,6 +59,7 @@ class HostRun:
     targets: list[Target]
     transport: Transport
     facts: dict[str, DeploymentFacts] = field(default_factory=dict)
+    marked: tuple[Proc, ...] = ()  # the processes marked as orch's, as the facts read them
     probe: preflight.HostProbe | None = None
     error: OrchError | None = None
     lock: Held | None = None

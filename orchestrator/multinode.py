@@ -39,6 +39,12 @@ def found_version(run: HostRun, dep: Deployment) -> str:
     return own.vllm_version if own else ""
 
 
+def waits_on_version(t: Target) -> bool:
+    """Whether planning ``t`` needs what preflight reads (``found_version``): a node whose backend is
+    ``auto`` and whose vLLM is not pinned."""
+    return t.node is not None and t.node.backend == "auto" and t.deployment.vllm is None
+
+
 def align(plans: list[TargetPlan]) -> list[TargetPlan]:
     """The plans with every node of a deployment restarting, and recording, when one of them does."""
     out = list(plans)

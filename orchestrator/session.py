@@ -1,7 +1,8 @@
 """The fixed stages of every verb that changes hosts, across hosts in parallel.
 
 connect → lock (changing verbs) → gather facts (one round trip per host) → desired state →
-plan → (the CLI confirms) → execute each target (``converge``) → release. ``apply``,
+plan → preflight's probes where a plan changes something (a second round trip there) → (the CLI
+confirms) → execute each target (``converge``) → release. ``apply``,
 ``rollback`` and ``destroy`` differ only in where the desired state comes from.
 """
 
@@ -16,7 +17,15 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from . import __version__, failpoints, multinode, rollout
-from .converge import api_address, deployment, endpoint, gather_host, journal_tail, revision_desired
+from .converge import (
+    api_address,
+    deployment,
+    endpoint,
+    gather_host,
+    journal_tail,
+    probe_host,
+    revision_desired,
+)
 from .core import nodes
 from .core.layout import Layout
 from .core.load import Loaded, Target
@@ -162,19 +171,51 @@ class Session:
                 run.release()
             raise LockError("; ".join(busy))
 
-    def gather(self, *, with_preflight: bool = False) -> None:
-        """Facts (and preflight's) of every host in one command each, in parallel.
+    def gather(self, *, with_preflight: bool = False, to_plan: bool = False) -> None:
+        """Facts of every host in one command each, in parallel; ``with_preflight``: preflight's probes in
+        the same command. ``to_plan``: only on the hosts whose plan needs them (a multi-node backend that
+        the vLLM found there decides); ``probe`` reads them where the plans change something.
 
         A failing host is marked; the others go on.
         """
 
         def one(run: HostRun) -> None:
-            run.facts, run.probe = gather_host(run, with_preflight=with_preflight)
+            early = with_preflight or (to_plan and any(map(multinode.waits_on_version, run.targets)))
+            run.facts, run.marked, run.probe = gather_host(run, with_preflight=early)
             for t in run.targets:  # what the host's env file holds is hidden from -vv from now on
                 env = run.facts.get(t.deployment.name, DeploymentFacts()).files.get("env", "")
                 self._hide(env_secrets(parse_env(env), frozenset(refs(t.deployment))))
 
         self.each(one)
+
+    def probe(self, plans: list[TargetPlan]) -> list[TargetPlan]:
+        """Preflight's probes, a second round trip, on the hosts not probed yet where a plan changes
+        something (every node of a multi-node deployment that does): an unchanged target is not judged.
+
+        Returns the plans less those of a host whose probes failed (marked failed, as in ``gather``) and
+        of the other nodes of its multi-node deployments.
+        """
+        changed = {(p.host, p.deployment) for p in plans if p.changed}
+        spread = {name for _, name in changed}
+        hosts = {
+            run.name
+            for run in self.live()
+            for t in run.targets
+            if (run.name, t.deployment.name) in changed or (t.node and t.deployment.name in spread)
+        }
+
+        def one(run: HostRun) -> None:
+            if run.probe is None and run.name in hosts:
+                run.probe = probe_host(run, run.marked)
+
+        self.each(one)
+        live = {run.name for run in self.live()}
+        if all(p.host in live for p in plans):
+            return plans
+        targets = [t for r in self.runs.values() for t in r.targets]
+        kept, apart = multinode.together([p for p in plans if p.host in live], targets)
+        self.failed += apart
+        return kept
 
     def _hide(self, values: Iterable[str]) -> None:
         if self.trace is not None:

@@ -27,10 +27,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     targets = targets_of(loaded, args)
     secrets = secrets_of(loaded)  # the host's env file is compared with the one these values make
     with Session(loaded, targets, trace=trace_of(args)) as session:
-        session.gather(with_preflight=True)
+        session.gather(to_plan=True)
         if not args.json:
             show_notices(session)
-        plans = session.plans(rendered(loaded, secrets), meta={})
+        plans = session.probe(session.plans(rendered(loaded, secrets), meta={}))
         errors = session.host_errors()
         checks = session.preflight()
     show_plans(plans, errors, as_json=args.json, checks=checks)
@@ -139,9 +139,11 @@ def _converge(
     reap = bool(getattr(args, "reap", False))
     with Session(loaded, targets, reporter=reporter, trace=trace_of(args)) as session:
         session.lock(verb, wait_s=args.lock_timeout)
-        session.gather(with_preflight=verb != "destroy")
+        judged = verb != "destroy"  # preflight judges what would start; destroy starts nothing
+        session.gather(to_plan=judged)
         show_notices(session)
         plans = session.plans(desired_of, meta=manifest_meta(loaded, verb=verb), reap=reap)
+        plans = session.probe(plans) if judged else plans
         errors = session.host_errors()
         checks = session.preflight(reap=reap)
         failpoints.reach("after-facts")

@@ -74,7 +74,7 @@ def host(loaded: Loaded, fake: FakeTransport) -> HostRun:
 
 def plan(loaded: Loaded, run: HostRun) -> TargetPlan:
     """Gather (through the fake) and plan, as a session does."""
-    run.facts, _ = converge.gather_host(run)
+    run.facts, _, _ = converge.gather_host(run)
     [target] = run.targets
     return session.plan_one(run, target, desired_of(loaded), meta=META)
 
@@ -321,7 +321,7 @@ def test_reap_on_a_running_deployment_ends_only_its_leftovers_and_says_which(
     fake.on("end leftover processes", ok(f"{REAPED_MARK} 501:VLLM::EngineCor\n"))
     gates(monkeypatch)  # no restart: no gate
     run, events = host(loaded, fake), Events()
-    run.facts, _ = converge.gather_host(run)
+    run.facts, _, _ = converge.gather_host(run)
     p = session.plan_one(run, run.targets[0], desired_of(loaded), meta=META, reap=True)
 
     result = converge.execute(run, p, events, gate=True, restore=True)
