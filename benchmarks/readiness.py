@@ -9,6 +9,11 @@ of orch, sends a one-token chat completion to the server every 50 ms (a new one 
 flight) and keeps the time of the first answer after the old server went away. orch's moment is when it
 prints "ready after" (its stderr is read line by line as it comes). Both clocks are this process's
 time.monotonic(). `--orch DIR` runs orch from another checkout (to measure an older gate).
+
+`--rollbacks K` then runs K times an apply that changes the env again and an `orch rollback -y` to the
+revision before it, and for each rollback sets its "ready after" (counted from the restart) beside
+vLLM's own start-up: from the new server process's start (its /proc/PID/stat start time, on the kernel's
+boot clock, which the test host shares) to the poller's first answer.
 Writes Markdown to stdout; benchmarks/readiness.md keeps the recorded run.
 """
 
@@ -102,6 +107,8 @@ class Round:
     lag_s: float  # orch's "ready" minus the poller's first answer
     ready_after_s: float
     timeline: str
+    first_ok: float = 0.0  # the poller's first answer, time.monotonic()
+    declared: float = 0.0  # orch's "ready", time.monotonic()
 
 
 def orch(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,14 +117,14 @@ def orch(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def one_round(root: Path, pb: Path, url: str) -> Round:
+def one_round(root: Path, pb: Path, url: str, verb: tuple[str, ...] = ("apply", "-y")) -> Round:
     poller = Poller(url)
     thread = threading.Thread(target=poller.run, daemon=True)
     thread.start()
     time.sleep(1.0)  # the old server answers the poller before orch begins
     poller.armed = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "apply", "-y", str(pb)],
+        [sys.executable, "-m", "orchestrator", *verb, str(pb)],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -133,7 +140,7 @@ def one_round(root: Path, pb: Path, url: str) -> Round:
             declared, match = time.monotonic(), found
     out = proc.stdout.read()
     if proc.wait() != 0 or declared is None or match is None:
-        sys.exit(f"apply failed ({proc.returncode}):\n{''.join(lines)}\n{out}")
+        sys.exit(f"{verb[0]} failed ({proc.returncode}):\n{''.join(lines)}\n{out}")
     while poller.first_ok is None and time.monotonic() < declared + 30:
         time.sleep(0.05)  # a poller request sent before orch's answer may still be coming
     poller.stop.set()
@@ -141,7 +148,21 @@ def one_round(root: Path, pb: Path, url: str) -> Round:
     if poller.first_ok is None:
         sys.exit("the poller never got an answer from the restarted server")
     timeline = "" if match.group(2) is None else f"{match.group(2)} → {match.group(3)} → {match.group(1)} s"
-    return Round(declared - poller.first_ok, float(match.group(1)), timeline)
+    return Round(declared - poller.first_ok, float(match.group(1)), timeline, poller.first_ok, declared)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    round: Round
+    startup_s: float  # vLLM's own: the new process's start → the poller's first answer
+
+
+def process_start(tb: Testbed, unit: str) -> float:
+    """When the unit's main process started, on this process's time.monotonic() (via the boot clock)."""
+    out = tb.ssh(tb.host(1), f"cut -d' ' -f22 /proc/$(systemctl show -p MainPID --value {unit})/stat")
+    ticks = int(out.stdout.strip())
+    offset = time.clock_gettime(time.CLOCK_BOOTTIME) - time.monotonic()
+    return ticks / os.sysconf("SC_CLK_TCK") - offset
 
 
 def site(tb: Testbed, folder: Path) -> Path:
@@ -161,6 +182,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--rollbacks", type=int, default=0, help="then K (change, rollback) pairs")
     ap.add_argument("--orch", type=Path, default=ROOT, help="the checkout whose orch runs")
     opts = ap.parse_args()
     tb = Testbed()
@@ -182,10 +204,34 @@ def main() -> None:
                     f"round {i}: lag {r.lag_s:+.3f} s, ready after {r.ready_after_s:.2f} s", file=sys.stderr
                 )
                 rounds.append(r)
+            rollbacks = []
+            for k in range(1, opts.rollbacks + 1):
+                pb.write_text(PLAYBOOK.format(port=PORT, round=f"b{k}"))
+                rounds.append(one_round(opts.orch, pb, url))
+                back = one_round(opts.orch, pb, url, ("rollback", "-y"))
+                started = process_start(tb, "orch-ready.service")
+                rollbacks.append(Rollback(back, back.first_ok - started))
+                print(f"rollback {k}: ready after {back.ready_after_s:.2f} s, vLLM's own start-up "
+                      f"{rollbacks[-1].startup_s:.2f} s", file=sys.stderr)  # fmt: skip
             orch(opts.orch, "destroy", "-y", str(pb))
         finally:
             tb.down()
     report(rounds, opts.orch)
+    if rollbacks:
+        report_rollbacks(rollbacks)
+
+
+def report_rollbacks(rollbacks: list[Rollback]) -> None:
+    print("\n| rollback | ready after (from the restart) | started → up → answer | vLLM's own start-up | "
+          "ready after − start-up | lag |\n|---|---|---|---|---|---|")  # fmt: skip
+    for i, b in enumerate(rollbacks, 1):
+        r = b.round
+        print(f"| {i} | {r.ready_after_s:.2f} s | {r.timeline or '-'} | {b.startup_s:.2f} s | "
+              f"{r.ready_after_s - b.startup_s:+.2f} s | {r.lag_s:+.3f} s |")  # fmt: skip
+    over = [b.round.ready_after_s - b.startup_s for b in rollbacks]
+    print(
+        f"\nready after − vLLM's own start-up: median {statistics.median(over):+.2f} s, max {max(over):+.2f} s"
+    )
 
 
 def report(rounds: list[Round], root: Path) -> None:
