@@ -114,7 +114,9 @@ class Systemd:
         return self._ctl("daemon-reload")
 
     def enable(self, unit: str) -> str:
-        return self._ctl("enable", unit)
+        # Without --no-reload, enable reloads the whole manager once more after the plan's own
+        # daemon-reload (about 1 s on a busy host); the symlinks it makes are read at boot.
+        return self._ctl("enable", "--no-reload", unit)
 
     def disable(self, unit: str) -> str:
         return self._ctl("disable", unit)
