@@ -308,13 +308,14 @@ def gather_host(
     return found, marked, probe
 
 
-def probe_host(run: HostRun, marked: tuple[Proc, ...]) -> preflight.HostProbe:
-    """Preflight's probes alone, a round trip after ``gather_host`` read the facts (and ``marked``)."""
+def probe_host(run: HostRun) -> preflight.HostProbe:
+    """Preflight's probes alone, a round trip after ``gather_host`` read the facts (``run.facts`` and
+    ``run.marked``, which the probes then do not read again)."""
     asks = preflight.asks([t.deployment for t in run.targets])
     script = f"{_preflight_script(run)}; {pyreads.script(asks)}"
     out = run.run(Command(script, sudo=run.host.sudo, label="preflight probes"))
     body, _, versions = out.partition(pyreads.PY_MARK)
-    return _joined(body + versions, run.facts, marked)
+    return _joined(body + versions, run.facts, run.marked)
 
 
 def _preflight_script(run: HostRun) -> str:

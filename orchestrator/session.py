@@ -206,14 +206,15 @@ class Session:
 
         def one(run: HostRun) -> None:
             if run.probe is None and run.name in hosts:
-                run.probe = probe_host(run, run.marked)
+                run.probe = probe_host(run)
 
         self.each(one)
         live = {run.name for run in self.live()}
-        if all(p.host in live for p in plans):
-            return plans
-        targets = [t for r in self.runs.values() for t in r.targets]
-        kept, apart = multinode.together([p for p in plans if p.host in live], targets)
+        return self._together([p for p in plans if p.host in live])
+
+    def _together(self, plans: list[TargetPlan]) -> list[TargetPlan]:
+        """The plans of the deployments whose every node was planned; the other nodes fail (``failed``)."""
+        kept, apart = multinode.together(plans, [t for r in self.runs.values() for t in r.targets])
         self.failed += apart
         return kept
 
@@ -280,19 +281,19 @@ class Session:
                 continue
             plans += [p for p in outcome if isinstance(p, TargetPlan)]
             self.failed += [r for r in outcome if isinstance(r, Result)]
-        targets = [t for r in self.runs.values() for t in r.targets]
         ordered = sorted(plans, key=lambda p: self._rank[(p.host, p.deployment)])
-        plans, apart = multinode.together(multinode.align(ordered), targets)
-        self.failed += apart
-        return plans
+        return self._together(multinode.align(ordered))
 
     def host_errors(self) -> list[Result]:
-        """A result for each target that failed before any change (its host, or its own planning)."""
+        """A result for each target that failed before any change (its host, or its own planning); a
+        target that failed on its own before its host did (its probes, after the plans) is listed once."""
+        own = {(r.host, r.deployment) for r in self.failed}
         return [
             Result(run.name, t.deployment.name, "error", str(run.error))
             for run in self.runs.values()
             if run.error is not None
             for t in run.targets
+            if (run.name, t.deployment.name) not in own
         ] + self.failed
 
     def execute(self, plans: list[TargetPlan], *, gate: bool = True, restore: bool = True) -> list[Result]:

@@ -4,13 +4,18 @@ something; a no-op sends each host the facts command alone."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakehost import deployment, desired, facts_output, holding, ok, on_fake_hosts, playbook
 
+from orchestrator import session
 from orchestrator.cli.main import main
-from orchestrator.errors import UnreachableError
+from orchestrator.core.load import Target
+from orchestrator.errors import OrchError, UnreachableError
 from orchestrator.facts import DeploymentFacts
+from orchestrator.hostrun import HostRun
+from orchestrator.plan import TargetPlan
 from orchestrator.transport.fake import FakeTransport
 
 RUNNER = "[ -d /run/systemd/system ]"  # a line of preflight's script
@@ -63,3 +68,27 @@ def test_a_host_whose_probes_fail_is_left_out_of_the_plan(
     out = capsys.readouterr().out
     assert "alpha · x" in out and "beta · x" not in out
     assert "✗ beta x: beta: cannot connect: gone" in out  # as a failed gather says it
+
+
+def test_a_target_that_failed_its_own_plan_is_listed_once_when_its_hosts_probes_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded = playbook(tmp_path, deployment("x", hosts="[beta]") + deployment("y", hosts="[beta]", port=8001))
+    on_fake_hosts(
+        monkeypatch,
+        FakeTransport("beta")
+        .on("gather facts", ok(facts_output({"x": DeploymentFacts(), "y": DeploymentFacts()})))
+        .on("preflight probes", UnreachableError("beta", "cannot connect: gone")),
+    )
+    plan_one = session.plan_one
+
+    def failing(run: HostRun, t: Target, *args: Any, **kw: Any) -> TargetPlan:
+        if t.deployment.name == "y":
+            raise OrchError("y cannot be planned")
+        return plan_one(run, t, *args, **kw)
+
+    monkeypatch.setattr(session, "plan_one", failing)
+    assert main(["plan", str(loaded.path)]) == 1
+    out = capsys.readouterr().out
+    assert "✗ beta x: beta: cannot connect: gone" in out
+    assert out.count("✗ beta y:") == 1 and "✗ beta y: y cannot be planned" in out
