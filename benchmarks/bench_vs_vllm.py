@@ -60,50 +60,20 @@ VLLM_BENCH = BOOST + (
 )
 # orch's load generator, run where vLLM's runs (inside the host, on loopback), by the host's own Python.
 IN_HOST = BOOST + (
-    "cd /tmp/orchbench && /opt/vllm/bin/python -c 'from orchbench import bench as b, benchclient as c; "
+    "cd /tmp/orchbench && /opt/vllm/bin/python -c 'from orchestrator.observe import bench as b, benchclient as c; "
     f'cfg = b.BenchConfig(base_url="http://127.0.0.1:{PORT}", model="tiny", num_requests={N}, '
     f"concurrency={CONCURRENCY}, input_len={INPUT_LEN}, output_len={OUTPUT_LEN}, seed={SEED}); "
     "print(c.run_bench(cfg).to_json())'"
 )
-# The paired check, in the host: one run of N requests whose requests alternate between vLLM's own
-# request function (what `vllm bench serve` calls) and orch's, on one connection pool under one
-# semaphore, so both clients see the same server at the same moments. Prints JSON: per client, per
-# request (ttft, e2e, seconds the request held its slot, output tokens).
-PAIRED_SRC = f"""\
-import asyncio, json, sys, time
-import aiohttp
-from orchbench import bench as b, benchclient as c
-from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_completions
-
-URL = "http://127.0.0.1:{PORT}"
-cfg = b.BenchConfig(base_url=URL, model="tiny", num_requests={N}, concurrency={CONCURRENCY},
-                    input_len={INPUT_LEN}, output_len={OUTPUT_LEN}, seed={SEED})
-
-
-async def main(first):
-    slots, rows = asyncio.Semaphore(cfg.concurrency), {{"vllm": [], "orch": []}}
-    connector = aiohttp.TCPConnector(limit=cfg.concurrency, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as s:
-        async def one(i, prompt):
-            kind = first if i % 2 == 0 else ("orch" if first == "vllm" else "vllm")
-            async with slots:
-                t0 = time.perf_counter()
-                if kind == "orch":
-                    o = await c.measure_request(s, cfg, prompt)
-                    row = (o.ok, o.ttft_s, o.e2e_s, o.output_tokens)
-                else:
-                    o = await async_request_openai_completions(RequestFuncInput(
-                        prompt=prompt, api_url=URL + "/v1/completions", prompt_len=0, output_len={OUTPUT_LEN},
-                        model="tiny", ignore_eos=True), s)
-                    row = (o.success, o.ttft, o.latency, o.output_tokens)
-                rows[kind].append((*row[1:3], time.perf_counter() - t0, row[3]) if row[0] else None)
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(b.build_prompts(cfg))))
-    print(json.dumps(rows))
-
-
-asyncio.run(main(sys.argv[1]))
-"""
-PAIRED = BOOST + "cd /tmp/orchbench && /opt/vllm/bin/python paired.py {first}"
+# The paired check, in the host (benchmarks/bench_paired.py, copied there): one run of N requests whose
+# requests alternate between vLLM's own request function (what `vllm bench serve` calls) and orch's, on one
+# connection pool under one semaphore, so both clients see the same server at the same moments. Prints
+# JSON: per client, per request (ttft, e2e, seconds the request held its slot, output tokens).
+PAIRED = BOOST + (
+    f"cd /tmp/orchbench && /opt/vllm/bin/python paired.py --json --runs 1 --warmup 0 --first {{first}} "
+    f"--url http://127.0.0.1:{PORT} --model tiny -n {N} -c {CONCURRENCY} --input-len {INPUT_LEN} "
+    f"--output-len {OUTPUT_LEN}"
+)
 PLAYBOOK = f"""\
 inventory: inventory.yml
 deployments:
@@ -178,14 +148,15 @@ def measure(tb: Testbed, h1: TestHost) -> tuple[dict[str, list[BenchResult]], Pa
         )
         (d / "pb.yml").write_text(PLAYBOOK)
         orch("apply", "-y", str(d / "pb.yml"))
-        tb.ssh(h1, f"{SHIM} && mkdir -p /tmp/orchbench/orchbench")
+        tb.ssh(h1, f"{SHIM} && mkdir -p /tmp/orchbench/orchestrator/observe")
         put(tb, h1, "/tmp/prompts.jsonl", prompts)
         carry_pandas(tb, h1)
-        put(tb, h1, "/tmp/orchbench/orchbench/__init__.py", "")
-        for module in ("bench.py", "benchclient.py"):  # the load generator: stdlib and aiohttp only
+        for package in ("orchestrator", "orchestrator/observe"):  # the load generator alone, not orch
+            put(tb, h1, f"/tmp/orchbench/{package}/__init__.py", "")
+        for module in ("bench.py", "benchclient.py"):  # stdlib and aiohttp only
             source = (ROOT / "orchestrator" / "observe" / module).read_text()
-            put(tb, h1, f"/tmp/orchbench/orchbench/{module}", source)
-        put(tb, h1, "/tmp/orchbench/paired.py", PAIRED_SRC)
+            put(tb, h1, f"/tmp/orchbench/orchestrator/observe/{module}", source)
+        put(tb, h1, "/tmp/orchbench/paired.py", (ROOT / "benchmarks" / "bench_paired.py").read_text())
 
         def vllm() -> BenchResult:
             out = tb.ssh(h1, VLLM_BENCH, timeout=900)

@@ -93,9 +93,9 @@ pair() {  # pair NAME ODD: both clients, vLLM's first when ODD is 1
   else step "orch-$1" orch_bench "orch-$1"; step "vllm-$1" vllm_bench "vllm-$1"; fi
 }
 done_pair() { [ -s "$RES/vllm-$1.json" ] && [ -s "$RES/orch-$1.json" ]; }
-# PAIRED=K: first K paired runs (benchmarks/gpu_bench_paired.py, after one not counted), then the pairs.
+# PAIRED=K: first K paired runs (benchmarks/bench_paired.py, after one not counted), then the pairs.
 if [ "${PAIRED:-0}" -gt 0 ] && [ ! -s "$OUT/paired.md" ]; then
-  PYTHONPATH=/tmp/site:$PYTHONPATH "${CLIENT[@]}" python3 "$(dirname "$0")/gpu_bench_paired.py" --runs "$PAIRED" \
+  PYTHONPATH=/tmp/site:$PYTHONPATH "${CLIENT[@]}" python3 "$(dirname "$0")/bench_paired.py" --runs "$PAIRED" \
     --deadline "$END" --out "$RES" -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" >"$OUT/paired.md" 2>"$R/paired.err"
   note "paired runs: exit $?"; cat "$OUT/paired.md"
 fi

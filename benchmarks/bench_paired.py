@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Paired runs of orch's request function against vLLM's, on the GPU machine (benchmarks/gpu_bench_vs_vllm.sh).
+"""Paired runs of orch's request function against vLLM's, on the server's own machine.
 
-The paired check of benchmarks/bench_vs_vllm.py (the test bed), here against the real GPU server: one run of
-N requests whose requests alternate between vLLM's own request function (`async_request_openai_completions`,
-what `vllm bench serve` calls) and orch's (`benchclient.measure_request`, what `orch bench` calls), on one
-connection pool under one semaphore of C slots, so that both clients meet the same server at the same
-moments: the server's own swings (from run to run they reach ±15 % on the lent machine) fall on both alike.
-Per run and over all runs: each client's TTFT, TPOT and end-to-end means, and the mean time a request held
-its slot, which at a fixed concurrency sets the output throughput. Prints a Markdown table; writes each
-run's rows to OUT/paired-K.json.
+Run where vLLM's benchmark code and orch's load generator (`orchestrator.observe.bench`, `benchclient`)
+both import: on the GPU machine by benchmarks/gpu_bench_vs_vllm.sh, in a test host by
+benchmarks/bench_vs_vllm.py (`--json`). One run of N requests whose requests alternate between vLLM's own
+request function (`async_request_openai_completions`, what `vllm bench serve` calls) and orch's
+(`benchclient.measure_request`, what `orch bench` calls), on one connection pool under one semaphore of C
+slots, so that both clients meet the same server at the same moments: the server's own swings (from run to
+run they reach ±15 % on the lent GPU machine) fall on both alike. Per run and over all runs: each client's
+TTFT, TPOT and end-to-end means, and the mean time a request held its slot, which at a fixed concurrency
+sets the output throughput. Prints a Markdown table and writes each run's rows to OUT/paired-K.json; with
+`--json`, prints each run's rows as one JSON line instead (a failed request's row is null).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from orchestrator.observe import bench, benchclient
 Row = tuple[float, float, float, int]  # ttft s, e2e s, slot s, output tokens
 
 
-async def paired(cfg: bench.BenchConfig, first: str) -> dict[str, list[Row]]:
+async def paired(cfg: bench.BenchConfig, first: str) -> dict[str, list[Row | None]]:
+    """One run; a failed request's row is None."""
     slots = asyncio.Semaphore(cfg.concurrency)
-    rows: dict[str, list[Row]] = {"vllm": [], "orch": []}
+    rows: dict[str, list[Row | None]] = {"vllm": [], "orch": []}
     connector = aiohttp.TCPConnector(limit=cfg.concurrency, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as s:
 
@@ -52,9 +55,7 @@ async def paired(cfg: bench.BenchConfig, first: str) -> dict[str, list[Row]]:
                     )
                     v = await async_request_openai_completions(inp, s)
                     ok, ttft, e2e, tokens = v.success, v.ttft, v.latency, v.output_tokens
-                if not ok:
-                    raise SystemExit(f"a {kind} request failed")
-                rows[kind].append((ttft, e2e, time.perf_counter() - t0, tokens))
+                rows[kind].append((ttft, e2e, time.perf_counter() - t0, tokens) if ok else None)
 
         await asyncio.gather(*(one(i, p) for i, p in enumerate(bench.build_prompts(cfg))))
     return rows
@@ -83,17 +84,25 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1, help="paired runs first, not counted")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="time.time() to end by")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--first", choices=("vllm", "orch"), help="the client of the first request (default: by turns)"
+    )
+    ap.add_argument("--json", action="store_true", help="each run's rows as a JSON line, no table")
+    ap.add_argument("--out", type=Path, help="where paired-K.json go (the table's mode)")
     a = ap.parse_args()
     cfg = bench.BenchConfig(
         base_url=a.url, model=a.model, num_requests=a.n, concurrency=a.c, input_len=a.input_len,
         output_len=a.output_len, seed=0, ignore_eos=True,
     )  # fmt: skip
+    for _ in range(a.warmup):
+        asyncio.run(paired(cfg, "vllm"))
+    if a.json:
+        for k in range(1, a.runs + 1):
+            print(json.dumps(asyncio.run(paired(cfg, a.first or ("vllm" if k % 2 else "orch")))), flush=True)
+        return
     print(f"Paired runs: {a.n} requests each, concurrency {a.c}, {a.input_len} prompt words, {a.output_len} "
           "output tokens; means per request in ms.\n")  # fmt: skip
     print("| run | first | client | TTFT | TPOT | E2E | slot |\n|---|---|---|---|---|---|---|")
-    for _ in range(a.warmup):
-        asyncio.run(paired(cfg, "vllm"))
     total: dict[str, list[Row]] = {"vllm": [], "orch": []}
     longest = 0.0
     for k in range(1, a.runs + 1):
@@ -101,10 +110,14 @@ def main() -> None:
             print(f"\n(run {k} left out: the time budget)")
             break
         t = time.time()
-        first = "vllm" if k % 2 else "orch"
-        rows = asyncio.run(paired(cfg, first))
+        first = a.first or ("vllm" if k % 2 else "orch")
+        got = asyncio.run(paired(cfg, first))
         longest = max(longest, time.time() - t)
-        (a.out / f"paired-{k}.json").write_text(json.dumps({"first": first, **rows}))
+        if a.out:
+            (a.out / f"paired-{k}.json").write_text(json.dumps({"first": first, **got}))
+        rows = {name: [r for r in got[name] if r is not None] for name in got}
+        if any(len(rows[name]) < len(got[name]) for name in got):
+            raise SystemExit(f"run {k}: a request failed")
         for name in ("vllm", "orch"):
             total[name] += rows[name]
             print(f"| {k} | {first} | {name} | " + " | ".join(f"{m:.2f}" for m in means(rows[name])) + " |",
