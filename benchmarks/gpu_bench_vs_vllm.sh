@@ -14,15 +14,27 @@
 # (hidden 1536, 28 layers, 12 heads, 2 KV heads) with dummy weights, so that a decode step costs
 # what a small real model's does. Back in $OUT: summary.txt, and raw.tar.gz (each run's console
 # output and result JSON). DESTROY=1 removes the deployment at the end.
+#
+# EQUAL_IDLE=1 (the default): each client is started ahead of its turn (benchmarks/prestart.py: vLLM
+# imports itself and loads the tokenizer, orch imports itself, on core PRE_CPUS while the run before
+# goes on on CLIENT_CPUS) and released the moment the run before it ends, so that both tools' first
+# timed request meets a server idle for about the same short time. (EQUAL_IDLE=0, as before: each
+# tool started when the one before has ended; `vllm bench serve` then meets a server idle for the
+# 25-30 s it takes to import itself, orch one idle for about 1 s.) vLLM's one-prompt ready check is
+# skipped where its version has --ready-check-timeout-sec. A scraper reads the server's
+# vllm:num_requests_running every 50 ms; the summary gives, for each run, the idle the server had
+# before the run's first timed request. A STAGED=1 call begins with one orch run not counted, so
+# that its first pair too follows a busy server.
 set -uo pipefail
 OUT=${OUT:-/tmp/orch-gpu-bench}
 export SERVER_CPUS=${SERVER_CPUS:-0-11}
 source benchmarks/gpu_stage.sh
 N=${N:-200} C=${C:-16} IN=${IN:-128} OUTLEN=${OUTLEN:-128} ROUNDS=${ROUNDS:-6} WARMUP=${WARMUP:-1}
-BUDGET_S=${BUDGET_S:-560} CLIENT_CPUS=${CLIENT_CPUS:-12-15}
+EQUAL_IDLE=${EQUAL_IDLE:-1} BUDGET_S=${BUDGET_S:-560} PRE_CPUS=${PRE_CPUS:-15}
+if [ "$EQUAL_IDLE" = 1 ]; then CLIENT_CPUS=${CLIENT_CPUS:-12-14}; else CLIENT_CPUS=${CLIENT_CPUS:-12-15}; fi
 RES=/tmp/orch-bench-results; mkdir -p "$RES"
-CLIENT=(); command -v taskset >/dev/null && CLIENT=(taskset -c "$CLIENT_CPUS")
-note "server cores ${SERVER_CPUS}, client cores ${CLIENT_CPUS} ($(nproc --all) in all; ${CLIENT[*]:-no taskset})"
+CLIENT=() PRE=(); command -v taskset >/dev/null && CLIENT=(taskset -c "$CLIENT_CPUS") PRE=(taskset -c "$PRE_CPUS")
+note "server cores ${SERVER_CPUS}, client cores ${CLIENT_CPUS}, EQUAL_IDLE=$EQUAL_IDLE (pre-start cores $PRE_CPUS) ($(nproc --all) in all; ${CLIENT[*]:-no taskset})"
 # The deadline on the epoch clock: T0 is the script's start (gpu_stage.sh).
 END=$(awk -v a="$T0" -v b="$BUDGET_S" 'BEGIN { printf "%.0f", a + b }')
 
@@ -76,37 +88,116 @@ with open("/tmp/prompts.jsonl", "w") as f:
 PY
 fi
 
-vllm_bench() {  # vllm_bench NAME
-  PYTHONPATH=/tmp/site:/tmp/orchsite "${CLIENT[@]}" python3 -m vllm.entrypoints.cli.main bench serve --backend openai \
+# vLLM's one-prompt ready check ("initial test run"), not timed, is skipped where the flag exists.
+READY_CHECK=(); grep -q ready-check-timeout-sec /tmp/site/vllm/benchmarks/serve.py 2>/dev/null &&
+  READY_CHECK=(--ready-check-timeout-sec 0)
+grep -n "ready.check\|initial single\|Initial test" /tmp/site/vllm/benchmarks/serve.py >"$R/vllm-ready-check.txt" 2>&1
+vllm_args() {  # vllm_args NAME: the argv of `vllm bench serve` for the run NAME, in ARGV
+  ARGV=(bench serve --backend openai \
     --base-url http://127.0.0.1:8000 --endpoint /v1/completions --model q15 --tokenizer $M \
     --dataset-name custom --dataset-path /tmp/prompts.jsonl --disable-shuffle --skip-chat-template \
     --num-prompts "$N" --custom-output-len "$OUTLEN" --ignore-eos --max-concurrency "$C" \
     --request-rate inf --seed 0 --num-warmups 0 --percentile-metrics ttft,tpot,itl,e2el \
-    --metric-percentiles 50,90,99 --save-result --result-dir "$RES" --result-filename "$1.json"
+    --metric-percentiles 50,90,99 --save-result --result-dir "$RES" --result-filename "$1.json" "${READY_CHECK[@]}")
+}
+orch_args() {  # orch_args NAME: the argv of `orch bench`, in ARGV
+  ARGV=(bench $S/pb.yml -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" --seed 0 --save "$RES/$1.json")
+}
+# Each run's release (or start) and end, epoch seconds: the summary reads the gauges between them.
+stamp() { echo -e "$1\t$2\t$3" >>"$RES/times.tsv"; }
+vllm_bench() {  # vllm_bench NAME
+  vllm_args "$1"; PYTHONPATH=/tmp/site:/tmp/orchsite "${CLIENT[@]}" python3 -m vllm.entrypoints.cli.main "${ARGV[@]}"
 }
 orch_bench() {  # orch_bench NAME
-  "${CLIENT[@]}" $ORCH bench $S/pb.yml -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" --seed 0 \
-    --save "$RES/$1.json"
+  orch_args "$1"; "${CLIENT[@]}" $ORCH "${ARGV[@]}"
 }
-pair() {  # pair NAME ODD: both clients, vLLM's first when ODD is 1
-  if [ "$2" = 1 ]; then step "vllm-$1" vllm_bench "vllm-$1"; step "orch-$1" orch_bench "orch-$1"
-  else step "orch-$1" orch_bench "orch-$1"; step "vllm-$1" vllm_bench "vllm-$1"; fi
+seq_run() {  # seq_run TOOL NAME: EQUAL_IDLE=0, start the tool now
+  local t; t=$(date +%s.%N); step "$1-$2" "${1}_bench" "$1-$2"; stamp "$1-$2" "$t" "$(date +%s.%N)"
 }
+# EQUAL_IDLE=1: prestart TOOL NAME starts the client on PRE_CPUS, waiting on the FIFO $RES/TOOL-NAME.go;
+# release TOOL NAME [NEXT_TOOL NEXT_NAME] releases it (prestarting it first if need be, and waiting until it
+# is ready), prestarts the next one, and waits for the run to end.
+declare -A PID=()
+prestart() {
+  local run=$1-$2; rm -f "$RES/$run.go" "$RES/$run.ready"; mkfifo "$RES/$run.go"
+  if [ "$1" = vllm ]; then vllm_args "$run"; PYTHONPATH=/tmp/site:/tmp/orchsite "${PRE[@]}" python3 \
+      "$PREST" "$RES/$run.go" "$RES/$run.ready" vllm.entrypoints.cli.main "${ARGV[@]}" >"$R/$run.txt" 2>&1 &
+  else orch_args "$run"; "${PRE[@]}" python3 "$PREST" "$RES/$run.go" "$RES/$run.ready" orchestrator "${ARGV[@]}" \
+      >"$R/$run.txt" 2>&1 &
+  fi
+  PID[$run]=$!
+}
+release() {
+  local run=$1-$2 t rc
+  [ -n "${PID[$run]:-}" ] || prestart "$1" "$2"
+  t=$(date +%s.%N)
+  while [ ! -e "$RES/$run.ready" ]; do
+    kill -0 "${PID[$run]}" 2>/dev/null || { note "$run: exited before it was ready"; break; }
+    sleep 0.05
+  done
+  [ -e "$RES/$run.ready" ] && note "$run: ready ($(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s waited)"
+  t=$(date +%s.%N)
+  [ ${#CLIENT[@]} -gt 0 ] && taskset -a -p -c "$CLIENT_CPUS" "${PID[$run]}" >/dev/null
+  [ -e "$RES/$run.ready" ] && { echo go >"$RES/$run.go" & }
+  [ $# -ge 4 ] && prestart "$3" "$4"
+  wait "${PID[$run]}"; rc=$?; unset "PID[$run]"; rm -f "$RES/$run.go" "$RES/$run.ready"
+  stamp "$run" "$t" "$(date +%s.%N)"
+  note "$run: exit $rc in $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+}
+PREST=$(cd "$(dirname "$0")" && pwd)/prestart.py
 done_pair() { [ -s "$RES/vllm-$1.json" ] && [ -s "$RES/orch-$1.json" ]; }
+# The server's gauges every 50 ms (epoch seconds, running, waiting), appended across calls.
+python3 - "$RES/gauges.tsv" <<'PY' &
+import sys, time, urllib.request
+want = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+with open(sys.argv[1], "a") as out:
+    while True:
+        try:
+            text = urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=1).read().decode()
+        except Exception:
+            time.sleep(0.5)
+            continue
+        got = {k: 0.0 for k in want}
+        for line in text.splitlines():
+            for k in want:
+                if line.startswith(k):
+                    got[k] += float(line.rsplit(" ", 1)[-1])
+        out.write(f"{time.time():.3f}\t{got[want[0]]:g}\t{got[want[1]]:g}\n")
+        out.flush()
+        time.sleep(0.05)
+PY
+SCRAPER=$!
+[ ${#PRE[@]} -gt 0 ] && taskset -a -p -c "$PRE_CPUS" "$SCRAPER" >/dev/null
 # PAIRED=K: first K paired runs (benchmarks/bench_paired.py, after one not counted), then the pairs.
 if [ "${PAIRED:-0}" -gt 0 ] && [ ! -s "$OUT/paired.md" ]; then
   PYTHONPATH=/tmp/site:$PYTHONPATH "${CLIENT[@]}" python3 "$(dirname "$0")/bench_paired.py" --runs "$PAIRED" \
     --deadline "$END" --out "$RES" -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" >"$OUT/paired.md" 2>"$R/paired.err"
   note "paired runs: exit $?"; cat "$OUT/paired.md"
 fi
-for w in $(seq 1 "$WARMUP"); do done_pair "w$w" || pair "w$w" $((w % 2)); done
-longest=0
-for i in $(seq 1 "$ROUNDS"); do
-  done_pair "$i" && continue
-  t=$(date +%s)
-  [ $((t + longest * 11 / 10)) -gt "$END" ] && { note "pair $i left for a later call (budget)"; break; }
-  pair "$i" $((i % 2)); d=$(($(date +%s) - t)); [ "$d" -gt "$longest" ] && longest=$d
+# The plan: TOOL NAME MARK, MARK B where a counted pair begins (the budget is checked there).
+PLAN=()
+plan_pair() {  # plan_pair NAME ODD MARK: vLLM's first when ODD is 1
+  if [ "$2" = 1 ]; then PLAN+=("vllm $1 $3" "orch $1 -"); else PLAN+=("orch $1 $3" "vllm $1 -"); fi
+}
+[ "$EQUAL_IDLE" = 1 ] && [ "${STAGED:-0}" = 1 ] && PLAN+=("orch lead$(date +%s) -")
+for w in $(seq 1 "$WARMUP"); do done_pair "w$w" || plan_pair "w$w" $((w % 2)) -; done
+for i in $(seq 1 "$ROUNDS"); do done_pair "$i" || plan_pair "$i" $((i % 2)) B; done
+longest=0 begun=0
+for k in "${!PLAN[@]}"; do
+  read -r tool name mark <<<"${PLAN[$k]}"
+  if [ "$mark" = B ]; then
+    t=$(date +%s)
+    [ "$begun" -gt 0 ] && [ $((t - begun)) -gt "$longest" ] && longest=$((t - begun))
+    [ $((t + longest * 11 / 10)) -gt "$END" ] && { note "pair $name left for a later call (budget)"; break; }
+    begun=$t
+  fi
+  if [ "$EQUAL_IDLE" = 1 ]; then
+    read -r ntool nname _ <<<"${PLAN[$((k + 1))]:-}"
+    release "$tool" "$name" $ntool $nname
+  else seq_run "$tool" "$name"; fi
 done
+for run in "${!PID[@]}"; do kill "${PID[$run]}" 2>/dev/null; note "$run: prestarted, not run (budget)"; done
+kill "$SCRAPER" 2>/dev/null
 python3 - "$RES" <<'PY' | tee -a "$OUT/summary.txt"
 import statistics, sys
 from pathlib import Path
@@ -115,6 +206,26 @@ from orchestrator.observe.benchreport import from_vllm_json
 res = Path(sys.argv[1])
 def diff(a: float, b: float) -> float:
     return (b - a) / a * 100
+# The idle before a run's first timed request: from the server's last sample with a request running
+# to the first sample after the run's release with more than one running (vLLM's one-prompt ready
+# check, where it runs, is one request and not timed).
+gauges = [tuple(map(float, line.split("\t"))) for line in (res / "gauges.tsv").read_text().splitlines()
+          if line.count("\t") == 2] if (res / "gauges.tsv").exists() else []
+times = {}
+for line in (res / "times.tsv").read_text().splitlines() if (res / "times.tsv").exists() else []:
+    run, a, b = line.split("\t")
+    times[run] = (float(a), float(b))
+def idle(run: str) -> str:
+    if run not in times:
+        return "?"
+    rel, end = times[run]
+    first = next((g for g in gauges if rel <= g[0] <= end and g[1] > 1), None)
+    if first is None:
+        return "?"
+    prev = next((g for g in reversed(gauges) if g[0] < first[0] and g[1] > 0), None)
+    if prev is None:
+        return "?"
+    return f"{first[0] - prev[0]:.2f} s idle, first at +{first[0] - rel:.2f} s"
 rows = []
 for i in range(1, 100):
     if not ((res / f"vllm-{i}.json").exists() and (res / f"orch-{i}.json").exists()):
@@ -126,7 +237,10 @@ for i in range(1, 100):
     print(f"pair {i} ({'vllm' if i % 2 else 'orch'} first): output tok/s vllm {v.output_throughput:.1f} orch "
           f"{o.output_throughput:.1f} ({row[0]:+.2f} %); TTFT mean ms {v.ttft.mean:.1f} / {o.ttft.mean:.1f} "
           f"({row[1]:+.1f} %); TPOT mean ms {v.tpot.mean:.2f} / {o.tpot.mean:.2f} ({row[2]:+.1f} %); "
-          f"failed {v.failed} / {o.failed}; output tokens {v.total_output_tokens} / {o.total_output_tokens}")
+          f"failed {v.failed} / {o.failed}; output tokens {v.total_output_tokens} / {o.total_output_tokens}; "
+          f"before vllm: {idle(f'vllm-{i}')}; before orch: {idle(f'orch-{i}')}")
+for run in times:
+    print(f"  {run}: {idle(run)}")
 if rows:
     med = [statistics.median(c) for c in zip(*rows)]
     print(f"median of {len(rows)} pairs: output tok/s {med[0]:+.2f} %, TTFT mean {med[1]:+.1f} %, "
