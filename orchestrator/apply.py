@@ -1,21 +1,22 @@
 """Executes a plan's changes on one host; it makes no decisions of its own.
 
-``command_for`` gives the one command of each change; ``run_changes`` runs
-the changes that touch the live deployment, in order. The revision records
-(``Abandon``, ``RecordRevision``) are run by ``converge`` around them.
+``command_for`` gives the one command of each change; ``run_changes`` runs a
+plan's changes, the revision records (``Abandon``, ``RecordRevision``) first,
+consecutive plain commands joined into one script. ``converge`` decides what
+happens around them (the gate, making the revision current, a restore).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import facts
 from .core.layout import Layout
 from .core.render import Desired
-from .errors import CommandError
+from .errors import CommandError, HostError
 from .host import commands, procs, runners, state
 from .host.commands import Command
 from .host.runners import UnitState
@@ -66,6 +67,8 @@ class Applied:
     # time.monotonic() when the restart command was sent, and when it returned (the new process runs).
     restart_sent: float | None = None
     restart_done: float | None = None
+    # The number of the revision recorded as pending, when the changes recorded one.
+    recorded: int | None = None
 
 
 def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
@@ -103,6 +106,26 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
     raise AssertionError(f"unknown change {change!r}")
 
 
+def in_order(changes: tuple[Change, ...]) -> list[Change]:
+    """The changes as they run: the revision records first, then the live ones as planned."""
+    records = [c for c in changes if isinstance(c, RecordRevision | Abandon)]
+    return records + [c for c in changes if not isinstance(c, RecordRevision | Abandon)]
+
+
+class StepError(CommandError):
+    """One change's command failed; the changes before it ran (``recorded``: the pending revision they
+    recorded, if they recorded one)."""
+
+    def __init__(self, error: CommandError, change: Change, recorded: int | None) -> None:
+        super().__init__(error.host, command=error.command, exit_code=error.exit_code, stderr=error.stderr)
+        self.change = change
+        self.recorded = recorded
+
+
+# Changes that are one plain command each: consecutive ones go to the host as one script.
+_JOINED = (WriteFile, RemoveFile, DaemonReload, Enable, Disable, Stop, Restart, Reap, RecordRevision, Abandon)
+
+
 def run_changes(
     transport: Transport,
     plan: TargetPlan,
@@ -110,32 +133,115 @@ def run_changes(
     sudo: bool,
     progress: Progress = _no_progress,
     before: Callable[[Change], None] = lambda change: None,
+    cut: Callable[[Change], bool] = lambda change: False,
 ) -> Applied:
-    """Run the live changes in order (``before`` is called ahead of each: a lock check, a failpoint)."""
-    after, restarted, leftovers = UnitState(), False, []
-    reaped: list[str] | None = None
-    sent = done = None
-    for change in plan.changes:
-        if isinstance(change, RecordRevision | Abandon):
-            continue
-        before(change)
-        if isinstance(change, UploadModel):
-            upload_model(transport, change, sudo=sudo, progress=progress)
-            continue
-        if isinstance(change, FetchModel):
-            fetch_model(transport, plan.desired, sudo=sudo, progress=progress)
-            continue
-        timeout = _timeout(change)
-        sent = time.monotonic() if isinstance(change, Restart) else sent
-        result = transport.run(command_for(change, layout=plan.desired.layout, sudo=sudo), timeout=timeout)
-        leftovers += _leftovers(result.stdout)
-        if isinstance(change, Reap) or (isinstance(change, Stop | Restart) and change.reap):
-            reaped = [*(reaped or []), *procs.reaped(result.stdout)]
-        if isinstance(change, Restart):
-            restarted, done = True, time.monotonic()
-            state = result.stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
-            after = facts.parse_state(state, runners.of(plan.desired.layout))
-    return Applied(restarted, after, tuple(leftovers), None if reaped is None else tuple(reaped), sent, done)
+    """Run the plan's changes: the revision records first (nothing live changes before they are written),
+    then the live ones in order.
+
+    Consecutive changes of one plain command each go to the host as one script (``commands.steps``): a
+    first apply's record, two writes, reload, enable and restart are one round trip. ``cut`` starts a new
+    script at a change (a test's failpoint then falls between two). ``before`` is called ahead of each
+    change, before the script holding it is sent: a lock check, a failpoint. A failed command raises
+    ``StepError``.
+    """
+    out = _Outcome()
+    for group in _groups(in_order(plan.changes), cut):
+        for change in group:
+            before(change)
+        first = group[0]
+        try:
+            if isinstance(first, UploadModel):
+                upload_model(transport, first, sudo=sudo, progress=progress)
+            elif isinstance(first, FetchModel):
+                fetch_model(transport, plan.desired, sudo=sudo, progress=progress)
+            else:
+                _run_group(transport, plan, group, out, sudo=sudo)
+        except StepError:
+            raise
+        except CommandError as exc:
+            raise StepError(exc, first, out.recorded) from None
+    return Applied(
+        out.restarted, out.after, tuple(out.leftovers), out.reaped, out.sent, out.done, out.recorded
+    )
+
+
+@dataclass
+class _Outcome:
+    """What the changes' commands printed, gathered as they end (one host's thread)."""
+
+    restarted: bool = False
+    after: UnitState = field(default_factory=UnitState)
+    leftovers: list[str] = field(default_factory=list)
+    reaped: tuple[str, ...] | None = None
+    sent: float | None = None
+    done: float | None = None
+    recorded: int | None = None
+
+
+def _groups(changes: list[Change], cut: Callable[[Change], bool]) -> list[list[Change]]:
+    groups: list[list[Change]] = []
+    for change in changes:
+        joins = groups and isinstance(change, _JOINED) and isinstance(groups[-1][-1], _JOINED)
+        if joins and not cut(change):
+            groups[-1].append(change)
+        else:
+            groups.append([change])
+    return groups
+
+
+def _run_group(
+    transport: Transport, plan: TargetPlan, group: list[Change], out: _Outcome, *, sudo: bool
+) -> None:
+    layout = plan.desired.layout
+    cmds = [command_for(change, layout=layout, sudo=sudo) for change in group]
+    script = cmds[0] if len(cmds) == 1 else commands.steps(cmds, label=" → ".join(c.describe() for c in cmds))
+    sent = time.monotonic()
+    result = transport.run(script, timeout=sum(map(_timeout, group)), check=False)
+    received = time.monotonic()
+    if len(cmds) == 1:
+        ended = [commands.StepOutput(result.stdout, result.exit_code, None)]
+        start = None
+    else:
+        start, ended = commands.split_steps(result.stdout)
+    for i, change in enumerate(group):
+        step = ended[i] if i < len(ended) else None
+        if step is None or step.code != 0:
+            code = step.code if step is not None else result.exit_code
+            what = cmds[i].describe()
+            error = CommandError(transport.name, command=what, exit_code=code or -1, stderr=result.stderr)
+            raise StepError(error, change, out.recorded)
+        # When it began and ended, on the controller's clock: the host's own clock between the steps.
+        began = _at(sent, start, ended[i - 1].at if i else start, unknown=sent)
+        finished = _at(sent, start, step.at, unknown=received)
+        _take(transport, change, step.stdout, out, layout=layout, began=began, finished=finished)
+
+
+def _at(sent: float, start: float | None, at: float | None, *, unknown: float) -> float:
+    return sent + (at - start) if start is not None and at is not None else unknown
+
+
+def _take(
+    transport: Transport,
+    change: Change,
+    stdout: str,
+    out: _Outcome,
+    *,
+    layout: Layout,
+    began: float,
+    finished: float,
+) -> None:
+    out.leftovers += _leftovers(stdout)
+    if isinstance(change, Reap) or (isinstance(change, Stop | Restart) and change.reap):
+        out.reaped = (*(out.reaped or ()), *procs.reaped(stdout))
+    if isinstance(change, Restart):
+        out.restarted, out.sent, out.done = True, began, finished
+        state = stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
+        out.after = facts.parse_state(state, runners.of(layout))
+    if isinstance(change, RecordRevision):
+        last = (stdout.strip().splitlines() or [""])[-1]
+        if not last.isdigit():
+            raise HostError(transport.name, f"recording the pending revision printed {stdout[-200:]!r}")
+        out.recorded = int(last)
 
 
 def _timeout(change: Change) -> float:

@@ -4,6 +4,10 @@
     reload → mark the restart as begun, restart → readiness gate → make the revision current
                                                                ↘ gate failed: restore, mark it failed
 
+The steps up to the restart go to the host as one script where they are plain
+commands (``apply.run_changes``); the lock is checked before it and again
+before the revision is made current.
+
 A restore returns to what ran before this verb and nothing else: the revision
 that was current, or the unrecorded files that were there, or — only when this
 verb created the deployment — nothing. Reads of the host that a restore needs
@@ -16,14 +20,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from . import facts, failpoints
-from .apply import Applied, command_for, run_changes
+from .apply import Applied, StepError, in_order, run_changes
 from .core import nodes, render, secrets
 from .core.layout import Layout
 from .core.load import Target
 from .core.masking import Masker
 from .core.model import Deployment, Host
 from .core.render import Desired
-from .errors import CommandError, GateError, HostError, OrchError, RevisionError
+from .errors import GateError, HostError, OrchError, RevisionError
 from .facts import DeploymentFacts, UnitState
 from .host import commands, pyreads, runners, state
 from .host.commands import Command
@@ -74,33 +78,27 @@ def _converge(
     pending: list[int],
     commit: bool = True,
 ) -> Result:
-    sudo = run.host.sudo
     run.check_lock()
-    for change in p.changes:  # the records come first: nothing live changes before they are written
-        if isinstance(change, Abandon | RecordRevision):
-            out = run.run(command_for(change, layout=p.desired.layout, sudo=sudo), timeout=120)
-        if isinstance(change, RecordRevision):
-            pending.append(_number(run, out))
-            reporter.event(run.name, dep.name, f"revision {pending[0]} recorded as pending")
-            failpoints.reach("after-pending")
-    for change in p.changes:
+    for change in in_order(p.changes):
         reporter.event(run.name, dep.name, change.summary())
-    ran: list[Change] = []
     try:
         applied = run_changes(
             run.transport,
             p,
-            sudo=sudo,
+            sudo=run.host.sudo,
             progress=lambda what, done, total: reporter.progress(run.name, dep.name, what, done, total),
-            before=_before(run, ran),
+            before=_before(run, p),
+            cut=lambda change: failpoints.armed(_point(p, change)),
         )
-    except CommandError as exc:
-        if not ran or not isinstance(ran[-1], Restart):
+    except StepError as exc:
+        _recorded(run, dep, exc.recorded, pending, reporter)
+        if not isinstance(exc.change, Restart):
             raise
         # The runner could not start it: what the server printed says why (supervisorctl prints nothing).
         journal = journal_tail(run, dep, p.desired)
         detail = str(exc).removeprefix(f"{run.name}: ")
         raise GateError(run.name, f"{dep.name}: the start failed: {detail}", journal=journal) from None
+    _recorded(run, dep, applied.recorded, pending, reporter)
     _warn_leftovers(run, dep, applied, reporter)
     failpoints.reach("after-restart")
     timeline = None
@@ -141,31 +139,37 @@ def unit_state(run: HostRun, p: TargetPlan) -> UnitState:
     return facts.parse_unit_state(run.run(command, timeout=30), runner)
 
 
-def _before(run: HostRun, ran: list[Change]) -> Callable[[Change], None]:
-    """Ahead of each live change: the lock is still ours; the failpoints between writes and the restart.
+def _recorded(
+    run: HostRun, dep: Deployment, number: int | None, pending: list[int], reporter: Reporter
+) -> None:
+    if number is not None:
+        pending.append(number)
+        reporter.event(run.name, dep.name, f"revision {number} recorded as pending")
 
-    Each change is added to ``ran`` as it begins.
-    """
-    writes = [0]
+
+def _point(p: TargetPlan, change: Change) -> str | None:
+    """The failpoint reached right before ``change`` runs, if one is."""
+    if isinstance(change, Restart):
+        return "before-restart"
+    if isinstance(change, RecordRevision | Abandon):
+        return None
+    live = [c for c in p.changes if not isinstance(c, RecordRevision | Abandon)]
+    if change is live[0] and any(isinstance(c, RecordRevision) for c in p.changes):
+        return "after-pending"
+    writes = [c for c in live if isinstance(c, WriteFile)]
+    return "between-writes" if len(writes) > 1 and change is writes[1] else None
+
+
+def _before(run: HostRun, p: TargetPlan) -> Callable[[Change], None]:
+    """Ahead of each change: its failpoint, then the lock is still ours."""
 
     def check(change: Change) -> None:
-        ran.append(change)
-        if isinstance(change, WriteFile):
-            writes[0] += 1
-            if writes[0] == 2:
-                failpoints.reach("between-writes")
-        if isinstance(change, Restart):
-            failpoints.reach("before-restart")
+        point = _point(p, change)
+        if point is not None:
+            failpoints.reach(point)
         run.check_lock()
 
     return check
-
-
-def _number(run: HostRun, output: str) -> int:
-    last = (output.strip().splitlines() or [""])[-1]
-    if not last.isdigit():
-        raise HostError(run.name, f"recording the pending revision printed {output[-200:]!r}")
-    return int(last)
 
 
 def _warn_leftovers(run: HostRun, dep: Deployment, applied: Applied, reporter: Reporter) -> None:

@@ -27,6 +27,13 @@ _seen: dict[str, int] = {}
 _lock = threading.Lock()
 
 
+def armed(name: str | None) -> bool:
+    """Whether a test set ``name`` (then apply sends the command after it on its own, so that the kill
+    falls between the two)."""
+    spec = os.environ.get("ORCH_FAILPOINT")
+    return bool(spec and name and spec.partition(":")[0] == name)
+
+
 def reach(name: str) -> None:
     spec = os.environ.get("ORCH_FAILPOINT")
     if not spec:

@@ -8,6 +8,7 @@ against ``$HOME`` on the host.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core.layout import Layout
@@ -25,6 +26,8 @@ class Command:
     sudo: bool = False
     # Shown in errors and logs instead of the script (scripts can be long).
     label: str = ""
+    # The commands a ``steps`` script runs, in order (a fake host answers each as its own).
+    parts: tuple[Command, ...] = ()
 
     def describe(self) -> str:
         return self.label or self.script
@@ -170,3 +173,66 @@ def hub_fetch(python: str, program: str, request: bytes, *, sudo: bool, label: s
 def wrap_sudo(script: str) -> str:
     """Run a whole script under non-interactive sudo (never prompts; fails instead)."""
     return f"sudo -n sh -c {shlex.quote(script)}"
+
+
+STEP = f"{MARK}step"
+
+
+def steps(cmds: Sequence[Command], *, label: str) -> Command:
+    """Several commands as one script, in order, stopping at the first that fails (one round trip for all).
+
+    Each runs in a subshell (its ``set -e`` stays its own) and reads exactly its own stdin: the stdins go
+    one after the other, each cut off with ``head -c`` (GNU head reads no byte past the count) and what
+    the command leaves of it read to the end. The script
+    prints ``@@orchstep - 0 T`` first and ``@@orchstep K RC T`` after the K-th command (from 0), T being
+    the host's uptime in seconds (``/proc/uptime``, read without a process), and exits with the first
+    non-zero RC. ``split_steps`` reads it back.
+    """
+    sudo = all(c.sudo for c in cmds)
+    stamp = f"read up _ </proc/uptime 2>/dev/null || up=-; echo {STEP}"
+    parts = [f'{stamp} - 0 "$up"']
+    for i, c in enumerate(cmds):
+        script = wrap_sudo(c.script) if c.sudo and not sudo else c.script
+        if c.stdin is None:
+            run = f"( {script}\n) </dev/null"
+        else:  # what the command leaves unread of its own stdin is drained: the next one's starts clean
+            run = f"head -c {len(c.stdin)} | {{ ( {script}\n); r=$?; cat >/dev/null; exit $r; }}"
+        # The newline ends a last line the command left open; split_steps takes it off again.
+        parts.append(f'{run}; r=$?; echo; {stamp} {i} "$r" "$up"; [ "$r" -eq 0 ] || exit "$r"')
+    stdin = b"".join(c.stdin for c in cmds if c.stdin is not None)
+    return Command("\n".join(parts), stdin=stdin or None, sudo=sudo, label=label, parts=tuple(cmds))
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one command of ``steps`` printed and how it ended; ``at`` is the host's uptime then."""
+
+    stdout: str
+    code: int
+    at: float | None
+
+
+def split_steps(stdout: str) -> tuple[float | None, list[StepOutput]]:
+    """The host's uptime when a ``steps`` script began, and each command that ended, in order."""
+    start: float | None = None
+    done: list[StepOutput] = []
+    chunk: list[str] = []
+    for line in stdout.splitlines(keepends=True):
+        fields = line.split()
+        if len(fields) == 4 and fields[0] == STEP:
+            at = _seconds(fields[3])
+            if fields[1] == "-":
+                start, chunk = at, []
+                continue
+            done.append(StepOutput("".join(chunk)[:-1], int(fields[2]), at))
+            chunk = []
+        else:
+            chunk.append(line)
+    return start, done
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

@@ -6,7 +6,8 @@ left: a ``Result`` (checked like a real transport's: non-zero raises ``CommandEr
 when ``check`` is set), an exception to raise (an ``UnreachableError`` is a host lost
 mid-way), or a function of the command. A command no rule answers gets ``default``.
 ``hold`` returns a ``FakeHeld`` unless a rule answers it (a ``Result``: the command
-ended, e.g. a busy lock); a held command can be made to die.
+ended, e.g. a busy lock); a held command can be made to die. A ``steps`` script is
+answered command by command, each recorded in ``sent`` as its own.
 
     host = FakeTransport("h1").on("gather facts", Result(facts_text, "", 0), times=1)
     host.on("write /etc/orch/x.env", UnreachableError("h1", "connection lost"))
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..host.commands import Command
+from ..host.commands import STEP, Command
 from .base import Held, Result, Transport, checked
 
 Matcher = Callable[[Command], bool]
@@ -75,6 +76,7 @@ class FakeTransport:
         self.default = default
         self.rules: list[Rule] = []
         self.sent: list[Command] = []
+        self.execs: list[Command] = []  # what went to the host as one command each (a steps script: one)
         self.holds: list[FakeHeld] = []
         self.journal = journal
         self.closed = False
@@ -89,7 +91,9 @@ class FakeTransport:
         return [c.label for c in self.sent]
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
-        return checked(self.name, command, self._answer(command), check=check)
+        self.execs.append(command)
+        answer = self._steps(command) if command.parts else self._answer(command)
+        return checked(self.name, command, answer, check=check)
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
         result = self._answer(command)
@@ -116,6 +120,17 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def _steps(self, command: Command) -> Result:
+        """A ``steps`` script: each of its commands answered as its own, up to the first that fails."""
+        out, err = [f"{STEP} - 0 -\n"], []  # no host clock: the controller's send and receive times
+        for i, part in enumerate(command.parts):
+            result = self._answer(part)
+            out.append(f"{result.stdout}\n{STEP} {i} {result.exit_code} -\n")
+            err.append(result.stderr)
+            if result.exit_code != 0:
+                return Result("".join(out), "".join(err), result.exit_code)
+        return Result("".join(out), "".join(err), 0)
 
     def _answer(self, command: Command) -> Result:
         rule = self._take(command)

@@ -101,6 +101,9 @@ def test_a_first_apply_records_writes_restarts_then_makes_the_revision_current(
 
     assert (result.status, result.revision, result.elapsed_s) == ("applied", 1, 4.0)
     assert fake.labels == FIRST_APPLY
+    # The record and every live change go to the host as one script, in order.
+    assert [len(c.parts) for c in fake.execs] == [0, 6, 0]
+    assert [p.label for p in fake.execs[1].parts] == FIRST_APPLY[1:-1]
     # "ready after" counts from the restart command: the gate is told when it was sent.
     [since] = gate.since
     assert since is not None and since <= time.monotonic()

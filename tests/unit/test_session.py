@@ -124,17 +124,18 @@ def test_the_lock_names_this_verb_and_is_held_until_the_session_ends(
     assert all(f.holds[0].released and f.closed for f in fakes.values())
 
 
-def test_a_lock_lost_before_a_write_stops_the_deployment_there(
+def test_a_lock_lost_before_the_changes_stops_the_deployment_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded = playbook(tmp_path, deployment("x", hosts="[alpha, beta]", gate=False))
-    fakes = on_fake_hosts(monkeypatch, fresh_host("alpha"), fresh_host("beta"))
+    alpha = FakeTransport("alpha")
+    fakes = on_fake_hosts(monkeypatch, alpha, fresh_host("beta"))
 
     def connection_drops(command: Command) -> CommandResult:
-        fakes["alpha"].holds[0].die()  # the lock holder's session ended after this write
-        return ok()
+        alpha.holds[0].die()  # the lock holder's session ended while the facts were read
+        return ok(facts_output({"x": DeploymentFacts()}))
 
-    fakes["alpha"].on(f"write {ENV}", connection_drops)
+    alpha.on("gather facts", connection_drops).on("record pending", ok("1\n"))
 
     results = run_apply(loaded)
 
@@ -144,7 +145,27 @@ def test_a_lock_lost_before_a_write_stops_the_deployment_there(
         ),
         Result("beta", "x", "applied", revision=1),
     ]
-    assert after(fakes["alpha"].sent, f"write {ENV}") == []
+    assert after(fakes["alpha"].sent, "gather facts") == []
+
+
+def test_a_lock_lost_while_the_changes_run_leaves_the_revision_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The changes go as one script: the lock is checked before it and again before the commit."""
+    loaded = playbook(tmp_path, deployment("x", hosts="[alpha]", gate=False))
+    fakes = on_fake_hosts(monkeypatch, fresh_host("alpha"))
+
+    def connection_drops(command: Command) -> CommandResult:
+        fakes["alpha"].holds[0].die()
+        return ok()
+
+    fakes["alpha"].on(f"write {ENV}", connection_drops)
+
+    [result] = run_apply(loaded)
+
+    assert result.status == "failed" and "revision 1 serves but could not be made current" in result.message
+    assert "the lock on the host was lost" in result.message
+    assert not any(label.startswith("make revision") for label in fakes["alpha"].labels)
 
 
 # ---------------------------------------------------------------- per-host results

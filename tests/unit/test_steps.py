@@ -1,0 +1,51 @@
+"""commands.steps: several commands as one script, run here by a real shell."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from orchestrator.host.commands import Command, split_steps, steps, write_file
+
+
+def run(command: Command) -> tuple[int, str]:
+    done = subprocess.run(["sh", "-c", command.script], input=command.stdin or b"", capture_output=True)
+    return done.returncode, done.stdout.decode()
+
+
+def test_each_command_reads_exactly_its_own_stdin_and_the_outputs_split_back(tmp_path: Path) -> None:
+    cmds = [
+        write_file(str(tmp_path / "a.env"), mode=0o600, sudo=False, content=b"A=1\nB=2"),  # no last newline
+        Command("head -c 2; echo", stdin=b"xyz-left-unread", label="reads part"),  # the rest is drained
+        write_file(str(tmp_path / "empty"), mode=0o644, sudo=False, content=b""),
+        Command("echo plain; printf 'no newline'", label="no stdin"),
+    ]
+    code, out = run(steps(cmds, label="all"))
+
+    assert code == 0
+    assert (tmp_path / "a.env").read_bytes() == b"A=1\nB=2"
+    assert (tmp_path / "a.env").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "empty").read_bytes() == b""
+    start, ended = split_steps(out)
+    assert start is not None and start > 0  # the host's uptime
+    assert [(s.stdout, s.code) for s in ended] == [("", 0), ("xy\n", 0), ("", 0), ("plain\nno newline", 0)]
+    assert all(s.at is not None and s.at >= start for s in ended)
+
+
+def test_the_first_failure_ends_the_script_with_its_code(tmp_path: Path) -> None:
+    cmds = [
+        Command("set -e; false; echo never", label="fails"),  # its set -e stays in its own subshell
+        Command(f"touch {tmp_path / 'not-run'}", label="after"),
+    ]
+    code, out = run(steps([Command("set -e; echo one", label="first"), *cmds], label="all"))
+
+    assert code == 1
+    _, ended = split_steps(out)
+    assert [(s.stdout, s.code) for s in ended] == [("one\n", 0), ("", 1)]
+    assert not (tmp_path / "not-run").exists()
+
+
+def test_a_mixed_sudo_list_wraps_only_the_commands_that_need_it() -> None:
+    joined = steps([Command("id -u", sudo=True), Command("true")], label="mixed")
+    assert not joined.sudo and "sudo -n sh -c 'id -u'" in joined.script
+    assert steps([Command("a", sudo=True), Command("b", sudo=True)], label="both").sudo
