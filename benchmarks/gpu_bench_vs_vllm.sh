@@ -207,8 +207,8 @@ res = Path(sys.argv[1])
 def diff(a: float, b: float) -> float:
     return (b - a) / a * 100
 # The idle before a run's first timed request: from the server's last sample with a request running
-# to the first sample after the run's release with more than one running (vLLM's one-prompt ready
-# check, where it runs, is one request and not timed).
+# to the first sample after the run's release with one running (vLLM's one-prompt ready check, where
+# it runs, counts as the first: it is skipped wherever the flag exists, as in vLLM 0.26).
 gauges = [tuple(map(float, line.split("\t"))) for line in (res / "gauges.tsv").read_text().splitlines()
           if line.count("\t") == 2] if (res / "gauges.tsv").exists() else []
 times = {}
@@ -219,7 +219,7 @@ def idle(run: str) -> str:
     if run not in times:
         return "?"
     rel, end = times[run]
-    first = next((g for g in gauges if rel <= g[0] <= end and g[1] > 1), None)
+    first = next((g for g in gauges if rel <= g[0] <= end and g[1] > 0), None)
     if first is None:
         return "?"
     prev = next((g for g in reversed(gauges) if g[0] < first[0] and g[1] > 0), None)
