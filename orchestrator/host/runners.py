@@ -111,7 +111,16 @@ class Systemd:
         return self._ctl("show", "-p", "MainPID", "--value", unit)
 
     def reload(self, unit: str) -> str:
-        return self._ctl("daemon-reload")
+        # Only when the manager needs it: reloading re-reads every unit (about 0.15 CPU-s on a small host,
+        # more on a big one). A unit it has loaded from its file as it is now needs none: systemd 246 and
+        # later loads a new unit file on its own when it is first asked for it (as the reload's own
+        # `show` does). A unit not loaded (older systemd), changed or removed gets the reload.
+        show = self._ctl("show", unit, "-p", "LoadState,NeedDaemonReload")
+        return (
+            f's=$({show} 2>/dev/null); case "$s" in '
+            "*LoadState=loaded*NeedDaemonReload=no*|*NeedDaemonReload=no*LoadState=loaded*) ;; "
+            f"*) {self._ctl('daemon-reload')};; esac"
+        )
 
     def enable(self, unit: str) -> str:
         # Without --no-reload, enable reloads the whole manager once more after the plan's own
