@@ -20,14 +20,28 @@ import time
 go, ready, module, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 sys.path[0] = os.getcwd()  # as `python3 -m` has it
 WARM = {
-    "vllm": ["vllm.entrypoints.cli.main", "vllm.entrypoints.cli.benchmark.main",
-             "vllm.entrypoints.cli.benchmark.serve", "vllm.entrypoints.cli.openai",
-             "vllm.entrypoints.cli.serve", "vllm.entrypoints.cli.run_batch",
-             "vllm.entrypoints.cli.collect_env", "vllm.benchmarks.serve", "vllm.benchmarks.datasets",
-             "vllm.benchmarks.lib.endpoint_request_func", "transformers", "pandas", "aiohttp",
-             "tqdm.asyncio"],
-    "orchestrator": ["orchestrator.cli.main", "orchestrator.cli.benchverb", "orchestrator.observe.bench",
-                     "aiohttp"],
+    "vllm": [
+        "vllm.entrypoints.cli.main",
+        "vllm.entrypoints.cli.benchmark.main",
+        "vllm.entrypoints.cli.benchmark.serve",
+        "vllm.entrypoints.cli.openai",
+        "vllm.entrypoints.cli.serve",
+        "vllm.entrypoints.cli.run_batch",
+        "vllm.entrypoints.cli.collect_env",
+        "vllm.benchmarks.serve",
+        "vllm.benchmarks.datasets",
+        "vllm.benchmarks.lib.endpoint_request_func",
+        "transformers",
+        "pandas",
+        "aiohttp",
+        "tqdm.asyncio",
+    ],
+    "orchestrator": [
+        "orchestrator.cli.main",
+        "orchestrator.cli.benchverb",
+        "orchestrator.observe.bench",
+        "aiohttp",
+    ],
 }
 t = time.time()
 for name in WARM.get(module.split(".")[0], [module]):
@@ -38,6 +52,7 @@ for name in WARM.get(module.split(".")[0], [module]):
 if module.startswith("vllm"):
     try:
         from vllm import platforms
+
         platforms.current_platform.is_unspecified()
     except Exception as e:
         print(f"prestart: platform not resolved: {e!r}", file=sys.stderr)
