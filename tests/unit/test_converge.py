@@ -37,9 +37,11 @@ from orchestrator import converge, session
 from orchestrator.core.load import Loaded
 from orchestrator.facts import DeploymentFacts, UnitState
 from orchestrator.host import state
+from orchestrator.host.commands import Command
 from orchestrator.host.procs import REAPED_MARK, Owner, Proc
 from orchestrator.hostrun import HostRun, QuietReporter, Result
 from orchestrator.plan import TargetPlan
+from orchestrator.transport.base import Result as CommandResult
 from orchestrator.transport.fake import FakeTransport
 
 STATE = "/var/lib/orch/x"
@@ -334,3 +336,41 @@ def test_reap_on_a_running_deployment_ends_only_its_leftovers_and_says_which(
     assert events.lines[-1] == "--reap: ended the deployment's leftover processes: 501:VLLM::EngineCor"
     reap = fake.sent[-1].script
     assert "SUPERVISOR_PROCESS_NAME" in reap and "-v k=system -v n=x " in reap  # its own mark, nothing else
+
+
+class StampingHost(FakeTransport):
+    """A fake whose steps scripts print the host's uptime as the real script does: the restart began 0.5 s
+    and ended 1.25 s after the script started."""
+
+    def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> CommandResult:
+        result = super().run(command, timeout=timeout, check=check)
+        if not command.parts:
+            return result
+        stamps = iter(["100.00", *(f"{100.5 + 0.75 * i:.2f}" for i in range(len(command.parts)))])
+        lines = [
+            line.rsplit(" ", 1)[0] + " " + next(stamps) if line.startswith("@@orchstep") else line
+            for line in result.stdout.split("\n")
+        ]
+        return replace(result, stdout="\n".join(lines))
+
+
+def test_ready_after_counts_from_the_restart_inside_the_script_by_the_hosts_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = new(tmp_path)
+    fake = StampingHost("alpha").on("gather facts", ok(facts_output({"x": holding(desired(old(tmp_path)))})))
+    fake.on("record pending", ok("2\n")).on("restart", ok(restart_output(RUNNING)))
+    gate = gates(monkeypatch, True, host=fake)
+    t0 = time.monotonic()
+    result = apply(loaded, fake)
+    t1 = time.monotonic()
+    assert result.status == "applied", result.message
+    [script] = [c for c in fake.execs if c.parts]
+    labels = [p.label for p in script.parts]
+    assert labels[0].startswith("record") and labels[-1] == "restart orch-x.service"
+    # The restart began when the step before it ended, on the host's clock: 0.5 s after the script
+    # started, plus 0.75 s for each step before that one.
+    offset = 0.5 + 0.75 * (len(labels) - 2)
+    [since] = gate.since
+    assert since is not None and t0 + offset <= since <= t1 + offset
+    assert result.timeline is not None and result.timeline.started_s == pytest.approx(0.75, abs=1e-3)
