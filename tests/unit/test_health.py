@@ -416,8 +416,11 @@ class _Raw(socketserver.BaseRequestHandler):
         mode = self.server.mode
         with contextlib.suppress(OSError):
             if mode == "html":
+                # It answers one request per connection, and says so: a client that reused the connection
+                # after the close would race it (httpx then reports the server disconnected).
                 sock.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % len(HTML)
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(HTML)
                 )
                 sock.sendall(HTML)
             elif mode == "close":

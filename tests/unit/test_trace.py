@@ -111,7 +111,7 @@ def test_an_apply_shows_every_command_it_runs_and_hides_the_secrets_it_learns(
         assert any(label in line for line in starts), label
         assert any(label in line for line in ends), label
     assert "[alpha] lock /var/lib/orch/x → held" in text
-    assert "[alpha] start: write /etc/orch/x.env\n" in text and " bytes (not shown)" in text
+    assert any("write /etc/orch/x.env" in line for line in starts) and " bytes (not shown)" in text
     assert SECRET not in text and OLD_SECRET not in text
     # Both values are hidden from now on: the one the playbook gave, and the one read from the host.
     trace.started("alpha", Command(f"echo {SECRET} {OLD_SECRET}", label="leak?"))
