@@ -183,10 +183,10 @@ def steps(cmds: Sequence[Command], *, label: str) -> Command:
 
     Each runs in a subshell (its ``set -e`` stays its own) and reads exactly its own stdin: the stdins go
     one after the other, each cut off with ``head -c`` (GNU head reads no byte past the count) and what
-    the command leaves of it read to the end. The script
-    prints ``@@orchstep - 0 T`` first and ``@@orchstep K RC T`` after the K-th command (from 0), T being
-    the host's uptime in seconds (``/proc/uptime``, read without a process), and exits with the first
-    non-zero RC. ``split_steps`` reads it back.
+    the command leaves of it read to the end. The script prints ``@@orchstep - 0 T`` first and
+    ``@@orchstep K RC T`` after the K-th command (from 0), T being the host's uptime in seconds
+    (``/proc/uptime``, read without a process), and exits with the first non-zero RC. ``split_steps``
+    reads it back.
     """
     sudo = all(c.sudo for c in cmds)
     stamp = f"read up _ </proc/uptime 2>/dev/null || up=-; echo {STEP}"
