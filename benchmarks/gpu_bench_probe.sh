@@ -8,26 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/orch-gpu-probe}; mkdir -p "$OUT"
 date +%s.%N >"$OUT/t0.txt"
-python3 - "$OUT/gauges.tsv" "$(cat "$OUT/t0.txt")" <<'PY' &
-import sys, time, urllib.request
-path, t0 = sys.argv[1], float(sys.argv[2])
-want = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-with open(path, "w") as out:
-    while True:
-        try:
-            text = urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=1).read().decode()
-        except Exception:
-            time.sleep(0.5)
-            continue
-        got = {k: 0.0 for k in want}
-        for line in text.splitlines():
-            for k in want:
-                if line.startswith(k):
-                    got[k] += float(line.rsplit(" ", 1)[-1])
-        out.write(f"{time.time() - t0:.3f}\t{got[want[0]]:g}\t{got[want[1]]:g}\n")
-        out.flush()
-        time.sleep(0.05)
-PY
+python3 "$(dirname "$0")/gauges.py" "$OUT/gauges.tsv" "$(cat "$OUT/t0.txt")" &
 SCRAPER=$!
 ROUNDS=${ROUNDS:-2} OUT=$OUT bash "$(dirname "$0")/gpu_bench_vs_vllm.sh"
 kill $SCRAPER 2>/dev/null

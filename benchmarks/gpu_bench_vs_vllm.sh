@@ -147,25 +147,7 @@ release() {
 PREST=$(cd "$(dirname "$0")" && pwd)/prestart.py
 done_pair() { [ -s "$RES/vllm-$1.json" ] && [ -s "$RES/orch-$1.json" ]; }
 # The server's gauges every 50 ms (epoch seconds, running, waiting), appended across calls.
-python3 - "$RES/gauges.tsv" <<'PY' &
-import sys, time, urllib.request
-want = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-with open(sys.argv[1], "a") as out:
-    while True:
-        try:
-            text = urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=1).read().decode()
-        except Exception:
-            time.sleep(0.5)
-            continue
-        got = {k: 0.0 for k in want}
-        for line in text.splitlines():
-            for k in want:
-                if line.startswith(k):
-                    got[k] += float(line.rsplit(" ", 1)[-1])
-        out.write(f"{time.time():.3f}\t{got[want[0]]:g}\t{got[want[1]]:g}\n")
-        out.flush()
-        time.sleep(0.05)
-PY
+python3 "$(dirname "$0")/gauges.py" "$RES/gauges.tsv" &
 SCRAPER=$!
 [ ${#PRE[@]} -gt 0 ] && taskset -a -p -c "$PRE_CPUS" "$SCRAPER" >/dev/null
 # PAIRED=K: first K paired runs (benchmarks/bench_paired.py, after one not counted), then the pairs.
