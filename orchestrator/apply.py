@@ -107,10 +107,14 @@ def command_for(change: Change, *, layout: Layout, sudo: bool) -> Command:
     raise AssertionError(f"unknown change {change!r}")
 
 
+def live(changes: tuple[Change, ...]) -> list[Change]:
+    """The changes that touch the live deployment (all but the revision records), as planned."""
+    return [c for c in changes if not isinstance(c, RecordRevision | Abandon)]
+
+
 def in_order(changes: tuple[Change, ...]) -> list[Change]:
     """The changes as they run: the revision records first, then the live ones as planned."""
-    records = [c for c in changes if isinstance(c, RecordRevision | Abandon)]
-    return records + [c for c in changes if not isinstance(c, RecordRevision | Abandon)]
+    return [c for c in changes if isinstance(c, RecordRevision | Abandon)] + live(changes)
 
 
 class StepError(CommandError):

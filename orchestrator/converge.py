@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from . import facts, failpoints
-from .apply import Applied, StepError, in_order, run_changes
+from .apply import Applied, StepError, in_order, live, run_changes
 from .core import nodes, render, secrets
 from .core.layout import Layout
 from .core.load import Target
@@ -153,10 +153,10 @@ def _point(p: TargetPlan, change: Change) -> str | None:
         return "before-restart"
     if isinstance(change, RecordRevision | Abandon):
         return None
-    live = [c for c in p.changes if not isinstance(c, RecordRevision | Abandon)]
-    if change is live[0] and any(isinstance(c, RecordRevision) for c in p.changes):
+    changes = live(p.changes)
+    if change is changes[0] and any(isinstance(c, RecordRevision) for c in p.changes):
         return "after-pending"
-    writes = [c for c in live if isinstance(c, WriteFile)]
+    writes = [c for c in changes if isinstance(c, WriteFile)]
     return "between-writes" if len(writes) > 1 and change is writes[1] else None
 
 

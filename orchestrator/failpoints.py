@@ -27,19 +27,21 @@ _seen: dict[str, int] = {}
 _lock = threading.Lock()
 
 
+def _wanted() -> tuple[str, str]:
+    """The point ORCH_FAILPOINT names ("" when unset) and its action."""
+    want, _, action = os.environ.get("ORCH_FAILPOINT", "").partition(":")
+    return want, action
+
+
 def armed(name: str | None) -> bool:
     """Whether a test set ``name`` (then apply sends the command after it on its own, so that the kill
     falls between the two)."""
-    spec = os.environ.get("ORCH_FAILPOINT")
-    return bool(spec and name and spec.partition(":")[0] == name)
+    return bool(name) and _wanted()[0] == name
 
 
 def reach(name: str) -> None:
-    spec = os.environ.get("ORCH_FAILPOINT")
-    if not spec:
-        return
-    want, _, action = spec.partition(":")
-    if want != name:
+    want, action = _wanted()
+    if not want or want != name:
         return
     with _lock:
         _seen[name] = _seen.get(name, 0) + 1

@@ -8,7 +8,7 @@ export TH_DIR=/tmp/perfhosts
 /tmp/perfhosts/venv-orch/bin/python -m compileall -q /work/main/orchestrator >/dev/null
 cd /work/shared/perf
 bash ../testbed/testhosts.sh up 16 >/dev/null
-R=$TH_DIR/results5; rm -rf $R; mkdir -p $R
+R=$TH_DIR/${RESULTS:-results5}; rm -rf $R; mkdir -p $R
 OUT=$R ./run.sh "16" 3 "orch pyinfra"
 python3 ./summarize.py $R > $R/summary.md
 bash ../testbed/testhosts.sh down >/dev/null
