@@ -7,7 +7,7 @@
 set -u
 unset PYTHONDONTWRITEBYTECODE
 export TH_DIR=/tmp/perfhosts PYINFRA_YES=1
-PAIRS=${PAIRS:-5} N=16
+PAIRS=${PAIRS:-5} N=16 SCENARIOS=${SCENARIOS:-first change noop}
 OUT=${OUT:-$TH_DIR/pairs}; mkdir -p "$OUT"; R=$OUT/pairs.csv; : >"$R"
 $TH_DIR/venv-orch/bin/python -m compileall -q /work/main/orchestrator >/dev/null
 cd /work/shared/perf
@@ -30,7 +30,7 @@ timed() {  # tool scenario pair rev
   fi
   c1=$(host_cpu $N); echo "$1,$N,$2,$3,$(cat /tmp/pairs-t.txt),$(( (c1 - c0) / 1000 ))" | tee -a "$R"
 }
-for sc in first change noop; do
+for sc in $SCENARIOS; do
   for p in $(seq "$PAIRS"); do
     order="orch pyinfra"; [ $((p % 2)) = 0 ] && order="pyinfra orch"
     for tool in $order; do

@@ -12,7 +12,9 @@ follows within ``POLL_S``, so the gate sees a server within a fraction of a seco
 answer; then the other three checks run at once. The unit's state (a round trip to the host) is
 read in the background every ``interval_s``, so no probe waits for the host, and once more alongside
 every probe that gets past ``/health``: a ready verdict rests on a state read made while its requests
-ran. After a probe whose completions failed the gate waits ``interval_s``.
+ran. The state the restart printed (``baseline``) is the first reading when it shows the unit running,
+so a server that answers within ``interval_s`` costs the host one state read, not two. After a probe
+whose completions failed the gate waits ``interval_s``.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def wait_ready(
 ) -> Outcome:
     """Poll until ready, the unit crashes, or ``timeout_s`` passes (from the gate's start).
 
-    ``since`` (``time.monotonic()``): where the outcome's times count from, e.g. the restart.
+    ``baseline``: the unit's state right after the restart; a restart counter or main PID that moves past
+    it means the server died. ``since`` (``time.monotonic()``): where the outcome's times count from,
+    e.g. the restart.
     ``quick_state``: a cheaper read of the state (no log line), for the read beside the completions.
     """
     start = time.monotonic()
@@ -196,7 +200,8 @@ def wait_ready(
         ThreadPoolExecutor(1, thread_name_prefix="orch-gate-state") as host,
         ThreadPoolExecutor(len(_CHECKS) - 1, thread_name_prefix="orch-gate-http") as requests,
     ):
-        reads = _Reads(unit_state, quick_state or unit_state, interval_s=interval_s, pool=host)
+        first = baseline if baseline.running else None  # else a full read (with the log) comes first
+        reads = _Reads(unit_state, quick_state or unit_state, interval_s=interval_s, pool=host, first=first)
         retrying = Retrying(
             stop=stop_after_delay(timeout_s),
             wait=wait,
@@ -225,7 +230,8 @@ def _completions(client: httpx.Client, ep: Endpoint, pool: ThreadPoolExecutor) -
 
 class _Reads:
     """The unit's state, read in the background every ``interval_s``, one read at a time (one command
-    on the host's connection), so that no probe waits for the host."""
+    on the host's connection), so that no probe waits for the host. ``first``: a state already read,
+    which stands for the first read (the next is due ``interval_s`` later)."""
 
     def __init__(
         self,
@@ -234,11 +240,12 @@ class _Reads:
         *,
         interval_s: float,
         pool: ThreadPoolExecutor,
+        first: UnitState | None = None,
     ) -> None:
         self._full, self._quick, self._interval_s, self._pool = full, quick, interval_s, pool
         self._flying: Future[UnitState] | None = None
-        self._started = -math.inf
-        self._state: UnitState | None = None
+        self._started = -math.inf if first is None else time.monotonic()
+        self._state = first
 
     def latest(self) -> UnitState:
         """The newest state read (the first is waited for); starts the next read when one is due.

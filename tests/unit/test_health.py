@@ -169,7 +169,7 @@ class Counting:
 
 def test_a_loading_server_is_polled_cheaply_and_seen_as_soon_as_it_answers() -> None:
     """Twenty cheap probes, not twenty intervals: the unit's state (a round trip to the host) is read
-    once at the start and once alongside the completions, not at every probe."""
+    once, alongside the completions, not at every probe (the restart's own reading is the first)."""
     srv, reads = Counting(loading=20), []
 
     def unit_state() -> UnitState:
@@ -189,8 +189,31 @@ def test_a_loading_server_is_polled_cheaply_and_seen_as_soon_as_it_answers() -> 
     assert outcome.ready
     assert outcome.elapsed_s < 60  # one interval would be 60 s
     assert srv.requests == {"/health": 21, "/v1/models": 1, "/v1/chat/completions": 2}
-    assert len(reads) == 2
+    assert len(reads) == 1
     assert outcome.up_s is not None and outcome.up_s <= outcome.elapsed_s
+
+
+@pytest.mark.parametrize("baseline", [UnitState(), UnitState(active_state="failed", sub_state="failed")])
+def test_without_a_running_baseline_the_state_is_read_before_the_first_probe(baseline: UnitState) -> None:
+    """A restart that printed no state, or one that shows the unit down, is no first reading: the gate
+    reads the state (with its log line) before it probes."""
+    srv, order = Counting(loading=0), []
+
+    def unit_state() -> UnitState:
+        order.append(("state", sum(srv.requests.values())))
+        return RUNNING
+
+    outcome = wait_ready(
+        EP,
+        timeout_s=30,
+        interval_s=60,
+        request_timeout_s=1,
+        unit_state=unit_state,
+        baseline=baseline,
+        transport=httpx.MockTransport(srv),
+    )
+    assert outcome.ready
+    assert order[0] == ("state", 0) and len(order) == 2
 
 
 def test_after_a_failed_completion_the_gate_waits_the_interval_or_the_deadline() -> None:
@@ -279,7 +302,7 @@ def test_times_count_from_the_restart() -> None:
 def test_a_unit_that_restarts_while_the_completions_run_is_not_ready() -> None:
     """The state read alongside the completions decides: a server that answers is not enough."""
     restarted = UnitState(active_state="active", sub_state="running", main_pid=100, n_restarts=1)
-    states = iter([RUNNING, restarted])
+    states = iter([restarted])
     outcome = wait_ready(
         EP,
         timeout_s=30,
