@@ -6,7 +6,8 @@ Each answer is printed as a deployment block of its own (``@@orchdep NAME``, ``@
 version), which the parsers merge with the deployment's other blocks. The program finds a distribution
 the way ``importlib.metadata.version`` does (the first ``NAME-*.dist-info`` or ``.egg-info`` on
 ``sys.path``, names compared normalised) without importing ``importlib.metadata``, whose own import
-costs about three Python starts. Deployment names and package names travel as arguments, never as code.
+costs about three Python starts, nor ``re`` (a third of a Python start) but where a checkout has no
+metadata. Deployment names and package names travel as arguments, never as code.
 Pure: a shell snippet and the marker that precedes its output.
 """
 
@@ -30,9 +31,15 @@ _RELEVANT = re.compile(r"^(PYTHON[A-Z0-9_]*|PATH|HOME|VIRTUAL_ENV|LD_[A-Z0-9_]*)
 # (its distribution, else the package's own _version.py: a checkout without metadata, found without
 # importing vLLM, which would import torch). Everything is printed at once: all answers or none.
 PROGRAM = (
-    "import os, re, sys\n"
+    "import os, sys\n"
     "def norm(n):\n"
-    "    return re.sub(r'[-_.]+', '_', n).lower()\n"
+    "    out = []\n"
+    "    for c in n.lower():\n"
+    "        if c not in '-_.':\n"
+    "            out.append(c)\n"
+    "        elif not out or out[-1] != '_':\n"
+    "            out.append('_')\n"
+    "    return ''.join(out)\n"
     "def meta(path):\n"
     "    for f in ((path,) if os.path.isfile(path) else (path + '/METADATA', path + '/PKG-INFO')):\n"
     "        try:\n"
@@ -64,7 +71,7 @@ PROGRAM = (
     "        v = version(d)\n"
     "        if v is not None:\n"
     "            return v\n"
-    "    import importlib.util as u\n"
+    "    import importlib.util as u, re\n"
     "    s = u.find_spec('vllm')\n"
     "    for p in (s.submodule_search_locations or []) if s else []:\n"
     "        f = os.path.join(p, '_version.py')\n"
