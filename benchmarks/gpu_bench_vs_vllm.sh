@@ -15,6 +15,12 @@
 # what a small real model's does. Back in $OUT: summary.txt, and raw.tar.gz (each run's console
 # output and result JSON). DESTROY=1 removes the deployment at the end.
 #
+# The server's shape (defaults as in the runs of docs/gpu-bench-h200.md up to 2026-12-02): SHAPE=1.5b
+# or SHAPE=7b (Qwen2.5-7B-shaped: hidden 3584, 28 layers, 28 heads, 4 KV heads, head_dim 128; with
+# the tiny tokenizer's 512-token vocabulary); EAGER=1 passes --enforce-eager (a CPU-bound server),
+# EAGER=0 leaves vLLM's compiled model and CUDA graphs on (compiled and captured at the first start);
+# MAX_SEQS, where set, passes --max-num-seqs (fewer CUDA graph sizes to capture at the start).
+#
 # EQUAL_IDLE=1 (the default): each client is started ahead of its turn (benchmarks/prestart.py: vLLM
 # imports itself and loads the tokenizer, orch imports itself, on core PRE_CPUS while the run before
 # goes on on CLIENT_CPUS) and released the moment the run before it ends, so that both tools' first
@@ -30,7 +36,7 @@ OUT=${OUT:-/tmp/orch-gpu-bench}
 export SERVER_CPUS=${SERVER_CPUS:-0-11}
 source benchmarks/gpu_stage.sh
 N=${N:-200} C=${C:-16} IN=${IN:-128} OUTLEN=${OUTLEN:-128} ROUNDS=${ROUNDS:-6} WARMUP=${WARMUP:-1}
-EQUAL_IDLE=${EQUAL_IDLE:-1} BUDGET_S=${BUDGET_S:-560} PRE_CPUS=${PRE_CPUS:-15}
+EQUAL_IDLE=${EQUAL_IDLE:-1} BUDGET_S=${BUDGET_S:-560} PRE_CPUS=${PRE_CPUS:-15} LOOKAHEAD=${LOOKAHEAD:-1}
 if [ "$EQUAL_IDLE" = 1 ]; then CLIENT_CPUS=${CLIENT_CPUS:-12-14}; else CLIENT_CPUS=${CLIENT_CPUS:-12-15}; fi
 RES=/tmp/orch-bench-results; mkdir -p "$RES"
 CLIENT=() PRE=(); command -v taskset >/dev/null && CLIENT=(taskset -c "$CLIENT_CPUS") PRE=(taskset -c "$PRE_CPUS")
@@ -38,19 +44,31 @@ note "server cores ${SERVER_CPUS}, client cores ${CLIENT_CPUS}, EQUAL_IDLE=$EQUA
 # The deadline on the epoch clock: T0 is the script's start (gpu_stage.sh).
 END=$(awk -v a="$T0" -v b="$BUDGET_S" 'BEGIN { printf "%.0f", a + b }')
 
-M=/tmp/models/q15
+SHAPE=${SHAPE:-1.5b} EAGER=${EAGER:-1} MAX_SEQS=${MAX_SEQS:-}
+case $SHAPE in
+  1.5b) NAME=q15 DIMS='{"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+    "num_attention_heads": 12, "num_key_value_heads": 2}' ;;
+  7b) NAME=q7 DIMS='{"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "head_dim": 128}' ;;
+  *) note "SHAPE=$SHAPE: 1.5b or 7b"; exit 2 ;;
+esac
+SERVER_ARGS="--load-format: dummy, --no-enable-prefix-caching: true"
+[ "$EAGER" = 1 ] && SERVER_ARGS="--enforce-eager: true, $SERVER_ARGS"
+[ -n "$MAX_SEQS" ] && SERVER_ARGS="$SERVER_ARGS, --max-num-seqs: $MAX_SEQS"
+note "server: $NAME ($SHAPE-shaped), args {$SERVER_ARGS}"
+M=/tmp/models/$NAME
 S=/tmp/site-bench
 if [ "${STAGED:-0}" = 1 ] && [ -s /tmp/prompts.jsonl ]; then note "deployed already"; else
 rm -rf $M; cp -r /tmp/models/tiny $M; rm -f $M/*.safetensors
-python3 - "$M/config.json" <<'PY'
+python3 - "$M/config.json" "$DIMS" <<'PY'
 import json, sys
 path = sys.argv[1]
 config = json.load(open(path))
 config.pop("layer_types", None)
-config.update(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-              num_key_value_heads=2, max_position_embeddings=4096)
+config.update(json.loads(sys.argv[2]), max_position_embeddings=4096)
 json.dump(config, open(path, "w"), indent=1)
 PY
+cp $M/config.json "$R/model-config.json"
 
 mkdir -p $S
 cat >$S/inventory.yml <<'INV'
@@ -60,16 +78,16 @@ INV
 cat >$S/pb.yml <<PB
 inventory: inventory.yml
 deployments:
-  - name: q15
+  - name: $NAME
     hosts: [gpubox]
     model: $M
-    served_model_name: q15
+    served_model_name: $NAME
     gpus: [0]
     gpu_memory_utilization: 0.8
     max_model_len: 2048
     port: 8000
     launcher: {kind: api_server}
-    args: {--enforce-eager: true, --load-format: dummy, --no-enable-prefix-caching: true}
+    args: {$SERVER_ARGS}
     env: {PYTHONPATH: /tmp/site, NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1"}
     readiness: {timeout_s: 480, interval_s: 2}
 PB
@@ -81,7 +99,7 @@ grep Cpus_allowed_list "/proc/$(pgrep -f 'vllm.*serve' | head -1)/status" >"$R/s
 python3 - <<PY
 import json
 from orchestrator.observe.bench import BenchConfig, build_prompts
-cfg = BenchConfig(base_url="", model="q15", num_requests=$N, input_len=$IN, seed=0)
+cfg = BenchConfig(base_url="", model="$NAME", num_requests=$N, input_len=$IN, seed=0)
 with open("/tmp/prompts.jsonl", "w") as f:
     for p in build_prompts(cfg):
         f.write(json.dumps({"prompt": p}) + "\n")
@@ -94,7 +112,7 @@ READY_CHECK=(); grep -q ready-check-timeout-sec /tmp/site/vllm/benchmarks/serve.
 grep -n "ready.check\|initial single\|Initial test" /tmp/site/vllm/benchmarks/serve.py >"$R/vllm-ready-check.txt" 2>&1
 vllm_args() {  # vllm_args NAME: the argv of `vllm bench serve` for the run NAME, in ARGV
   ARGV=(bench serve --backend openai \
-    --base-url http://127.0.0.1:8000 --endpoint /v1/completions --model q15 --tokenizer $M \
+    --base-url http://127.0.0.1:8000 --endpoint /v1/completions --model $NAME --tokenizer $M \
     --dataset-name custom --dataset-path /tmp/prompts.jsonl --disable-shuffle --skip-chat-template \
     --num-prompts "$N" --custom-output-len "$OUTLEN" --ignore-eos --max-concurrency "$C" \
     --request-rate inf --seed 0 --num-warmups 0 --percentile-metrics ttft,tpot,itl,e2el \
@@ -116,7 +134,9 @@ seq_run() {  # seq_run TOOL NAME: EQUAL_IDLE=0, start the tool now
 }
 # EQUAL_IDLE=1: prestart TOOL NAME starts the client on PRE_CPUS, waiting on the FIFO $RES/TOOL-NAME.go;
 # release TOOL NAME [NEXT_TOOL NEXT_NAME] releases it (prestarting it first if need be, and waiting until it
-# is ready), prestarts the next one, and waits for the run to end.
+# is ready), prestarts the next LOOKAHEAD ones, and waits for the run to end. (`vllm bench serve` takes
+# about 30 s to be ready on one core: where a run is shorter than that, LOOKAHEAD=1 leaves the server
+# idle before every vLLM run for as long as it still needs; LOOKAHEAD=4 starts it four runs ahead.)
 declare -A PID=()
 prestart() {
   local run=$1-$2; rm -f "$RES/$run.go" "$RES/$run.ready"; mkfifo "$RES/$run.go"
@@ -130,6 +150,7 @@ prestart() {
 release() {
   local run=$1-$2 t rc
   [ -n "${PID[$run]:-}" ] || prestart "$1" "$2"
+  shift 2
   t=$(date +%s.%N)
   while [ ! -e "$RES/$run.ready" ]; do
     kill -0 "${PID[$run]}" 2>/dev/null || { note "$run: exited before it was ready"; break; }
@@ -139,7 +160,7 @@ release() {
   t=$(date +%s.%N)
   [ ${#CLIENT[@]} -gt 0 ] && taskset -a -p -c "$CLIENT_CPUS" "${PID[$run]}" >/dev/null
   [ -e "$RES/$run.ready" ] && { echo go >"$RES/$run.go" & }
-  [ $# -ge 4 ] && prestart "$3" "$4"
+  while [ $# -ge 2 ]; do [ -n "${PID[$1-$2]:-}" ] || prestart "$1" "$2"; shift 2; done
   wait "${PID[$run]}"; rc=$?; unset "PID[$run]"; rm -f "$RES/$run.go" "$RES/$run.ready"
   stamp "$run" "$t" "$(date +%s.%N)"
   note "$run: exit $rc in $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
@@ -150,10 +171,13 @@ done_pair() { [ -s "$RES/vllm-$1.json" ] && [ -s "$RES/orch-$1.json" ]; }
 python3 "$(dirname "$0")/gauges.py" "$RES/gauges.tsv" &
 SCRAPER=$!
 [ ${#PRE[@]} -gt 0 ] && taskset -a -p -c "$PRE_CPUS" "$SCRAPER" >/dev/null
+# The GPU's load and clocks every second (SM %, memory %, SM MHz, power), appended across calls.
+nvidia-smi dmon -s puc -o T >>"$RES/dmon.txt" 2>&1 &
+DMON=$!
 # PAIRED=K: first K paired runs (benchmarks/bench_paired.py, after one not counted), then the pairs.
 if [ "${PAIRED:-0}" -gt 0 ] && [ ! -s "$OUT/paired.md" ]; then
   PYTHONPATH=/tmp/site:$PYTHONPATH "${CLIENT[@]}" python3 "$(dirname "$0")/bench_paired.py" --runs "$PAIRED" \
-    --deadline "$END" --out "$RES" -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" >"$OUT/paired.md" 2>"$R/paired.err"
+    --deadline "$END" --out "$RES" --model "$NAME" -n "$N" -c "$C" --input-len "$IN" --output-len "$OUTLEN" >"$OUT/paired.md" 2>"$R/paired.err"
   note "paired runs: exit $?"; cat "$OUT/paired.md"
 fi
 # The plan: TOOL NAME MARK, MARK B where a counted pair begins (the budget is checked there).
@@ -174,12 +198,16 @@ for k in "${!PLAN[@]}"; do
     begun=$t
   fi
   if [ "$EQUAL_IDLE" = 1 ]; then
-    read -r ntool nname _ <<<"${PLAN[$((k + 1))]:-}"
-    release "$tool" "$name" $ntool $nname
+    nexts=()
+    for j in $(seq 1 "$LOOKAHEAD"); do
+      read -r ntool nname _ <<<"${PLAN[$((k + j))]:-}"
+      [ -n "$ntool" ] && nexts+=("$ntool" "$nname")
+    done
+    release "$tool" "$name" "${nexts[@]}"
   else seq_run "$tool" "$name"; fi
 done
 for run in "${!PID[@]}"; do kill "${PID[$run]}" 2>/dev/null; note "$run: prestarted, not run (budget)"; done
-kill "$SCRAPER" 2>/dev/null
+kill "$SCRAPER" "$DMON" 2>/dev/null
 python3 - "$RES" <<'PY' | tee -a "$OUT/summary.txt"
 import statistics, sys
 from pathlib import Path
