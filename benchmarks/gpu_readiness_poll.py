@@ -8,7 +8,10 @@ keeps the first answer after the old server went away; orch's moment is when it 
 output is read line by line as it comes). Here the host is this machine (`connection: local`, `runner:
 supervisord`), the server the real GPU vLLM on GPU 0. One clock for everything: CLOCK_BOOTTIME, the clock
 of /proc/PID/stat's start time, so that the restarted vLLM process's own start is on it too:
-vLLM's own start-up = the poller's first answer − the new process's start.
+vLLM's own start-up = the poller's first answer − the new process's start. The old server's stop is
+split three ways, each from orch's restart command: the poller's first failed request (the server stops
+answering), the old main process's exit and the last exit of its process tree (an ExitWatcher reading
+/proc every 10 ms; a zombie counts as exited).
 
 Rounds: the first apply (when the site has none yet), then restarts (each apply changes env ORCH_ROUND),
 then one `orch rollback -y`, then `orch destroy -y`. State lives in --site, so that a second call on the
@@ -70,6 +73,51 @@ def process_start(pid: int) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc's parent links."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    tree, todo = [pid], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [k for k, ppid in parent.items() if ppid == pid]
+        tree += kids
+        todo += kids
+    return tree
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class ExitWatcher:
+    """Times, on CLOCK_BOOTTIME, when the old main process and the last process of its tree exit."""
+
+    main: int
+    tree: list[int]
+    main_gone: float | None = None
+    tree_gone: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.tree_gone is None:
+            left = [pid for pid in self.tree if alive(pid)]
+            if self.main_gone is None and self.main not in left:
+                self.main_gone = now()
+            if not left:
+                self.tree_gone = now()
+            time.sleep(0.01)
 
 
 @dataclass
@@ -174,6 +222,9 @@ class Bench:
         thread = threading.Thread(target=poller.run, daemon=True)
         thread.start()
         time.sleep(1.0)  # the old server (if any) answers the poller before orch begins
+        watcher = ExitWatcher(old_pid, descendants(old_pid)) if old_pid else None
+        if watcher:
+            threading.Thread(target=watcher.run, daemon=True).start()
         poller.armed = now()
         wall0 = time.time()
         t_cmd = now()
@@ -198,6 +249,8 @@ class Bench:
             time.sleep(0.05)  # a poller request sent before orch's answer may still be coming
         poller.stop.set()
         thread.join()
+        if watcher:
+            watcher.stop.set()
         new_pid = self.supervisor_pid()
         started = process_start(new_pid) if new_pid else None
         row: dict[str, Any] = {
@@ -230,7 +283,18 @@ class Bench:
                         "process_start_s": round(started - restart_sent, 3),
                         "vllm_own_startup_s": round(poller.first_ok - started, 3),
                     }
-        if poller.failed_at is not None:
+            # The old server's stop, from the restart command: it stops answering, its main process
+            # exits, its last process exits.
+            for key, at in (
+                ("old_refuses_s", poller.failed_at if old_pid else None),
+                ("old_main_exit_s", watcher.main_gone if watcher else None),
+                ("old_tree_exit_s", watcher.tree_gone if watcher else None),
+            ):
+                if at is not None:
+                    row[key] = round(at - restart_sent, 3)
+            if watcher:
+                row["old_tree_size"] = len(watcher.tree)
+        if poller.failed_at is not None:  # from the verb's launch, not from the restart command
             row["old_gone_s"] = round(poller.failed_at - t_cmd, 3)
         with self.rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -292,6 +356,13 @@ def fmt(value: Any, spec: str = ".2f", unit: str = " s") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
+def old_stop(r: dict[str, Any]) -> str:
+    keys = ("old_refuses_s", "old_main_exit_s", "old_tree_exit_s")
+    if not any(k in r for k in keys):
+        return "-"
+    return " → ".join(fmt(r.get(k), ".2f", "") for k in keys) + " s"
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     load = os.getloadavg()
     lines = [
@@ -300,8 +371,8 @@ def report(rows: list[dict[str, Any]]) -> str:
         "| # | verb | orch: ready after (from the restart) | orch: started → up → answer | "
         "poller's first answer (from the restart) | lag: orch ready − first answer | "
         "vLLM's own start-up (process start → first answer) | process started (from the restart) | "
-        "whole command |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "old server: refuses → main exits → all exited (from the restart) | whole command |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         split = (
@@ -314,7 +385,7 @@ def report(rows: list[dict[str, Any]]) -> str:
             f"| {r['label']} | {verb.get(r['kind'], r['kind'])}{failed} "
             f"| {fmt(r.get('ready_after_s'))} | {split} | {fmt(r.get('first_answer_s'), '.3f')} "
             f"| {fmt(r.get('lag_s'), '+.3f')} | {fmt(r.get('vllm_own_startup_s'))} "
-            f"| {fmt(r.get('process_start_s'))} | {fmt(r.get('command_s'))} |"
+            f"| {fmt(r.get('process_start_s'))} | {old_stop(r)} | {fmt(r.get('command_s'))} |"
         )
     restarts = [r["lag_s"] for r in rows if r["kind"] == "restart" and "lag_s" in r]
     if restarts:
