@@ -47,7 +47,7 @@ def write_file(path: str, *, mode: int, sudo: bool, content: bytes) -> Command:
     """Write atomically: a temp file beside the target (same filesystem), then rename."""
     target = qpath(path)
     script = (
-        f'set -e; umask 077; t={target}; mkdir -p "$(dirname "$t")"; '
+        f'set -e; umask 077; t={target}; [ -d "${{t%/*}}/" ] || mkdir -p "${{t%/*}}/"; '
         f'tmp=$(mktemp "$t.orch-XXXXXX"); cat >"$tmp"; chmod {mode:o} "$tmp"; mv -f "$tmp" "$t"'
     )
     return Command(script, stdin=content, sudo=sudo, label=f"write {path}")
@@ -95,7 +95,7 @@ _TREE = (
 # A process in its exit path gets up to 5 s before it counts as a survivor.
 _LEFT = (
     'for _ in 1 2 3 4 5 6 7 8 9 10; do left=""; '
-    'for k in $tree; do c=$(cat /proc/$k/comm 2>/dev/null) && left="$left $k:$c"; done; '
+    'for k in $tree; do { read -r c </proc/$k/comm; } 2>/dev/null && left="$left $k:$c"; done; '
     '[ -z "$left" ] && break; sleep 0.5; done; '
     f'echo "{LEFT_MARK}$left"'
 )

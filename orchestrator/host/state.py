@@ -138,11 +138,14 @@ def begin(state_dir: str, *, tar: bytes, meta: dict[str, Any], sudo: bool) -> Co
     d = qpath(state_dir)
     record = shlex.quote(json.dumps(meta, sort_keys=True))
     script = (
-        f'set -e; umask 077; d={d}; mkdir -p "$d/revisions"; '
-        'n=$(ls "$d/revisions" | grep -E "^[0-9]+$" | sort -n | tail -1); '
+        f'set -e; umask 077; d={d}; [ -d "$d/revisions" ] || mkdir -p "$d/revisions"; '
+        # the highest number, in the shell alone (no process per step: this runs on every change)
+        'n=0; for r in "$d"/revisions/*; do r=${r##*/}; '
+        'case $r in ""|*[!0-9]*) ;; *) [ "$r" -gt "$n" ] && n=$r;; esac; done; '
         # a number is never given twice, even when its folder was removed by hand
-        'c=$(grep -xE "[0-9]+" "$d/current" 2>/dev/null || true); [ "${c:-0}" -gt "${n:-0}" ] && n=$c; '
-        "n=$(( ${n:-0} + 1 )); "
+        'c=""; { read -r c <"$d/current"; } 2>/dev/null || :; case $c in ""|*[!0-9]*) ;; *) '
+        '[ "$c" -gt "$n" ] && n=$c;; esac; '
+        "n=$(( n + 1 )); "
         'tmp=$(mktemp -d "$d/.new-XXXXXX"); trap \'rm -rf "$tmp" "$d/pending.tmp"\' EXIT; '
         'tar -x -C "$tmp"; mv "$tmp" "$d/revisions/$n"; '
         f'{{ echo "$n"; printf "%s\\n" {record}; }} >"$d/pending.tmp"; '
