@@ -92,11 +92,12 @@ _TREE = (
     "{{a[x]=1; c=1}}}} while (c); if (r>0) for (x in a) print x}}')"
 )
 # Which of them outlived the stop: each would hold memory (GPU memory, on a GPU host) the next start needs.
-# A process in its exit path gets up to 5 s before it counts as a survivor.
+# A process in its exit path gets up to 5 s before it counts as a survivor, looked at every 0.1 s: the
+# next start waits on the last of them (vLLM's engine process ends after its API server).
 _LEFT = (
-    'for _ in 1 2 3 4 5 6 7 8 9 10; do left=""; '
+    'i=0; while [ "$i" -lt 50 ]; do left=""; '
     'for k in $tree; do { read -r c </proc/$k/comm; } 2>/dev/null && left="$left $k:$c"; done; '
-    '[ -z "$left" ] && break; sleep 0.5; done; '
+    '[ -z "$left" ] && break; i=$((i + 1)); sleep 0.1; done; '
     f'echo "{LEFT_MARK}$left"'
 )
 

@@ -151,6 +151,26 @@ def test_numbers_are_never_given_twice(tmp_path: Path) -> None:
     assert sh(state.begin(str(d), tar=tar_of({"x": "y"}), meta={}, sudo=False)).stdout.strip() == "6"
 
 
+@pytest.mark.parametrize(
+    ("folders", "current", "number"),
+    [
+        ((), None, "1"),
+        (("9", "10", "2"), None, "11"),  # by value, not by name
+        (("3", ".new-abc", "tmp", "4x", "-1"), "", "4"),  # others' folders are no numbers
+        (("3",), "12", "13"),  # current without its last newline
+        (("3",), "garbage", "4"),
+    ],
+)
+def test_the_next_number(tmp_path: Path, folders: tuple[str, ...], current: str | None, number: str) -> None:
+    d = tmp_path / "dep"
+    (d / "revisions").mkdir(parents=True)
+    for name in folders:
+        (d / "revisions" / name).mkdir()
+    if current is not None:
+        (d / "current").write_text(current)
+    assert sh(state.begin(str(d), tar=tar_of({"x": "y"}), meta={}, sudo=False)).stdout.strip() == number
+
+
 DESIRED = Desired(
     Layout("system", "dep"),
     "orch-dep.service",

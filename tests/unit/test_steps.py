@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+from orchestrator.host import commands
 from orchestrator.host.commands import Command, split_steps, steps, write_file
+from orchestrator.host.runners import Systemd
 
 
 def run(command: Command) -> tuple[int, str]:
@@ -49,3 +53,40 @@ def test_a_mixed_sudo_list_wraps_only_the_commands_that_need_it() -> None:
     joined = steps([Command("id -u", sudo=True), Command("true")], label="mixed")
     assert not joined.sudo and "sudo -n sh -c 'id -u'" in joined.script
     assert steps([Command("a", sudo=True), Command("b", sudo=True)], label="both").sudo
+
+
+def test_a_write_makes_its_missing_folders(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "x.env"
+    code, _ = run(write_file(str(target), mode=0o600, sudo=False, content=b"A=1\n"))
+    assert code == 0 and target.read_bytes() == b"A=1\n"
+
+
+class _Stopped(Systemd):
+    """A unit whose main process is ``pid`` and whose stop does nothing (the test ends the process)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__("system")
+        self.pid = pid
+
+    def main_pid(self, unit: str) -> str:
+        return f"echo {self.pid}"
+
+    def stop(self, unit: str) -> str:
+        return "true"
+
+
+def test_a_process_in_its_exit_path_is_waited_for_and_is_no_survivor() -> None:
+    """A process that ends 0.3 s after the stop is waited for, not reported, and the script goes on
+    once it has ended, not after the whole 5 s a survivor gets."""
+    proc = subprocess.Popen(["sleep", "0.3"])
+    threading.Thread(target=proc.wait).start()  # reaped as it ends, as a unit's process is by systemd
+    started = time.monotonic()
+    out = subprocess.run(
+        ["sh", "-c", commands.stop(_Stopped(proc.pid), "u", sudo=False).script],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    took = time.monotonic() - started
+    assert f"{commands.LEFT_MARK}\n" in out or out.rstrip().endswith(commands.LEFT_MARK)
+    assert 0.25 <= took < 3
