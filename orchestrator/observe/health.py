@@ -196,7 +196,9 @@ def wait_ready(
         return max(0.0, min(pause(last[-1][1], poll_s=poll_s, interval_s=interval_s), left))
 
     with (
-        httpio.client(timeout=request_timeout_s, transport=transport, base_url=ep.base_url) as client,
+        httpio.client(
+            timeout=request_timeout_s, transport=transport, plain_http=ep.base_url.startswith("http://")
+        ) as client,
         ThreadPoolExecutor(1, thread_name_prefix="orch-gate-state") as host,
         ThreadPoolExecutor(len(_CHECKS) - 1, thread_name_prefix="orch-gate-http") as requests,
     ):

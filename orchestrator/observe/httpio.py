@@ -51,16 +51,16 @@ _TLS_LOCK = threading.Lock()
 
 
 def client(
-    *, timeout: float, transport: httpx.BaseTransport | None = None, base_url: str = "https://"
+    *, timeout: float, transport: httpx.BaseTransport | None = None, plain_http: bool = False
 ) -> httpx.Client:
     """An httpx client for orch's requests. Every one shares a single verifying TLS context, made at
     the first client: httpx makes one per client otherwise, and each reads the CA bundle (about 20 ms
     of CPU and 2 MiB: a gate on each of 16 hosts would spend a third of a second on it).
 
-    A client for an ``http://`` ``base_url`` only (no redirect is followed) reads no CA bundle at all:
-    its context still verifies, but trusts no certificate, so an https request through it fails closed.
+    ``plain_http``: the client asks ``http://`` URLs only (no redirect is followed), and reads no CA
+    bundle at all: its context still verifies, but trusts no certificate, so https through it fails.
     """
-    if base_url.startswith("http://"):
+    if plain_http:
         trusts_none = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         return httpx.Client(timeout=timeout, transport=transport, verify=trusts_none)
     with _TLS_LOCK:
