@@ -239,9 +239,13 @@ def _take(
     if isinstance(change, Reap) or (isinstance(change, Stop | Restart) and change.reap):
         out.reaped = (*(out.reaped or ()), *procs.reaped(stdout))
     if isinstance(change, Restart):
-        out.restarted, out.sent, out.done = True, began, finished
         state = stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
         out.after = facts.parse_state(state, runners.of(layout))
+        # supervisord's start returns once the program has run its startsecs: the process began its
+        # uptime earlier than the step's end.
+        up = out.after.up_s
+        started = finished if up is None else max(began, finished - up)
+        out.restarted, out.sent, out.done = True, began, started
     if isinstance(change, RecordRevision):
         last = (stdout.strip().splitlines() or [""])[-1]
         if not last.isdigit():

@@ -39,6 +39,8 @@ class UnitState:
     active_since: str = ""
     result: str = ""
     journal_tail: str = ""
+    # How long the main process has run at the read, where the runner says it (supervisord's uptime).
+    up_s: float | None = None
 
     @property
     def running(self) -> bool:
@@ -186,7 +188,10 @@ class Supervisord:
         pid = (
             int(m.group(2)) if m.group(2) else int(started) if started.isdigit() and active != "failed" else 0
         )
-        return UnitState("loaded", active, sub, enabled, main_pid=pid, active_since=m.group(3) or "")
+        uptime = m.group(3) or ""
+        return UnitState(
+            "loaded", active, sub, enabled, main_pid=pid, active_since=uptime, up_s=_seconds(uptime)
+        )
 
     def main_pid(self, unit: str) -> str:
         return f"supervisorctl pid {_program_word(unit)} 2>/dev/null | grep -xE '[0-9]+' || echo 0"
@@ -211,6 +216,15 @@ class Supervisord:
 
     def logs(self, unit: str, *, lines: int, follow: bool) -> str:
         return f"tail -n {int(lines)}{' -F' if follow else ''} -- {shlex.quote(log_path(unit))}"
+
+
+def _seconds(uptime: str) -> float | None:
+    """supervisord's uptime (Python's timedelta as text, ``H:MM:SS``) in seconds; None for any other form."""
+    parts = uptime.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    hours, minutes, seconds = map(int, parts)
+    return float(hours * 3600 + minutes * 60 + seconds)
 
 
 def _program_word(unit: str) -> str:

@@ -49,7 +49,8 @@ PROPERTY_FIELDS = {
     "Result": "result",
 }
 assert tuple(PROPERTY_FIELDS) == tuple(runners.SHOW_PROPS.split(","))
-assert set(PROPERTY_FIELDS.values()) == {f.name for f in fields(UnitState)} - {"journal_tail"}
+# journal_tail is read beside the properties; up_s is supervisord's (systemd's show has no uptime).
+assert set(PROPERTY_FIELDS.values()) == {f.name for f in fields(UnitState)} - {"journal_tail", "up_s"}
 
 RUNNING = UnitState(
     "loaded", "active", "running", "enabled", 0, 4242, "Tue 2026-12-01 14:02:00 UTC", "success"

@@ -140,12 +140,15 @@ def test_supervisord_states() -> None:
     running = parse_state(
         "SupervisorStatus=orch-tiny   RUNNING   pid 4242, uptime 0:03:07\nUnitFileState=enabled", sup
     )
-    assert (running.running, running.main_pid, running.enabled, running.active_since) == (
+    assert (running.running, running.main_pid, running.enabled, running.active_since, running.up_s) == (
         True,
         4242,
         True,
         "0:03:07",
+        187.0,
     )
+    days = parse_state("SupervisorStatus=orch-tiny   RUNNING   pid 4242, uptime 1 day, 0:00:01", sup)
+    assert days.running and days.up_s is None  # not a form a fresh start has
     backoff = parse_state(
         "SupervisorStatus=orch-tiny   BACKOFF   Exited too quickly (process log may have details)", sup
     )
