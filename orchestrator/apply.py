@@ -64,8 +64,9 @@ class Applied:
     leftovers: tuple[str, ...] = ()
     # What --reap ended, as "pid:name"; None when nothing was asked to reap.
     reaped: tuple[str, ...] | None = None
-    # time.monotonic() when the restart began and when it returned (the new process runs); inside a
-    # script of several commands, placed by the host's own clock between the script's steps.
+    # time.monotonic() when the restart began and when its new process began (the restart's end; on
+    # supervisord, that less the program's uptime); inside a script of several commands, placed by the
+    # host's own clock between the script's steps.
     restart_sent: float | None = None
     restart_done: float | None = None
     # The number of the revision recorded as pending, when the changes recorded one.
