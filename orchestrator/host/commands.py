@@ -47,7 +47,8 @@ def write_file(path: str, *, mode: int, sudo: bool, content: bytes) -> Command:
     """Write atomically: a temp file beside the target (same filesystem), then rename."""
     target = qpath(path)
     script = (
-        f'set -e; umask 077; t={target}; [ -d "${{t%/*}}/" ] || mkdir -p "${{t%/*}}/"; '
+        f"set -e; umask 077; t={target}; case $t in */*) f=${{t%/*}}/;; *) f=./;; esac; "
+        '[ -d "$f" ] || mkdir -p "$f"; '
         f'tmp=$(mktemp "$t.orch-XXXXXX"); cat >"$tmp"; chmod {mode:o} "$tmp"; mv -f "$tmp" "$t"'
     )
     return Command(script, stdin=content, sudo=sudo, label=f"write {path}")

@@ -61,6 +61,12 @@ def test_a_write_makes_its_missing_folders(tmp_path: Path) -> None:
     assert code == 0 and target.read_bytes() == b"A=1\n"
 
 
+def test_a_write_to_a_bare_file_name_lands_in_the_working_folder(tmp_path: Path) -> None:
+    command = write_file("x.env", mode=0o600, sudo=False, content=b"A=1\n")
+    done = subprocess.run(["sh", "-c", command.script], input=command.stdin, cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "x.env").read_bytes() == b"A=1\n"
+
+
 class _Stopped(Systemd):
     """A unit whose main process is ``pid`` and whose stop does nothing (the test ends the process)."""
 
