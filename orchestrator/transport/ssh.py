@@ -65,14 +65,12 @@ class SSHTransport:
         self.accepted_keys: list[str] = []
         self._opened = False
         self._open_lock = threading.Lock()
-        self._address, self._port = host.address, host.port
-        self._connect_timeout = max(1, int(connect_timeout))
         self._conn = Connection(
             host.address,
             user=host.user,
             port=host.port,
             config=Config(ssh_config=paramiko.SSHConfig()),
-            connect_timeout=self._connect_timeout,
+            connect_timeout=max(1, int(connect_timeout)),
             connect_kwargs=_connect_kwargs(key_file, connect_timeout),
         )
         client: paramiko.SSHClient = self._conn.client
@@ -190,7 +188,7 @@ class SSHTransport:
                 if not self._conn.is_connected:
                     raise UnreachableError(self.name, "the connection dropped during the verb")
                 return
-            sock = _nodelay_socket(self._address, self._port, self._connect_timeout)
+            sock = _nodelay_socket(self._conn.host, self._conn.port, self._conn.connect_timeout)
             self._conn.connect_kwargs["sock"] = sock
             try:
                 self._conn.open()
