@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..core.layout import Layout
 from ..core.model import VllmInstall
 from . import procs
-from .runners import Runner
+from .runners import Runner, descendants
 
 MARK = "@@orch"
 
@@ -86,15 +86,10 @@ def unit_state(runner: Runner, unit: str, *, sudo: bool, journal_lines: int = 1)
 
 
 LEFT_MARK = "orch-left:"
-# The unit's main process and all its descendants (EngineCore, TP workers), before it stops.
-_TREE = (
-    'p=$({main_pid}); tree=$(ps -eo pid=,ppid= | awk -v r="$p" '
-    "'BEGIN{{a[r]=1}} {{pp[$1]=$2}} END{{if (r>0) do {{c=0; for (x in pp) if (!(x in a) && (pp[x] in a)) "
-    "{{a[x]=1; c=1}}}} while (c); if (r>0) for (x in a) print x}}')"
-)
-# Which of them outlived the stop: each would hold memory (GPU memory, on a GPU host) the next start needs.
-# A process in its exit path gets up to 5 s before it counts as a survivor, looked at every 0.1 s: the
-# next start waits on the last of them (vLLM's engine process ends after its API server).
+# Which of the unit's processes (``Runner.processes``, read into $tree before the stop) outlived the stop:
+# each would hold memory (GPU memory, on a GPU host) the next start needs. A process in its exit path gets
+# up to 5 s before it counts as a survivor, looked at every 0.1 s: the next start waits on the last of
+# them (vLLM's engine process ends after its API server).
 _LEFT = (
     'i=0; while [ "$i" -lt 50 ]; do left=""; '
     'for k in $tree; do { read -r c </proc/$k/comm; } 2>/dev/null && left="$left $k:$c"; done; '
@@ -106,7 +101,7 @@ _LEFT = (
 def stop(runner: Runner, unit: str, *, sudo: bool, reap: Layout | None = None) -> Command:
     """Stop, then report any of the unit's processes still alive; with ``reap``, end every process that
     still carries the deployment's mark (host.procs)."""
-    script = f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}{_reap(reap)}"
+    script = f"tree=$({runner.processes(unit)}); {runner.stop(unit)}; {_LEFT}{_reap(reap)}"
     return Command(script, sudo=sudo, label=f"stop {unit}")
 
 
@@ -114,7 +109,7 @@ def restart(runner: Runner, unit: str, *, sudo: bool, reap: Layout | None = None
     """Stop (reporting survivors; with ``reap``, ending them), start, then print the state: the base for
     detecting a crash."""
     script = (
-        f"{_TREE.format(main_pid=runner.main_pid(unit))}; {runner.stop(unit)}; {_LEFT}{_reap(reap)}; "
+        f"tree=$({runner.processes(unit)}); {runner.stop(unit)}; {_LEFT}{_reap(reap)}; "
         f"{runner.start(unit)} && {{ {runner.state(unit)}; }}"
     )
     return Command(script, sudo=sudo, label=f"restart {unit}")
@@ -122,7 +117,7 @@ def restart(runner: Runner, unit: str, *, sudo: bool, reap: Layout | None = None
 
 def reap(runner: Runner, unit: str, layout: Layout, *, sudo: bool) -> Command:
     """End the deployment's marked processes outside its main process's tree (the unit keeps running)."""
-    script = f"{_TREE.format(main_pid=runner.main_pid(unit))}; {procs.reap_script(layout, keep='tree')}"
+    script = f"tree=$({descendants(runner.main_pid(unit))}); {procs.reap_script(layout, keep='tree')}"
     return Command(script, sudo=sudo, label=f"end leftover processes of {unit}")
 
 

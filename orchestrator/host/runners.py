@@ -67,6 +67,8 @@ class Runner(Protocol):
 
     def main_pid(self, unit: str) -> str: ...
 
+    def processes(self, unit: str) -> str: ...
+
     def reload(self, unit: str) -> str: ...
 
     def enable(self, unit: str) -> str: ...
@@ -111,6 +113,11 @@ class Systemd:
 
     def main_pid(self, unit: str) -> str:
         return self._ctl("show", "-p", "MainPID", "--value", unit)
+
+    def processes(self, unit: str) -> str:
+        # The main process's tree (systemd's stop returns once the unit's cgroup is empty: the tree is
+        # what is left to see on a unit whose processes left its cgroup).
+        return descendants(self.main_pid(unit))
 
     def reload(self, unit: str) -> str:
         # Only when the manager needs it: reloading re-reads every unit (about 0.15 CPU-s on a small host,
@@ -196,6 +203,16 @@ class Supervisord:
     def main_pid(self, unit: str) -> str:
         return f"supervisorctl pid {_program_word(unit)} 2>/dev/null | grep -xE '[0-9]+' || echo 0"
 
+    def processes(self, unit: str) -> str:
+        # Every process with the program's mark (supervisord's SUPERVISOR_PROCESS_NAME, which children
+        # inherit): read from /proc, where `supervisorctl pid` would put a Python start on a restart's path
+        # before the stop. Leftovers of an earlier start carry it too: they hold what the next start needs.
+        mark = shlex.quote(f"SUPERVISOR_PROCESS_NAME={program(unit)}")
+        return (
+            f"grep -lzx -- {mark} /proc/[0-9]*/environ 2>/dev/null "
+            "| sed -n 's|^/proc/\\([0-9]*\\)/environ$|\\1|p'"
+        )
+
     def reload(self, unit: str) -> str:
         # Only this program's group: `update` alone would apply anyone's pending changes.
         return f"supervisorctl reread >/dev/null && supervisorctl update {_program_word(unit)}"
@@ -216,6 +233,16 @@ class Supervisord:
 
     def logs(self, unit: str, *, lines: int, follow: bool) -> str:
         return f"tail -n {int(lines)}{' -F' if follow else ''} -- {shlex.quote(log_path(unit))}"
+
+
+def descendants(main_pid: str) -> str:
+    """A script printing the PID the command ``main_pid`` prints and those of all its descendants
+    (EngineCore, TP workers), one a line; nothing for 0."""
+    return (
+        f'p=$({main_pid}); ps -eo pid=,ppid= | awk -v r="$p" '
+        "'BEGIN{a[r]=1} {pp[$1]=$2} END{if (r>0) do {c=0; for (x in pp) if (!(x in a) && (pp[x] in a)) "
+        "{a[x]=1; c=1}} while (c); if (r>0) for (x in a) print x}'"
+    )
 
 
 def _seconds(uptime: str) -> float | None:

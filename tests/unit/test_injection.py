@@ -157,6 +157,7 @@ def command_builders(value: str) -> list[tuple[str, Command | str]]:
             (f"{name} stop", commands.stop(r, unit, sudo=False)),
             (f"{name} restart", commands.restart(r, unit, sudo=False)),
             (f"{name} main_pid", r.main_pid(unit)),
+            (f"{name} processes", r.processes(unit)),
         ]
     holder = state.Holder(by=value, pid=1, verb=value, since=value)
     out += [

@@ -75,6 +75,20 @@ def test_the_listing_finds_each_marked_process_with_its_parent(spawn: list[subpr
     assert procs.orphans([found[a.pid], child], 0) == (found[a.pid], child)
 
 
+def test_a_supervisord_stop_watches_every_process_of_the_program(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    """What a stop on supervisord waits for, read by the real script: the program's processes and their
+    children, found by the mark alone (no supervisorctl), not another program's with a longer name."""
+    a = marked(spawn, "tst-a", parent=True)
+    left = marked(spawn, "tst-a")
+    marked(spawn, "tst-ab")
+    wait_marked(4)
+    child = next(p.pid for p in procs.parse(sh(procs.LISTING).splitlines()) if p.ppid == a.pid)
+    pids = {int(x) for x in sh(Supervisord().processes("orch-tst-a.service")).split()}
+    assert pids == {a.pid, child, left.pid}
+
+
 def test_reap_ends_the_deployments_leftovers_only(spawn: list[subprocess.Popen[bytes]]) -> None:
     live = marked(spawn, "tst-a")
     left = marked(spawn, "tst-a")
