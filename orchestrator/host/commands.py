@@ -89,10 +89,13 @@ LEFT_MARK = "orch-left:"
 # Which of the unit's processes (``Runner.processes``, read into $tree before the stop) outlived the stop:
 # each would hold memory (GPU memory, on a GPU host) the next start needs. A process in its exit path gets
 # up to 5 s before it counts as a survivor, looked at every 0.1 s: the next start waits on the last of
-# them (vLLM's engine process ends after its API server).
+# them (vLLM's engine process ends after its API server). A zombie has exited and holds nothing: it waits
+# only for its parent, or for init once its parent is gone, to reap it (a container's init may take
+# seconds), so it is no survivor.
 _LEFT = (
     'i=0; while [ "$i" -lt 50 ]; do left=""; '
-    'for k in $tree; do { read -r c </proc/$k/comm; } 2>/dev/null && left="$left $k:$c"; done; '
+    "for k in $tree; do { read -r st </proc/$k/stat; } 2>/dev/null || continue; "
+    'case "${st##*) }" in Z*) continue;; esac; c=${st#*(}; left="$left $k:${c%)*}"; done; '
     '[ -z "$left" ] && break; i=$((i + 1)); sleep 0.1; done; '
     f'echo "{LEFT_MARK}$left"'
 )

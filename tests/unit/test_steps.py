@@ -96,3 +96,30 @@ def test_a_process_in_its_exit_path_is_waited_for_and_is_no_survivor() -> None:
     took = time.monotonic() - started
     assert f"{commands.LEFT_MARK}\n" in out or out.rstrip().endswith(commands.LEFT_MARK)
     assert 0.25 <= took < 3
+
+
+def test_a_zombie_is_no_survivor() -> None:
+    """A process that has exited but is not yet reaped (a container's init may take seconds to) holds
+    nothing the next start needs: the stop does not wait for it."""
+    parent = subprocess.Popen(["sh", "-c", "sleep 0.05 & exec sleep 30"])  # the sleep never reaps its child
+    try:
+        zombie = 0
+        for _ in range(100):
+            ps = subprocess.run(
+                ["ps", "-o", "pid=,stat=", "--ppid", str(parent.pid)], capture_output=True, text=True
+            )
+            zombie = next(
+                (int(p) for p, st in (line.split() for line in ps.stdout.splitlines()) if st.startswith("Z")),
+                0,
+            )
+            if zombie:
+                break
+            time.sleep(0.05)
+        assert zombie, "no zombie to look at"
+        started = time.monotonic()
+        script = commands.stop(_Stopped(zombie), "u", sudo=False).script
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+        assert out.rstrip().endswith(commands.LEFT_MARK) and time.monotonic() - started < 1
+    finally:
+        parent.kill()
+        parent.wait()
