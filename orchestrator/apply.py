@@ -243,7 +243,7 @@ def _take(
         state = stdout.split(commands.LEFT_MARK, 1)[-1].split("\n", 1)[-1]
         out.after = facts.parse_state(state, runners.of(layout))
         # supervisord's start returns once the program has run its startsecs: the process began its
-        # uptime earlier than the step's end.
+        # uptime (runners.UnitState.up_s) earlier than the step's end.
         up = out.after.up_s
         started = finished if up is None else max(began, finished - up)
         out.restarted, out.sent, out.done = True, began, started

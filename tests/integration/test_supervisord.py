@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from orchcli import orch
 
+from orchestrator.host import runners
+from orchestrator.host.runners import Supervisord
+
 pytestmark = pytest.mark.testbed
 
 PLAYBOOK = """\
@@ -70,6 +73,16 @@ def test_apply_change_rollback_crash_destroy(site: dict[str, Any]) -> None:
     assert row["ready"] and row["revision"] == 1 and row["state"] == "active/running"
     assert "RUNNING" in sh(site, "supervisorctl status orch-sup")
     assert orch("plan", base).returncode == 0
+
+    # The state read times the process from /proc: supervisord's uptime to the second, in finer steps.
+    read = sh(site, Supervisord().state("orch-sup.service"))
+    props = dict(line.split("=", 1) for line in read.splitlines() if "=" in line)
+    up, whole = (
+        runners._proc_up(props.get("ProcStat", "")),
+        runners._seconds(props["SupervisorStatus"].split()[-1]),
+    )
+    assert up is not None and whole is not None and abs(up - whole) < 1.5, read
+    assert Supervisord().parse_state(props).up_s == up
 
     changed = playbook(site, "changed", "{--max-num-seqs: 4}")
     assert orch("apply", "-y", changed).returncode == 0

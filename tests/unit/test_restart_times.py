@@ -10,15 +10,23 @@ from orchestrator.host import commands
 from orchestrator.plan import Restart
 from orchestrator.transport.fake import FakeTransport
 
+_RUNNING = "SupervisorStatus=orch-x   RUNNING   pid 7, uptime 0:00:10"
+
+
+def _stat(*, uptime: float, ticks: int) -> str:
+    """``/proc/uptime``'s first field, then ``/proc/7/stat`` after the command name (start time: field 22)."""
+    return f"{uptime} S 1 7 7 0 -1 4194304 397 0 0 0 2 6 0 0 20 0 1 0 {ticks} 2654208 386"
+
 
 @pytest.mark.parametrize(
     ("runner", "status", "started"),
     [
-        (
-            "supervisord",
-            "SupervisorStatus=orch-x   RUNNING   pid 7, uptime 0:00:10",
-            102.0,
-        ),  # startsecs waited
+        ("supervisord", _RUNNING, 102.0),  # startsecs waited
+        # /proc's start time (10 ms ticks) where it agrees with supervisord's whole seconds; not where it
+        # does not (a container whose /proc/uptime is its own).
+        ("supervisord", f"{_RUNNING}\nProcStat={_stat(uptime=500.0, ticks=48925)}", 101.25),
+        ("supervisord", f"{_RUNNING}\nProcStat={_stat(uptime=495.0, ticks=48925)}", 102.0),
+        ("supervisord", f"{_RUNNING}\nProcStat={_stat(uptime=50.0, ticks=48925)}", 102.0),
         ("supervisord", "SupervisorStatus=orch-x   RUNNING   pid 7, uptime 0:00:30", 100.0),  # never before
         ("supervisord", "SupervisorStatus=orch-x   STARTING  \nSupervisorPid=7", 112.0),
         ("systemd", "ActiveState=active\nSubState=running\nMainPID=7", 112.0),
