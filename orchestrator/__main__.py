@@ -1,7 +1,5 @@
 """``python -m orchestrator`` is ``orch``."""
 
-import sys
+from .cli.main import run
 
-from .cli.main import main
-
-sys.exit(main())
+run()
