@@ -1,7 +1,7 @@
 """The process managers a deployment can run under: systemd, or supervisord where there is no systemd.
 
-Each runner builds the shell snippets for the same verbs (state, reload, enable,
-start, stop, logs) and reads its own state output back into one ``UnitState``;
+Each runner builds the shell snippets for the same verbs (state, processes, reload,
+enable, start, stop, logs) and reads its own state output back into one ``UnitState``;
 everything above this module is the same for both. Pure: no I/O.
 """
 
@@ -260,13 +260,13 @@ def descendants(main_pid: str) -> str:
     )
 
 
-# The kernel's clock ticks a second in /proc/PID/stat (USER_HZ: 100 on every architecture Linux runs today).
+# Clock ticks a second, the unit of /proc/PID/stat's times (USER_HZ: 100 on every architecture Linux has now).
 _USER_HZ = 100
 
 
 def _proc_up(line: str) -> float | None:
-    """How long a process has run, from ``/proc/uptime``'s first field and the process's ``/proc/PID/stat``
-    after its command name (the state first, so its start time, field 22 of the whole line, is the 20th)."""
+    """How long a process has run, from ``/proc/uptime``'s first field followed by the process's
+    ``/proc/PID/stat`` from its state on (field 3): its start time, field 22, is ``fields[20]`` here."""
     fields = line.split()
     if len(fields) < 21 or not fields[20].isdigit():
         return None
