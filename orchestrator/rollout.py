@@ -45,13 +45,14 @@ def fences(
     plans: Sequence[TargetPlan], deployments: Mapping[str, Deployment], hosts: Mapping[str, Host]
 ) -> dict[Key, Fence]:
     """The router in front of each replica that has one."""
-    from .observe.router import Router  # httpx with it: only a fleet behind a router needs it
-
     out: dict[Key, Fence] = {}
     for p in plans:
         dep = deployments[p.deployment]
         if dep.router is None:
             continue
+        # Imported here: only a fleet behind a router needs it (and prometheus_client with it).
+        from .observe.router import Router
+
         front = Router(f"http://{api_address(hosts[dep.router.host])}:{dep.router.port}")
         address = api_address(hosts[p.host])
         out[(p.host, p.deployment)] = Fence(

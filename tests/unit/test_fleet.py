@@ -268,3 +268,29 @@ def test_a_replica_behind_a_router_counts_its_requests_for_the_drain() -> None:
     assert "--enable-server-load-tracking" in render.argv(behind)
     assert "--enable-server-load-tracking" not in render.argv(alone)
     assert "--enable-server-load-tracking" not in render.argv(off)
+
+
+def test_a_change_without_a_router_loads_no_router_client() -> None:
+    """The router's client brings prometheus_client (1.3 MiB): a deployment without a router never needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from orchestrator import rollout\n"
+        "from orchestrator.core.layout import Layout\n"
+        "from orchestrator.core.model import Deployment, Host\n"
+        "from orchestrator.core.render import Desired, DesiredFile\n"
+        "from orchestrator.facts import DeploymentFacts\n"
+        "from orchestrator.plan import plan_target\n"
+        "layout = Layout('system', 'a')\n"
+        "files = (DesiredFile('unit', layout.unit_path, '[Service]', 0o644),)\n"
+        "desired = Desired(layout, 'orch-a.service', files)\n"
+        "p = plan_target(host='h1', deployment='a', desired=desired, facts=DeploymentFacts())\n"
+        "d = Deployment(name='a', hosts=('h1',), model='/m', accelerator='cpu')\n"
+        "assert rollout.fences([p], {'a': d}, {'h1': Host(address='h')}) == {}\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'orchestrator.observe.router', 'httpx'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
