@@ -4,30 +4,39 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
 
+VERBS: dict[str, str] = {
+    "validate": "check a playbook and its inventory (no network)",
+    "plan": "show what apply would change (exit 0: nothing, 2: changes)",
+    "apply": "converge hosts to the playbook, gate on readiness, record a revision",
+    "rollback": "return to an earlier revision through the same path as apply",
+    "status": "unit state, revision and readiness of every deployment",
+    "revisions": "the revisions recorded on each host",
+    "destroy": "stop, disable and remove deployments (revisions are kept)",
+    "preflight": "check GPUs, memory, port, launcher, model and fit before deploying",
+    "metrics": "scrape /metrics: queue, KV-cache usage, TTFT / ITL / latency percentiles",
+    "bench": "load-test a deployment (TTFT, TPOT, ITL, throughput), tagged with its revision",
+    "monitoring": "render a Prometheus scrape config and a Grafana dashboard for the playbook",
+    "logs": "the journal of each deployment's unit",
+}
 
-def parser() -> argparse.ArgumentParser:
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only its verb's sub-parser (``orch -h`` and errors get all).
+
+    Building the 13 sub-parsers is a few milliseconds of a start that ``validate`` keeps short.
+    """
     p = argparse.ArgumentParser(prog="orch", description="Declarative vLLM deployments over SSH and systemd.")
     p.add_argument("--version", action="version", version=f"orch {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs: dict[str, str] = {
-        "validate": "check a playbook and its inventory (no network)",
-        "plan": "show what apply would change (exit 0: nothing, 2: changes)",
-        "apply": "converge hosts to the playbook, gate on readiness, record a revision",
-        "rollback": "return to an earlier revision through the same path as apply",
-        "status": "unit state, revision and readiness of every deployment",
-        "revisions": "the revisions recorded on each host",
-        "destroy": "stop, disable and remove deployments (revisions are kept)",
-        "preflight": "check GPUs, memory, port, launcher, model and fit before deploying",
-        "metrics": "scrape /metrics: queue, KV-cache usage, TTFT / ITL / latency percentiles",
-        "bench": "load-test a deployment (TTFT, TPOT, ITL, throughput), tagged with its revision",
-        "monitoring": "render a Prometheus scrape config and a Grafana dashboard for the playbook",
-        "logs": "the journal of each deployment's unit",
-    }
-    for verb, help_text in verbs.items():
+    named = _verb_of(argv)
+    for verb, help_text in VERBS.items():
+        if named is not None and verb != named:
+            continue
         sp = sub.add_parser(verb, help=help_text, description=help_text)
         sp.add_argument(
             "playbook",
@@ -48,8 +57,17 @@ def parser() -> argparse.ArgumentParser:
                 "-vv: its script too (secrets hidden, stdin never shown)",
             )
         _verb_options(verb, sp)
-    _import_parser(sub)
+    if named is None or named == "import":
+        _import_parser(sub)
     return p
+
+
+def _verb_of(argv: Sequence[str] | None) -> str | None:
+    """The verb ``argv`` names first, when it is one (what argparse would take as the verb)."""
+    if argv is None:
+        return None
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in VERBS or first == "import" else None
 
 
 def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from .args import parser
 
+_NO_PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
 # verb → "module:function" under orchestrator.cli; imported when that verb runs.
 VERBS: dict[str, str] = {
     "validate": "offline:cmd_validate",
@@ -33,7 +35,8 @@ VERBS: dict[str, str] = {
 
 def main(argv: Sequence[str] | None = None, *, imported: Callable[[], None] | None = None) -> int:
     """Run the verb ``argv`` names; ``imported`` is called once its module is imported, before it runs."""
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(argv).parse_args(argv)
     # plan --offline reaches no host: it runs without importing the transports.
     verb_path = "offline:cmd_plan_offline" if getattr(args, "offline", False) else VERBS[args.verb]
     module, function = verb_path.split(":")
@@ -66,8 +69,16 @@ def run() -> None:
     verb makes is collected as usual. Tests call ``main`` in-process, with the collector as it is.
     """
     gc.disable()
+    # Pydantic looks for plugins when it builds its first model: it imports importlib.metadata and reads
+    # every installed distribution's entry points (hundreds beside vLLM). orch's schema takes none, so the
+    # lookup is off while the verb's imports build the models; the environment is put back after.
+    ours = _NO_PLUGINS not in os.environ
+    if ours:
+        os.environ[_NO_PLUGINS] = "__all__"
 
     def imported() -> None:
+        if ours:
+            os.environ.pop(_NO_PLUGINS, None)
         gc.freeze()
         gc.enable()
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -227,3 +229,45 @@ def test_the_summary_splits_ready_after_into_its_phases() -> None:
     row = result_json(Result("h1", "d", "applied", revision=3, timeline=t))
     assert row["ready_after_s"] == 20.312
     assert row["ready_timeline"] == {"started_s": 0.614, "up_s": 20.1, "answer_s": 20.312}
+
+
+def test_the_parser_is_built_for_the_named_verb_and_whole_otherwise() -> None:
+    from orchestrator.cli.args import VERBS, parser
+
+    def verbs_of(argv: list[str] | None) -> set[str]:
+        sub = next(a for a in parser(argv)._actions if a.dest == "verb")
+        return set(sub.choices or ())
+
+    assert verbs_of(["validate", "pb.yml"]) == {"validate"}
+    assert verbs_of(["import", "--", "vllm", "serve", "m"]) == {"import"}
+    assert verbs_of(["-h"]) == verbs_of(None) == verbs_of(["valdate"]) == {*VERBS, "import"}
+    # what argparse prints is the same either way: a verb's help, and a wrong verb with every choice
+    assert "--deployment" in orch("apply", "-h").stdout
+    wrong = orch("valdate", "pb.yml")
+    assert wrong.returncode == 2 and "choose from" in wrong.stderr and "monitoring" in wrong.stderr
+
+
+def test_the_program_turns_pydantic_plugins_off_only_for_the_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import os
+
+    from orchestrator.cli import main as cli_main
+
+    seen: list[str | None] = []
+
+    def fake_main(argv: object = None, *, imported: object = None) -> int:
+        seen.append(os.environ.get("PYDANTIC_DISABLE_PLUGINS"))
+        assert callable(imported)
+        imported()
+        seen.append(os.environ.get("PYDANTIC_DISABLE_PLUGINS"))
+        return 0
+
+    monkeypatch.setattr(cli_main, "main", fake_main)
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    with pytest.raises(SystemExit):
+        cli_main.run()
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "logfire")  # the user's own choice stays
+    with pytest.raises(SystemExit):
+        cli_main.run()
+    gc.unfreeze()
+    assert seen == ["__all__", None, "logfire", "logfire"]
