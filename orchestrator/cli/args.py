@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 
-VERBS: dict[str, str] = {
+VERB_HELP: dict[str, str] = {
     "validate": "check a playbook and its inventory (no network)",
     "plan": "show what apply would change (exit 0: nothing, 2: changes)",
     "apply": "converge hosts to the playbook, gate on readiness, record a revision",
@@ -34,7 +34,7 @@ def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"orch {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     named = _verb_of(argv)
-    for verb, help_text in VERBS.items():
+    for verb, help_text in VERB_HELP.items():
         if named is not None and verb != named:
             continue
         sp = sub.add_parser(verb, help=help_text, description=help_text)
@@ -67,7 +67,7 @@ def _verb_of(argv: Sequence[str] | None) -> str | None:
     if argv is None:
         return None
     first = next((a for a in argv if not a.startswith("-")), None)
-    return first if first in VERBS or first == "import" else None
+    return first if first in VERB_HELP or first == "import" else None
 
 
 def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

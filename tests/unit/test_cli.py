@@ -232,7 +232,7 @@ def test_the_summary_splits_ready_after_into_its_phases() -> None:
 
 
 def test_the_parser_is_built_for_the_named_verb_and_whole_otherwise() -> None:
-    from orchestrator.cli.args import VERBS, parser
+    from orchestrator.cli.args import VERB_HELP, parser
 
     def verbs_of(argv: list[str] | None) -> set[str]:
         sub = next(a for a in parser(argv)._actions if a.dest == "verb")
@@ -240,7 +240,7 @@ def test_the_parser_is_built_for_the_named_verb_and_whole_otherwise() -> None:
 
     assert verbs_of(["validate", "pb.yml"]) == {"validate"}
     assert verbs_of(["import", "--", "vllm", "serve", "m"]) == {"import"}
-    assert verbs_of(["-h"]) == verbs_of(None) == verbs_of(["valdate"]) == {*VERBS, "import"}
+    assert verbs_of(["-h"]) == verbs_of(None) == verbs_of(["valdate"]) == {*VERB_HELP, "import"}
     # what argparse prints is the same either way: a verb's help, and a wrong verb with every choice
     assert "--deployment" in orch("apply", "-h").stdout
     wrong = orch("valdate", "pb.yml")
