@@ -205,15 +205,7 @@ class Supervisord:
         # /proc's reading where it agrees with supervisord's (lxcfs gives a container its own uptime).
         if precise is not None and (up is None or abs(precise - up) < 1.5):
             up = precise
-        return UnitState(
-            "loaded",
-            active,
-            sub,
-            enabled,
-            main_pid=pid,
-            active_since=uptime,
-            up_s=up,
-        )
+        return UnitState("loaded", active, sub, enabled, main_pid=pid, active_since=uptime, up_s=up)
 
     def main_pid(self, unit: str) -> str:
         return f"supervisorctl pid {_program_word(unit)} 2>/dev/null | grep -xE '[0-9]+' || echo 0"
