@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -324,6 +323,8 @@ REVISION_FILES: dict[Role, str] = {"unit": "vllm.service", "env": "vllm.env"}
 
 def revision_tar(files: Sequence[DesiredFile], *, meta: Mapping[str, Any], source: str) -> bytes:
     """The revision's files and manifest as a tar stream (modes kept: the env file stays 0600)."""
+    import tarfile  # here: only a change writes a revision, and a plan or a no-op need not load it
+
     manifest = {
         **meta,
         "source": source,

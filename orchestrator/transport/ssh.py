@@ -1,22 +1,24 @@
 """SSH through Fabric: one lazily opened, reused connection per host.
 
-Host keys are checked against a known_hosts file: an unknown key is refused
-unless the inventory says ``host_key_policy: accept-new``, in which case it is
-added to the file and reported. Paramiko and Invoke errors become HostErrors here,
-and Paramiko's own log (tracebacks from its transport thread) is kept off stderr.
+Fabric's ``Connection`` opens it; each command runs on a Paramiko channel of its own, read in the thread
+that runs it (no reader threads per command). Host keys are checked against a known_hosts file: an
+unknown key is refused unless the inventory says ``host_key_policy: accept-new``, in which case it is
+added to the file and reported. Paramiko's errors become HostErrors here, and Paramiko's own log
+(tracebacks from its transport thread) is kept off stderr.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import invoke
 import paramiko
 from fabric import Config, Connection
 
@@ -32,6 +34,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 _KNOWN_HOSTS_LOCK = threading.Lock()
 # A transfer that moves no byte for this long has stalled (a frozen or partitioned host).
 STALL_S = 30.0
+_CHUNK = 65536
+WAKE_S = 0.5  # the longest a command's reader sleeps without looking at its channel
 
 
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -105,22 +109,9 @@ class SSHTransport:
         client.set_missing_host_key_policy(policy)
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
-        if command.stdin is not None:
-            result = self._with_stdin(command, command.stdin, timeout)
-        else:
-            result = self._invoke(command, hide=True, in_stream=False, timeout=timeout)
-        return checked(self.name, command, result, check=check)
-
-    def _with_stdin(self, command: Command, data: bytes, timeout: float | None) -> Result:
-        """Send ``data`` as the whole stdin, then EOF: Paramiko directly, byte-exact and without polling."""
-        with self._translated(command, timeout):
-            self._open()
-            stdin, stdout, stderr = self._conn.client.exec_command(shell_of(command), timeout=timeout)
-            stdin.write(data)
-            stdin.channel.shutdown_write()
-            out, err = stdout.read(), stderr.read()
-            code = stdout.channel.recv_exit_status()
-        return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
+        out = bytearray()
+        code, err = self._exec(command, out.extend, timeout)
+        return checked(self.name, command, Result(out.decode(errors="replace"), err, code), check=check)
 
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         with self._translated(Command("", label=f"sftp put {remote}"), STALL_S):
@@ -133,17 +124,12 @@ class SSHTransport:
                 sftp.close()
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
-        if command.stdin is None:
-            writer = LineWriter(on_line)
-            return self._invoke(command, hide="stderr", out_stream=writer, in_stream=False).exit_code
-        with self._translated(command, None):
-            self._open()
-            stdin, stdout, _ = self._conn.client.exec_command(shell_of(command))
-            stdin.write(command.stdin)
-            stdin.channel.shutdown_write()
-            for line in stdout:
-                on_line(line.rstrip("\n"))
-            return int(stdout.channel.recv_exit_status())
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        lines = LineWriter(on_line)
+        code, _ = self._exec(command, lambda chunk: lines.write(decoder.decode(chunk)), None, keep_err=False)
+        if tail := lines.buffer + decoder.decode(b"", final=True):
+            on_line(tail)
+        return code
 
     def open(self) -> None:
         with self._translated(Command("connect", label="connect"), None):
@@ -166,18 +152,45 @@ class SSHTransport:
             err = channel.makefile_stderr("rb").read().decode(errors="replace")
         return Result("\n".join(seen), err, code)
 
-    def _invoke(self, command: Command, *, timeout: float | None = None, **kwargs: object) -> Result:
+    def _exec(
+        self,
+        command: Command,
+        on_out: Callable[[bytes], object],
+        timeout: float | None,
+        *,
+        keep_err: bool = True,
+    ) -> tuple[int, str]:
+        """Run ``command`` on a channel of its own, its stdin sent first, stdout to ``on_out`` as it comes.
+
+        Stdout and stderr are read in this thread, together (neither can fill the channel's window while
+        the other is waited on); ``timeout`` bounds the whole command. Returns the exit code and stderr.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._translated(command, timeout):
             self._open()
-            res = self._conn.run(shell_of(command), warn=True, pty=False, timeout=timeout, **kwargs)
-        return Result(res.stdout, res.stderr, res.exited)
+            transport = self._conn.client.get_transport()
+            if transport is None:
+                raise UnreachableError(self.name, "the connection dropped during the verb")
+            channel = transport.open_session(timeout=timeout)
+            try:
+                channel.settimeout(timeout)  # bounds sending stdin to a host that does not read it
+                channel.exec_command(shell_of(command))
+                if command.stdin is not None:
+                    channel.sendall(command.stdin)
+                channel.shutdown_write()
+                err = _drain(channel, on_out, deadline, keep_err=keep_err)
+                if not channel.status_event.wait(_left(deadline)):
+                    raise TimeoutError
+                return channel.recv_exit_status(), err.decode(errors="replace")
+            finally:
+                channel.close()
 
     @contextlib.contextmanager
     def _translated(self, command: Command, timeout: float | None) -> Iterator[None]:
-        """Paramiko's and Invoke's errors, as the HostError they mean."""
+        """Paramiko's errors, as the HostError they mean."""
         try:
             yield
-        except (invoke.exceptions.CommandTimedOut, TimeoutError) as exc:
+        except TimeoutError as exc:
             if not self._conn.is_connected:
                 raise UnreachableError(self.name, "cannot connect: timed out") from exc
             raise CommandError(
@@ -254,6 +267,44 @@ def _nodelay_socket(address: str, port: int, timeout: float) -> socket.socket:
     sock = socket.create_connection((address, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _drain(
+    channel: paramiko.Channel, on_out: Callable[[bytes], object], deadline: float | None, *, keep_err: bool
+) -> bytes:
+    """Read ``channel``'s stdout (to ``on_out``) and stderr (returned, if ``keep_err``) until its EOF.
+
+    Waits on the channel's descriptor, which either stream's data, the EOF or the channel's end makes
+    readable; the wait is cut to ``WAKE_S``, as the two streams share that descriptor without a lock between
+    them and a wake-up can be lost. Raises TimeoutError at ``deadline``.
+    """
+    err = bytearray()
+    wake = channel.fileno()
+    while True:
+        left = _left(deadline)
+        if left == 0.0:  # looked at on every pass: a command that never stops writing ends here too
+            raise TimeoutError
+        if channel.recv_ready():
+            on_out(channel.recv(_CHUNK))
+        elif channel.recv_stderr_ready():
+            chunk = channel.recv_stderr(_CHUNK)
+            if keep_err:
+                err += chunk
+        elif channel.eof_received or channel.closed:
+            break
+        else:
+            select.select([wake], [], [], WAKE_S if left is None else min(WAKE_S, left))
+    # What came between the last look and the EOF: both buffers are closed now, so these reads end.
+    for chunk in iter(lambda: channel.recv(_CHUNK), b""):
+        on_out(chunk)
+    for chunk in iter(lambda: channel.recv_stderr(_CHUNK), b""):
+        if keep_err:
+            err += chunk
+    return bytes(err)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _connect_kwargs(key_file: Path | None, timeout: float) -> dict[str, object]:
