@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
-import select
 import socket
 import threading
 import time
@@ -35,7 +34,6 @@ _KNOWN_HOSTS_LOCK = threading.Lock()
 # A transfer that moves no byte for this long has stalled (a frozen or partitioned host).
 STALL_S = 30.0
 _CHUNK = 65536
-WAKE_S = 0.5  # the longest a command's reader sleeps without looking at its channel
 
 
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -269,21 +267,37 @@ def _nodelay_socket(address: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
+class _Wake(threading.Event):
+    """Set by either of a channel's two buffers (stdout, stderr) when data, their EOF or the channel's end
+    arrives; cleared only by the reader, before it looks (a buffer clears its event when a read empties
+    it, while the other may still hold data: that clear is ignored). A plain event, where the channel's
+    own ``fileno`` would make a pipe that Paramiko's thread may still write to as the channel closes
+    (a command cut off at its timeout while it writes): the EPIPE there ends the whole connection."""
+
+    def clear(self) -> None:
+        return None
+
+    def rearm(self) -> None:
+        super().clear()
+
+
 def _drain(
     channel: paramiko.Channel, on_out: Callable[[bytes], object], deadline: float | None, *, keep_err: bool
 ) -> bytes:
     """Read ``channel``'s stdout (to ``on_out``) and stderr (returned, if ``keep_err``) until its EOF.
 
-    Waits on the channel's descriptor, which either stream's data, the EOF or the channel's end makes
-    readable; the wait is cut to ``WAKE_S``, as the two streams share that descriptor without a lock between
-    them and a wake-up can be lost. Raises TimeoutError at ``deadline``.
+    Raises TimeoutError at ``deadline``, which every pass looks at: a command that never stops writing ends
+    there too.
     """
     err = bytearray()
-    wake = channel.fileno()
+    wake = _Wake()
+    channel.in_buffer.set_event(wake)
+    channel.in_stderr_buffer.set_event(wake)
     while True:
         left = _left(deadline)
-        if left == 0.0:  # looked at on every pass: a command that never stops writing ends here too
+        if left == 0.0:
             raise TimeoutError
+        wake.rearm()  # before looking: whatever arrives after the look sets it again
         if channel.recv_ready():
             on_out(channel.recv(_CHUNK))
         elif channel.recv_stderr_ready():
@@ -293,7 +307,7 @@ def _drain(
         elif channel.eof_received or channel.closed:
             break
         else:
-            select.select([wake], [], [], WAKE_S if left is None else min(WAKE_S, left))
+            wake.wait(left)
     # What came between the last look and the EOF: both buffers are closed now, so these reads end.
     for chunk in iter(lambda: channel.recv(_CHUNK), b""):
         on_out(chunk)
