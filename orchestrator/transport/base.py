@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,18 +121,21 @@ def checked(name: str, command: Command, result: Result, *, check: bool) -> Resu
 
 
 class LineWriter:
-    """A file-like sink that calls ``on_line`` for every complete line written to it."""
+    """Calls ``on_line`` for every complete line of the bytes written to it (UTF-8, a character split
+    between two writes kept whole, undecodable bytes replaced); ``close`` passes on a last line that has
+    no newline."""
 
     def __init__(self, on_line: Callable[[str], None]) -> None:
         self.on_line = on_line
-        self.buffer = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
 
-    def write(self, data: str) -> int:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split("\n")
+    def write(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + self._decoder.decode(data)).split("\n")
         for line in lines:
             self.on_line(line)
-        return len(data)
 
-    def flush(self) -> None:
-        return None
+    def close(self) -> None:
+        if tail := self._buffer + self._decoder.decode(b"", final=True):
+            self.on_line(tail)
+        self._buffer = ""

@@ -9,7 +9,6 @@ added to the file and reported. Paramiko's errors become HostErrors here, and Pa
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import socket
@@ -107,9 +106,10 @@ class SSHTransport:
         client.set_missing_host_key_policy(policy)
 
     def run(self, command: Command, *, timeout: float | None = None, check: bool = True) -> Result:
-        out = bytearray()
-        code, err = self._exec(command, out.extend, timeout)
-        return checked(self.name, command, Result(out.decode(errors="replace"), err, code), check=check)
+        out, err = bytearray(), bytearray()
+        code = self._exec(command, out.extend, err.extend, timeout)
+        result = Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
+        return checked(self.name, command, result, check=check)
 
     def put(self, local: Path, remote: str, *, progress: Callable[[int, int], None] | None = None) -> None:
         with self._translated(Command("", label=f"sftp put {remote}"), STALL_S):
@@ -122,11 +122,9 @@ class SSHTransport:
                 sftp.close()
 
     def stream(self, command: Command, on_line: Callable[[str], None]) -> int:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         lines = LineWriter(on_line)
-        code, _ = self._exec(command, lambda chunk: lines.write(decoder.decode(chunk)), None, keep_err=False)
-        if tail := lines.buffer + decoder.decode(b"", final=True):
-            on_line(tail)
+        code = self._exec(command, lines.write, lambda _: None, None)
+        lines.close()
         return code
 
     def open(self) -> None:
@@ -135,10 +133,7 @@ class SSHTransport:
 
     def hold(self, command: Command, *, until: str, timeout: float) -> Held | Result:
         with self._translated(command, timeout):
-            self._open()
-            channel = self._conn.client.get_transport().open_session(timeout=timeout)
-            channel.settimeout(timeout)
-            channel.exec_command(shell_of(command))
+            channel = self._session(command, timeout)
             seen: list[str] = []
             for raw in channel.makefile("rb"):
                 line = raw.decode(errors="replace").rstrip("\n")
@@ -154,34 +149,42 @@ class SSHTransport:
         self,
         command: Command,
         on_out: Callable[[bytes], object],
+        on_err: Callable[[bytes], object],
         timeout: float | None,
-        *,
-        keep_err: bool = True,
-    ) -> tuple[int, str]:
-        """Run ``command`` on a channel of its own, its stdin sent first, stdout to ``on_out`` as it comes.
+    ) -> int:
+        """Run ``command`` to its end, its stdin sent first, stdout and stderr passed on as they come.
 
-        Stdout and stderr are read in this thread, together (neither can fill the channel's window while
-        the other is waited on); ``timeout`` bounds the whole command. Returns the exit code and stderr.
+        Both are read in this thread, together (neither can fill the channel's window while the other is
+        waited on); ``timeout`` bounds the whole command. Returns the exit code.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._translated(command, timeout):
-            self._open()
-            transport = self._conn.client.get_transport()
-            if transport is None:
-                raise UnreachableError(self.name, "the connection dropped during the verb")
-            channel = transport.open_session(timeout=timeout)
+            channel = self._session(command, timeout)
             try:
-                channel.settimeout(timeout)  # bounds sending stdin to a host that does not read it
-                channel.exec_command(shell_of(command))
                 if command.stdin is not None:
-                    channel.sendall(command.stdin)
+                    channel.sendall(command.stdin)  # its timeout bounds a host that does not read it
                 channel.shutdown_write()
-                err = _drain(channel, on_out, deadline, keep_err=keep_err)
+                _drain(channel, on_out, on_err, deadline)
                 if not channel.status_event.wait(_left(deadline)):
                     raise TimeoutError
-                return channel.recv_exit_status(), err.decode(errors="replace")
+                return channel.recv_exit_status()
             finally:
                 channel.close()
+
+    def _session(self, command: Command, timeout: float | None) -> paramiko.Channel:
+        """``command`` started on a channel of its own, whose reads and writes time out after ``timeout``."""
+        self._open()
+        transport = self._conn.client.get_transport()
+        if transport is None:
+            raise UnreachableError(self.name, "the connection dropped during the verb")
+        channel: paramiko.Channel = transport.open_session(timeout=timeout)
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(shell_of(command))
+        except BaseException:
+            channel.close()
+            raise
+        return channel
 
     @contextlib.contextmanager
     def _translated(self, command: Command, timeout: float | None) -> Iterator[None]:
@@ -282,14 +285,16 @@ class _Wake(threading.Event):
 
 
 def _drain(
-    channel: paramiko.Channel, on_out: Callable[[bytes], object], deadline: float | None, *, keep_err: bool
-) -> bytes:
-    """Read ``channel``'s stdout (to ``on_out``) and stderr (returned, if ``keep_err``) until its EOF.
+    channel: paramiko.Channel,
+    on_out: Callable[[bytes], object],
+    on_err: Callable[[bytes], object],
+    deadline: float | None,
+) -> None:
+    """Pass ``channel``'s stdout and stderr on as they come, until its EOF.
 
     Raises TimeoutError at ``deadline``, which every pass looks at: a command that never stops writing ends
     there too.
     """
-    err = bytearray()
     wake = _Wake()
     channel.in_buffer.set_event(wake)
     channel.in_stderr_buffer.set_event(wake)
@@ -301,9 +306,7 @@ def _drain(
         if channel.recv_ready():
             on_out(channel.recv(_CHUNK))
         elif channel.recv_stderr_ready():
-            chunk = channel.recv_stderr(_CHUNK)
-            if keep_err:
-                err += chunk
+            on_err(channel.recv_stderr(_CHUNK))
         elif channel.eof_received or channel.closed:
             break
         else:
@@ -312,9 +315,7 @@ def _drain(
     for chunk in iter(lambda: channel.recv(_CHUNK), b""):
         on_out(chunk)
     for chunk in iter(lambda: channel.recv_stderr(_CHUNK), b""):
-        if keep_err:
-            err += chunk
-    return bytes(err)
+        on_err(chunk)
 
 
 def _left(deadline: float | None) -> float | None:
